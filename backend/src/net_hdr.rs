@@ -1,0 +1,102 @@
+//! The virtio-net header (`struct virtio_net_hdr_v1`, 12 bytes with VERSION_1) that precedes
+//! every frame on the TX and RX queues.
+
+/// Length of the header on the wire: VERSION_1 always carries `num_buffers`.
+pub const NET_HDR_LEN: usize = 12;
+
+/// `flags`: the checksum from `csum_start` to the end must be completed by the receiver.
+pub const FLAG_NEEDS_CSUM: u8 = 1;
+/// `flags`: the checksum was verified (RX only, needs GUEST_CSUM).
+pub const FLAG_DATA_VALID: u8 = 2;
+
+pub const GSO_NONE: u8 = 0;
+pub const GSO_TCPV4: u8 = 1;
+pub const GSO_UDP: u8 = 3;
+pub const GSO_TCPV6: u8 = 4;
+pub const GSO_UDP_L4: u8 = 5;
+/// Bit or-ed into `gso_type` when the TCP stream uses ECN (CWR must only be on the first segment).
+pub const GSO_ECN: u8 = 0x80;
+
+/// Decoded `virtio_net_hdr_v1`. All multi-byte fields are little endian on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+    pub num_buffers: u16,
+}
+
+impl NetHdr {
+    pub fn parse(b: &[u8; NET_HDR_LEN]) -> Self {
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        NetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+            num_buffers: u16_at(10),
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; NET_HDR_LEN] {
+        let mut b = [0u8; NET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        b
+    }
+
+    pub fn needs_csum(&self) -> bool {
+        self.flags & FLAG_NEEDS_CSUM != 0
+    }
+
+    /// The GSO type without the ECN bit.
+    pub fn gso_kind(&self) -> u8 {
+        self.gso_type & !GSO_ECN
+    }
+
+    pub fn is_gso(&self) -> bool {
+        self.gso_kind() != GSO_NONE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_field_little_endian() {
+        let h = NetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            gso_type: GSO_TCPV4 | GSO_ECN,
+            hdr_len: 0x0102,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 3,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b[2..4], [0x02, 0x01]);
+        assert_eq!(b[10..12], [3, 0]);
+        assert_eq!(NetHdr::parse(&b), h);
+        assert!(h.needs_csum());
+        assert!(h.is_gso());
+        assert_eq!(h.gso_kind(), GSO_TCPV4);
+    }
+
+    #[test]
+    fn default_header_is_plain_frame() {
+        let h = NetHdr::parse(&[0; NET_HDR_LEN]);
+        assert!(!h.needs_csum());
+        assert!(!h.is_gso());
+    }
+}

@@ -1,0 +1,1 @@
+//! Software checksum and segmentation (being written).
