@@ -1,6 +1,23 @@
 //! The partitioned virtio-net device model behind `vhost-user-sriov-net`: partitions (PF and VFs
 //! are one type), virtio-net queue processing, the embedded switch and counters. No CLI or
 //! process concerns live here.
+//!
+//! Data path, top to bottom: a TX kick reaches the partition's [`device::NetDevice`], [`tx`]
+//! takes chains off the TX ring ([`ring`]), the [`switch`] picks the destination partition(s), and
+//! [`rx`] copies the frame once ([`frame`]) into the destination's RX buffers.
 
+pub mod counters;
+pub mod device;
+pub mod frame;
+pub mod mac;
 pub mod net_hdr;
 pub mod offload;
+pub mod partition;
+pub mod ring;
+pub mod rx;
+pub mod session;
+pub mod switch;
+pub mod tx;
+
+/// Guest memory of one connection, as the vhost-user handler maps it.
+pub type Mem = vm_memory::GuestMemoryMmap<()>;

@@ -1,0 +1,212 @@
+//! Per-queue-pair counters. Writers are data-path threads (relaxed atomics, no locks); readers are
+//! the control server, which sums queue pairs into partition totals.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a frame was dropped. Each reason is its own counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The receiver had no RX buffer posted (or none large enough).
+    NoRxBuffer,
+    /// Source MAC is not the sender's own (anti-spoof).
+    SpoofedSource,
+    /// Unicast to a MAC no partition owns (and no uplink yet).
+    UnknownDestination,
+    /// The owning partition exists but its queues are not running.
+    DestinationDown,
+    /// Unicast to the sender's own MAC: the switch does not hairpin.
+    Hairpin,
+    /// A descriptor chain or virtio-net header the device cannot accept.
+    MalformedChain,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::NoRxBuffer,
+        DropReason::SpoofedSource,
+        DropReason::UnknownDestination,
+        DropReason::DestinationDown,
+        DropReason::Hairpin,
+        DropReason::MalformedChain,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            DropReason::NoRxBuffer => "drop_no_rx_buffer",
+            DropReason::SpoofedSource => "drop_spoofed_source",
+            DropReason::UnknownDestination => "drop_unknown_destination",
+            DropReason::DestinationDown => "drop_destination_down",
+            DropReason::Hairpin => "drop_hairpin",
+            DropReason::MalformedChain => "drop_malformed_chain",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one queue pair. "rx" is toward the partition's driver, "tx" from it.
+#[derive(Default, Debug)]
+pub struct QueueCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    rx_broadcast: AtomicU64,
+    rx_multicast: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    tx_broadcast: AtomicU64,
+    tx_multicast: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// Destination class of a frame, for the broadcast/multicast counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cast {
+    Unicast,
+    Multicast,
+    Broadcast,
+}
+
+impl QueueCounters {
+    pub fn rx(&self, bytes: usize, cast: Cast) {
+        self.rx_packets.fetch_add(1, Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Relaxed);
+        match cast {
+            Cast::Broadcast => self.rx_broadcast.fetch_add(1, Relaxed),
+            Cast::Multicast => self.rx_multicast.fetch_add(1, Relaxed),
+            Cast::Unicast => 0,
+        };
+    }
+
+    pub fn tx(&self, bytes: usize, cast: Cast) {
+        self.tx_packets.fetch_add(1, Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Relaxed);
+        match cast {
+            Cast::Broadcast => self.tx_broadcast.fetch_add(1, Relaxed),
+            Cast::Multicast => self.tx_multicast.fetch_add(1, Relaxed),
+            Cast::Unicast => 0,
+        };
+    }
+
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let mut drops = [0; DropReason::ALL.len()];
+        for (d, a) in drops.iter_mut().zip(&self.drops) {
+            *d = a.load(Relaxed);
+        }
+        CounterSnapshot {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            rx_broadcast: self.rx_broadcast.load(Relaxed),
+            rx_multicast: self.rx_multicast.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            tx_broadcast: self.tx_broadcast.load(Relaxed),
+            tx_multicast: self.tx_multicast.load(Relaxed),
+            drops,
+        }
+    }
+}
+
+/// A plain copy of counters, for reporting and summing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_broadcast: u64,
+    pub rx_multicast: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_broadcast: u64,
+    pub tx_multicast: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl CounterSnapshot {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &CounterSnapshot) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.rx_broadcast += o.rx_broadcast;
+        self.rx_multicast += o.rx_multicast;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_broadcast += o.tx_broadcast;
+        self.tx_multicast += o.tx_multicast;
+        for (a, b) in self.drops.iter_mut().zip(o.drops) {
+            *a += b;
+        }
+    }
+
+    /// Flat key/value pairs, the order the control protocol prints them in.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("rx_packets", self.rx_packets),
+            ("rx_bytes", self.rx_bytes),
+            ("tx_packets", self.tx_packets),
+            ("tx_bytes", self.tx_bytes),
+            ("rx_broadcast", self.rx_broadcast),
+            ("rx_multicast", self.rx_multicast),
+            ("tx_broadcast", self.tx_broadcast),
+            ("tx_multicast", self.tx_multicast),
+        ];
+        v.extend(DropReason::ALL.iter().map(|r| (r.key(), self.dropped(*r))));
+        v
+    }
+}
+
+impl serde::Serialize for CounterSnapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.fields();
+        let mut m = s.serialize_map(Some(fields.len()))?;
+        for (k, v) in fields {
+            m.serialize_entry(k, &v)?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_sums() {
+        let q = QueueCounters::default();
+        q.rx(100, Cast::Broadcast);
+        q.rx(60, Cast::Unicast);
+        q.tx(42, Cast::Multicast);
+        q.drop(DropReason::SpoofedSource);
+        q.drop(DropReason::SpoofedSource);
+        let s = q.snapshot();
+        assert_eq!((s.rx_packets, s.rx_bytes, s.rx_broadcast), (2, 160, 1));
+        assert_eq!((s.tx_packets, s.tx_bytes, s.tx_multicast), (1, 42, 1));
+        assert_eq!(s.dropped(DropReason::SpoofedSource), 2);
+        assert_eq!(s.total_drops(), 2);
+        let mut t = s;
+        t.add(&s);
+        assert_eq!(t.rx_bytes, 320);
+        assert_eq!(t.dropped(DropReason::SpoofedSource), 4);
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_key() {
+        let keys: std::collections::HashSet<_> = DropReason::ALL.iter().map(|r| r.key()).collect();
+        assert_eq!(keys.len(), DropReason::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One partition as a vhost-user virtio-net device: the `VhostUserBackend` the vhost-user
+//! handler drives. Every partition, PF or VF, is served by this same type.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU,
+};
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+use crate::partition::{Partition, PartitionConfig};
+use crate::session::{GuestMem, Session, Vring};
+use crate::switch::Switch;
+use crate::tx::{self, TxScratch};
+
+/// Virtio features a partition offers its driver.
+pub fn offered_features(cfg: &PartitionConfig) -> u64 {
+    let bits = [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_NET_F_MRG_RXBUF,
+        VIRTIO_NET_F_MTU,
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+    ];
+    let mut f = bits.iter().fold(0u64, |f, b| f | (1u64 << b));
+    if cfg.queue_pairs > 1 {
+        f |= 1 << VIRTIO_NET_F_MQ;
+    }
+    f | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// vhost-user protocol features. STATUS is not offered: vhost 0.18's backend handler has no
+/// SET_STATUS/GET_STATUS, and frontends (QEMU, DPDK virtio_user) work without it.
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+#[derive(Clone)]
+pub struct NetDevice {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    partition: Arc<Partition>,
+    switch: Arc<Switch>,
+    /// One per TX queue; only that queue's worker takes it, so it is never contended.
+    scratch: Vec<Mutex<TxScratch>>,
+}
+
+impl NetDevice {
+    pub fn new(partition: Arc<Partition>, switch: Arc<Switch>) -> Self {
+        let scratch = (0..partition.config.queue_pairs)
+            .map(|_| Mutex::new(TxScratch::default()))
+            .collect();
+        NetDevice {
+            inner: Arc::new(Inner {
+                partition,
+                switch,
+                scratch,
+            }),
+        }
+    }
+
+    pub fn partition(&self) -> &Arc<Partition> {
+        &self.inner.partition
+    }
+
+    /// Prepares the session for the next frontend connection and returns it; its `mem` is the
+    /// memory the vhost-user daemon for that connection must be built with.
+    pub fn new_session(&self) -> io::Result<Arc<Session>> {
+        let p = &self.inner.partition;
+        let s = Arc::new(Session::new(p.name(), self.num_queues())?);
+        p.install_session(s.clone());
+        Ok(s)
+    }
+}
+
+impl VhostUserBackend for NetDevice {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * usize::from(self.inner.partition.config.queue_pairs)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.inner.partition.config.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        offered_features(&self.inner.partition.config)
+    }
+
+    fn acked_features(&self, features: u64) {
+        if let Some(s) = self.inner.partition.session() {
+            s.set_features(features);
+        }
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        offered_protocol_features()
+    }
+
+    fn reset_device(&self) {
+        self.inner.partition.on_rings_stopped();
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // Kept in each queue's state by the handler; the data path reads it from there.
+    }
+
+    fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
+        // The handler swaps the table inside the session's GuestMemoryAtomic itself.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        vec![(1u64 << self.num_queues()) - 1]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.inner.partition.session()?.exit_event()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.inner.partition.on_rings_stopped();
+        if let Some(s) = self.inner.partition.session() {
+            s.clear_broken(queue_index as usize);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let p = &self.inner.partition;
+        let Some(session) = p.session() else {
+            return Ok(());
+        };
+        let ev = usize::from(device_event);
+        if ev >= vrings.len() {
+            return Ok(());
+        }
+        session.attach_vrings(vrings);
+        if session.any_ring_running() {
+            p.on_rings_started();
+        }
+        // RX kicks need no work: delivery never waits for them.
+        if ev % 2 == 1 {
+            let pair = ev / 2;
+            if let Some(m) = self.inner.scratch.get(pair) {
+                let mut scratch = m.lock().unwrap_or_else(|e| e.into_inner());
+                tx::process_tx(&self.inner.switch, p, &session, pair, &mut scratch);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_mq_only_with_several_pairs() {
+        let mut cfg = PartitionConfig {
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            queue_pairs: 1,
+            queue_size: 256,
+            mtu: 1500,
+        };
+        let f = offered_features(&cfg);
+        assert_eq!(f & (1 << VIRTIO_NET_F_MQ), 0);
+        for b in [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_NET_F_HOST_TSO4] {
+            assert_ne!(f & (1 << b), 0, "bit {b}");
+        }
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        cfg.queue_pairs = 2;
+        assert_ne!(offered_features(&cfg) & (1 << VIRTIO_NET_F_MQ), 0);
+    }
+}

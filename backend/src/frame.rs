@@ -1,0 +1,195 @@
+//! Moving frame bytes between guest buffers: gather reads of headers, and the single copy from a
+//! sender's TX buffers (or a software-built frame) straight into a receiver's RX buffers.
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice};
+
+use crate::ring::Seg;
+use crate::Mem;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CopyError {
+    #[error("guest buffer at {0:#x} is not mapped")]
+    Unmapped(u64),
+    #[error("buffers hold fewer bytes than the frame")]
+    Short,
+}
+
+/// Where a frame's bytes come from.
+pub enum Source<'a> {
+    /// A sender's TX chain, in its own guest memory.
+    Guest { mem: &'a Mem, segs: &'a [Seg] },
+    /// A frame built by the device (software offload fallback).
+    Bytes(&'a [u8]),
+}
+
+/// Cursor over a list of guest buffers.
+struct Cursor<'a> {
+    segs: &'a [Seg],
+    idx: usize,
+    off: u32,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(segs: &'a [Seg], mut skip: usize) -> Self {
+        let mut idx = 0;
+        while idx < segs.len() && skip >= segs[idx].len as usize {
+            skip -= segs[idx].len as usize;
+            idx += 1;
+        }
+        Cursor {
+            segs,
+            idx,
+            off: skip as u32,
+        }
+    }
+
+    /// Next contiguous piece of at most `max` bytes.
+    fn next(&mut self, max: usize) -> Option<(u64, usize)> {
+        let s = self.segs.get(self.idx)?;
+        let n = ((s.len - self.off) as usize).min(max);
+        let addr = s.addr + u64::from(self.off);
+        self.off += n as u32;
+        if self.off == s.len {
+            self.idx += 1;
+            self.off = 0;
+        }
+        Some((addr, n))
+    }
+}
+
+/// A slice at `addr` of at most `max` bytes, cut at the end of the memory region it lies in.
+fn slice_at(mem: &Mem, addr: u64, max: usize) -> Result<VolatileSlice<'_>, CopyError> {
+    let region = mem
+        .find_region(GuestAddress(addr))
+        .ok_or(CopyError::Unmapped(addr))?;
+    let off = addr - region.start_addr().0;
+    let room = (region.len() - off) as usize;
+    region
+        .get_slice(MemoryRegionAddress(off), max.min(room))
+        .map_err(|_| CopyError::Unmapped(addr))
+}
+
+/// Gathers up to `buf.len()` bytes starting `skip` bytes into the chain. Returns bytes read.
+pub fn read(mem: &Mem, segs: &[Seg], skip: usize, buf: &mut [u8]) -> Result<usize, CopyError> {
+    let mut cur = Cursor::new(segs, skip);
+    let mut done = 0;
+    while done < buf.len() {
+        let Some((addr, n)) = cur.next(buf.len() - done) else {
+            break;
+        };
+        let s = slice_at(mem, addr, n)?;
+        done += s.copy_to(&mut buf[done..done + s.len()]);
+    }
+    Ok(done)
+}
+
+/// Copies `len` bytes: from `src` starting `src_skip` bytes in, into `dst` buffers in `dst_mem`
+/// starting `dst_skip` bytes in.
+pub fn copy(
+    src: &Source<'_>,
+    src_skip: usize,
+    dst_mem: &Mem,
+    dst: &[Seg],
+    dst_skip: usize,
+    len: usize,
+) -> Result<(), CopyError> {
+    let mut out = Cursor::new(dst, dst_skip);
+    let mut left = len;
+    match src {
+        Source::Bytes(bytes) => {
+            let mut pos = src_skip;
+            while left > 0 {
+                let (addr, n) = out.next(left).ok_or(CopyError::Short)?;
+                let d = slice_at(dst_mem, addr, n)?;
+                let n = d.len();
+                let chunk = bytes.get(pos..pos + n).ok_or(CopyError::Short)?;
+                d.copy_from(chunk);
+                pos += n;
+                left -= n;
+            }
+        }
+        Source::Guest { mem, segs } => {
+            let mut inp = Cursor::new(segs, src_skip);
+            // Pieces left over when one side's piece is longer than the other's.
+            let mut pend_in: Option<(u64, usize)> = None;
+            let mut pend_out: Option<(u64, usize)> = None;
+            while left > 0 {
+                let (ia, il) = match pend_in.take() {
+                    Some(p) => p,
+                    None => inp.next(left).ok_or(CopyError::Short)?,
+                };
+                let (oa, ol) = match pend_out.take() {
+                    Some(p) => p,
+                    None => out.next(left).ok_or(CopyError::Short)?,
+                };
+                let s = slice_at(mem, ia, il.min(ol))?;
+                let d = slice_at(dst_mem, oa, s.len())?;
+                let n = d.len();
+                s.copy_to_volatile_slice(d);
+                if n < il {
+                    pend_in = Some((ia + n as u64, il - n));
+                }
+                if n < ol {
+                    pend_out = Some((oa + n as u64, ol - n));
+                }
+                left -= n;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    fn two_region_mem() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)]).unwrap()
+    }
+
+    #[test]
+    fn copies_between_differently_split_buffers() {
+        let a = two_region_mem();
+        let b = two_region_mem();
+        let data: Vec<u8> = (0..200u8).collect();
+        // Source: 12-byte header then data in pieces of 7, 93, 100 bytes; one straddles regions.
+        a.write_slice(&[0xaa; 12], GuestAddress(0x100)).unwrap();
+        a.write_slice(&data[..7], GuestAddress(0x200)).unwrap();
+        a.write_slice(&data[7..100], GuestAddress(0xfd0)).unwrap();
+        a.write_slice(&data[100..], GuestAddress(0x1800)).unwrap();
+        let src = [
+            Seg { addr: 0x100, len: 12 },
+            Seg { addr: 0x200, len: 7 },
+            Seg { addr: 0xfd0, len: 93 },
+            Seg { addr: 0x1800, len: 100 },
+        ];
+        let dst = [Seg { addr: 0x400, len: 50 }, Seg { addr: 0x1900, len: 500 }];
+        copy(&Source::Guest { mem: &a, segs: &src }, 12, &b, &dst, 3, 200).unwrap();
+        let mut got = vec![0u8; 200];
+        b.read_slice(&mut got[..47], GuestAddress(0x403)).unwrap();
+        b.read_slice(&mut got[47..], GuestAddress(0x1900)).unwrap();
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn gathers_and_reports_short_chains() {
+        let a = two_region_mem();
+        a.write_slice(&[1, 2, 3], GuestAddress(0x10)).unwrap();
+        a.write_slice(&[4, 5], GuestAddress(0x20)).unwrap();
+        let segs = [Seg { addr: 0x10, len: 3 }, Seg { addr: 0x20, len: 2 }];
+        let mut buf = [0u8; 8];
+        assert_eq!(read(&a, &segs, 1, &mut buf).unwrap(), 4);
+        assert_eq!(buf[..4], [2, 3, 4, 5]);
+        let dst = [Seg { addr: 0x100, len: 3 }];
+        assert_eq!(copy(&Source::Bytes(&[9; 10]), 0, &a, &dst, 0, 10), Err(CopyError::Short));
+    }
+
+    #[test]
+    fn unmapped_buffer_is_an_error_not_a_panic() {
+        let a = two_region_mem();
+        let segs = [Seg { addr: 0x9000, len: 4 }];
+        let mut buf = [0u8; 4];
+        assert_eq!(read(&a, &segs, 0, &mut buf), Err(CopyError::Unmapped(0x9000)));
+    }
+}

@@ -1,0 +1,137 @@
+//! What one frontend connection brings: its guest memory, its vrings and negotiated features.
+//! A session lives from accept to disconnect; the next connection gets a fresh one, so nothing a
+//! previous frontend left behind (rings, memory, broken flags) can leak into the next.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
+};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+use crate::offload::RxOffloads;
+use crate::Mem;
+
+pub type GuestMem = GuestMemoryAtomic<Mem>;
+pub type Vring = VringRwLock<GuestMem>;
+
+/// Things logged once per session rather than per packet.
+#[derive(Clone, Copy, Debug)]
+pub enum Warn {
+    MalformedTxChain = 0,
+    BadTxHeader = 1,
+    SenderMemory = 2,
+}
+
+pub struct Session {
+    pub name: String,
+    pub mem: GuestMem,
+    vrings: OnceLock<Vec<Vring>>,
+    features: AtomicU64,
+    broken: Vec<AtomicBool>,
+    warned: AtomicU32,
+    exit_consumer: EventConsumer,
+    exit_notifier: EventNotifier,
+}
+
+impl Session {
+    pub fn new(name: String, num_queues: usize) -> io::Result<Self> {
+        let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
+        Ok(Session {
+            name,
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            vrings: OnceLock::new(),
+            features: AtomicU64::new(0),
+            broken: (0..num_queues).map(|_| AtomicBool::new(false)).collect(),
+            warned: AtomicU32::new(0),
+            exit_consumer,
+            exit_notifier,
+        })
+    }
+
+    /// The connection's vrings, known once the worker has seen its first ring event.
+    pub fn vrings(&self) -> Option<&[Vring]> {
+        self.vrings.get().map(|v| v.as_slice())
+    }
+
+    pub fn attach_vrings(&self, vrings: &[Vring]) {
+        let _ = self.vrings.get_or_init(|| vrings.to_vec());
+    }
+
+    /// True when any ring of this session is set up and enabled.
+    pub fn any_ring_running(&self) -> bool {
+        self.vrings().is_some_and(|v| {
+            v.iter().any(|r| {
+                let s = r.get_ref();
+                s.is_enabled() && virtio_queue::QueueT::ready(s.get_queue())
+            })
+        })
+    }
+
+    pub fn set_features(&self, f: u64) {
+        self.features.store(f, Ordering::Release);
+    }
+
+    pub fn has(&self, bit: u32) -> bool {
+        self.features.load(Ordering::Acquire) & (1u64 << bit) != 0
+    }
+
+    pub fn mergeable(&self) -> bool {
+        self.has(VIRTIO_NET_F_MRG_RXBUF)
+    }
+
+    pub fn indirect(&self) -> bool {
+        self.has(VIRTIO_RING_F_INDIRECT_DESC)
+    }
+
+    pub fn rx_offloads(&self) -> RxOffloads {
+        RxOffloads {
+            csum: self.has(VIRTIO_NET_F_GUEST_CSUM),
+            tso4: self.has(VIRTIO_NET_F_GUEST_TSO4),
+            tso6: self.has(VIRTIO_NET_F_GUEST_TSO6),
+        }
+    }
+
+    pub fn is_broken(&self, queue: usize) -> bool {
+        self.broken.get(queue).is_some_and(|b| b.load(Ordering::Relaxed))
+    }
+
+    /// Stops a queue whose rings are unusable; logs once. It runs again after a restart.
+    pub fn mark_broken(&self, queue: usize, why: &dyn std::fmt::Display) {
+        if let Some(b) = self.broken.get(queue) {
+            if !b.swap(true, Ordering::Relaxed) {
+                log::warn!("{}: queue {queue} broken, isolated until restarted: {why}", self.name);
+            }
+        }
+    }
+
+    pub fn clear_broken(&self, queue: usize) {
+        if let Some(b) = self.broken.get(queue) {
+            b.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs the first occurrence of `w` in this session; later ones only show in counters.
+    pub fn warn_once(&self, w: Warn, why: &dyn std::fmt::Display) {
+        let bit = 1u32 << (w as u32);
+        if self.warned.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            log::warn!("{}: {why} (further occurrences only counted)", self.name);
+        }
+    }
+
+    /// Event pair handed to the vring worker; notifying it ends the worker thread.
+    pub fn exit_event(&self) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit_consumer.try_clone().ok()?, self.exit_notifier.try_clone().ok()?))
+    }
+
+    pub fn stop_worker(&self) {
+        if let Err(e) = self.exit_notifier.notify() {
+            log::error!("{}: cannot stop vring worker: {e}", self.name);
+        }
+    }
+}

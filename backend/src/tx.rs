@@ -1,0 +1,146 @@
+//! The sending half of the data path: takes chains from a partition's TX queue in batches, reads
+//! each frame's virtio-net and Ethernet headers, hands the frame to the switch and completes the
+//! chain. TX used length is always 0 (the device writes nothing into TX buffers).
+
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
+
+use crate::frame;
+use crate::mac::MacAddr;
+use crate::net_hdr::{NetHdr, NET_HDR_LEN};
+use crate::partition::Partition;
+use crate::ring::{self, Dir, RingError, Seg, Table};
+use crate::session::{Session, Warn};
+use crate::switch::{FwdScratch, Switch, TxFrame};
+use crate::counters::DropReason;
+
+/// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
+const TX_BATCH: u16 = 64;
+const ETH_HLEN: usize = 14;
+/// Largest chain a driver may send: header + 64 KiB GSO frame + Ethernet and VLAN headers.
+pub const MAX_TX_CHAIN: u32 = (NET_HDR_LEN + 65535 + ETH_HLEN + 4) as u32;
+
+/// Per-TX-queue scratch, owned by that queue's worker.
+#[derive(Default)]
+pub struct TxScratch {
+    segs: Vec<Seg>,
+    heads: Vec<u16>,
+    fwd: FwdScratch,
+}
+
+/// Drains TX queue pair `pair` of `part` until the driver has nothing more to send.
+pub fn process_tx(sw: &Switch, part: &Partition, session: &Session, pair: usize, s: &mut TxScratch) {
+    let qidx = 2 * pair + 1;
+    let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
+        return;
+    };
+    let mem = session.mem.memory();
+    let indirect = session.indirect();
+    loop {
+        if session.is_broken(qidx) {
+            return;
+        }
+        let table = {
+            let mut g = vring.get_mut();
+            if !g.is_enabled() {
+                return;
+            }
+            let q = g.get_queue_mut();
+            let n = match ring::pending(&mem, q) {
+                Ok(n) => n,
+                Err(RingError::NotReady) => return,
+                Err(e) => return session.mark_broken(qidx, &e),
+            };
+            if n == 0 {
+                // Re-arm the kick; if the driver added chains meanwhile, keep going.
+                match q.enable_notification( &*mem) {
+                    Ok(true) => {
+                        let _ = q.disable_notification( &*mem);
+                        continue;
+                    }
+                    Ok(false) => return,
+                    Err(e) => return session.mark_broken(qidx, &e),
+                }
+            }
+            let _ = q.disable_notification( &*mem);
+            s.heads.clear();
+            for k in 0..n.min(TX_BATCH) {
+                match ring::avail_head(&mem, q, k) {
+                    Ok(h) => s.heads.push(h),
+                    Err(e) => return session.mark_broken(qidx, &e),
+                }
+            }
+            q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
+            Table::of(q)
+        };
+
+        for i in 0..s.heads.len() {
+            let head = s.heads[i];
+            send_one(sw, part, session, &mem, table, indirect, pair, head, s);
+        }
+
+        let mut g = vring.get_mut();
+        let q = g.get_queue_mut();
+        for (k, head) in s.heads.iter().enumerate() {
+            if let Err(e) = ring::write_used(&mem, q, k as u16, *head, 0) {
+                return session.mark_broken(qidx, &e);
+            }
+        }
+        match ring::publish_used(&mem, q, s.heads.len() as u16) {
+            Ok(true) => {
+                if let Err(e) = g.signal_used_queue() {
+                    log::debug!("{}: TX notify failed: {e}", session.name);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return session.mark_broken(qidx, &e),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_one(
+    sw: &Switch,
+    part: &Partition,
+    session: &Session,
+    mem: &crate::Mem,
+    table: Table,
+    indirect: bool,
+    pair: usize,
+    head: u16,
+    s: &mut TxScratch,
+) {
+    let malformed = |why: &dyn std::fmt::Display| {
+        part.queue_counters(pair).drop(DropReason::MalformedChain);
+        session.warn_once(Warn::MalformedTxChain, &format_args!("TX chain {head} on pair {pair}: {why}"));
+    };
+    let total = match ring::walk_chain(mem, table, head, Dir::Readable, indirect, MAX_TX_CHAIN, &mut s.segs) {
+        Ok(t) => t as usize,
+        Err(e) => return malformed(&e),
+    };
+    let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
+    if total < h.len() {
+        return malformed(&format_args!("{total} bytes is shorter than the virtio-net and Ethernet headers"));
+    }
+    match frame::read(mem, &s.segs, 0, &mut h) {
+        Ok(n) if n == h.len() => {}
+        Ok(_) => return malformed(&"short read"),
+        Err(e) => return malformed(&e),
+    }
+    let mut hb = [0u8; NET_HDR_LEN];
+    hb.copy_from_slice(&h[..NET_HDR_LEN]);
+    let mut dst = [0u8; 6];
+    dst.copy_from_slice(&h[NET_HDR_LEN..NET_HDR_LEN + 6]);
+    let mut src = [0u8; 6];
+    src.copy_from_slice(&h[NET_HDR_LEN + 6..NET_HDR_LEN + 12]);
+    let f = TxFrame {
+        hdr: NetHdr::parse(&hb),
+        mem,
+        segs: &s.segs,
+        len: total - NET_HDR_LEN,
+        dst: MacAddr(dst),
+        src: MacAddr(src),
+    };
+    sw.forward(part, pair, &f, &mut s.fwd);
+}
