@@ -1,7 +1,9 @@
 //! Moving frame bytes between guest buffers: gather reads of headers, and the single copy from a
 //! sender's TX buffers (or a software-built frame) straight into a receiver's RX buffers.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice,
+};
 
 use crate::ring::Seg;
 use crate::Mem;
@@ -145,7 +147,8 @@ mod tests {
     use vm_memory::{Bytes, GuestMemoryMmap};
 
     fn two_region_mem() -> GuestMemoryMmap<()> {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)]).unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+            .unwrap()
     }
 
     #[test]
@@ -159,13 +162,45 @@ mod tests {
         a.write_slice(&data[7..100], GuestAddress(0xfd0)).unwrap();
         a.write_slice(&data[100..], GuestAddress(0x1800)).unwrap();
         let src = [
-            Seg { addr: 0x100, len: 12 },
-            Seg { addr: 0x200, len: 7 },
-            Seg { addr: 0xfd0, len: 93 },
-            Seg { addr: 0x1800, len: 100 },
+            Seg {
+                addr: 0x100,
+                len: 12,
+            },
+            Seg {
+                addr: 0x200,
+                len: 7,
+            },
+            Seg {
+                addr: 0xfd0,
+                len: 93,
+            },
+            Seg {
+                addr: 0x1800,
+                len: 100,
+            },
         ];
-        let dst = [Seg { addr: 0x400, len: 50 }, Seg { addr: 0x1900, len: 500 }];
-        copy(&Source::Guest { mem: &a, segs: &src }, 12, &b, &dst, 3, 200).unwrap();
+        let dst = [
+            Seg {
+                addr: 0x400,
+                len: 50,
+            },
+            Seg {
+                addr: 0x1900,
+                len: 500,
+            },
+        ];
+        copy(
+            &Source::Guest {
+                mem: &a,
+                segs: &src,
+            },
+            12,
+            &b,
+            &dst,
+            3,
+            200,
+        )
+        .unwrap();
         let mut got = vec![0u8; 200];
         b.read_slice(&mut got[..47], GuestAddress(0x403)).unwrap();
         b.read_slice(&mut got[47..], GuestAddress(0x1900)).unwrap();
@@ -181,15 +216,27 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(read(&a, &segs, 1, &mut buf).unwrap(), 4);
         assert_eq!(buf[..4], [2, 3, 4, 5]);
-        let dst = [Seg { addr: 0x100, len: 3 }];
-        assert_eq!(copy(&Source::Bytes(&[9; 10]), 0, &a, &dst, 0, 10), Err(CopyError::Short));
+        let dst = [Seg {
+            addr: 0x100,
+            len: 3,
+        }];
+        assert_eq!(
+            copy(&Source::Bytes(&[9; 10]), 0, &a, &dst, 0, 10),
+            Err(CopyError::Short)
+        );
     }
 
     #[test]
     fn unmapped_buffer_is_an_error_not_a_panic() {
         let a = two_region_mem();
-        let segs = [Seg { addr: 0x9000, len: 4 }];
+        let segs = [Seg {
+            addr: 0x9000,
+            len: 4,
+        }];
         let mut buf = [0u8; 4];
-        assert_eq!(read(&a, &segs, 0, &mut buf), Err(CopyError::Unmapped(0x9000)));
+        assert_eq!(
+            read(&a, &segs, 0, &mut buf),
+            Err(CopyError::Unmapped(0x9000))
+        );
     }
 }

@@ -84,7 +84,9 @@ pub struct Partition {
 
 impl Partition {
     pub fn new(id: PartitionId, role: Role, config: PartitionConfig) -> Self {
-        let counters = (0..config.queue_pairs).map(|_| QueueCounters::default()).collect();
+        let counters = (0..config.queue_pairs)
+            .map(|_| QueueCounters::default())
+            .collect();
         Partition {
             id,
             role,
@@ -222,7 +224,10 @@ mod tests {
         p.on_rings_started();
         p.on_disconnect();
         let l = p.lifecycle();
-        assert_eq!((l.state, l.connects, l.starts, l.stops, l.disconnects), (State::Waiting, 1, 2, 2, 1));
+        assert_eq!(
+            (l.state, l.connects, l.starts, l.stops, l.disconnects),
+            (State::Waiting, 1, 2, 2, 1)
+        );
     }
 
     #[test]

@@ -105,7 +105,11 @@ pub fn pending(mem: &Mem, q: &Queue) -> Result<u16, RingError> {
 /// Head descriptor index of the chain at ring position `next_avail + k`.
 pub fn avail_head(mem: &Mem, q: &Queue, k: u16) -> Result<u16, RingError> {
     let pos = q.next_avail().wrapping_add(k) % q.size();
-    load_u16(mem, q.avail_ring() + 4 + 2 * u64::from(pos), Ordering::Acquire)
+    load_u16(
+        mem,
+        q.avail_ring() + 4 + 2 * u64::from(pos),
+        Ordering::Acquire,
+    )
 }
 
 /// Where a queue's descriptor table is, copied out so chains can be walked without the ring lock.
@@ -163,7 +167,10 @@ pub fn walk_chain(
                 return Err(ChainError::NestedIndirect);
             }
             let len = d.len();
-            if len == 0 || len % DESC_SIZE as u32 != 0 || len / DESC_SIZE as u32 > u32::from(u16::MAX) {
+            if len == 0
+                || len % DESC_SIZE as u32 != 0
+                || len / DESC_SIZE as u32 > u32::from(u16::MAX)
+            {
                 return Err(ChainError::BadIndirectTable(len));
             }
             table = d.addr().0;
@@ -264,25 +271,51 @@ mod tests {
             q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
             q.set_used_ring_address(Some(USED as u32), Some(0));
             q.set_ready(true);
-            (Driver { mem, size, avail_idx: 0 }, q)
+            (
+                Driver {
+                    mem,
+                    size,
+                    avail_idx: 0,
+                },
+                q,
+            )
         }
 
         fn desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
             let d = Descriptor::new(addr, len, flags, next);
-            self.mem.write_obj(d, GuestAddress(table + 16 * u64::from(i))).unwrap();
+            self.mem
+                .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+                .unwrap();
         }
 
         fn offer(&mut self, head: u16) {
             let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % self.size);
-            self.mem.write_obj(head.to_le(), GuestAddress(slot)).unwrap();
+            self.mem
+                .write_obj(head.to_le(), GuestAddress(slot))
+                .unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem.store(self.avail_idx.to_le(), GuestAddress(AVAIL + 2), Ordering::Release).unwrap();
+            self.mem
+                .store(
+                    self.avail_idx.to_le(),
+                    GuestAddress(AVAIL + 2),
+                    Ordering::Release,
+                )
+                .unwrap();
         }
 
         fn walk(&self, q: &Queue, dir: Dir, indirect: bool) -> Result<(u32, Vec<Seg>), ChainError> {
             let head = avail_head(&self.mem, q, 0).unwrap();
             let mut segs = Vec::new();
-            walk_chain(&self.mem, Table::of(q), head, dir, indirect, 65562, &mut segs).map(|t| (t, segs))
+            walk_chain(
+                &self.mem,
+                Table::of(q),
+                head,
+                dir,
+                indirect,
+                65562,
+                &mut segs,
+            )
+            .map(|t| (t, segs))
         }
     }
 
@@ -295,22 +328,57 @@ mod tests {
         assert_eq!(pending(&d.mem, &q).unwrap(), 1);
         let (total, segs) = d.walk(&q, Dir::Readable, true).unwrap();
         assert_eq!(total, 112);
-        assert_eq!(segs, vec![Seg { addr: 0x8000, len: 12 }, Seg { addr: 0x9000, len: 100 }]);
+        assert_eq!(
+            segs,
+            vec![
+                Seg {
+                    addr: 0x8000,
+                    len: 12
+                },
+                Seg {
+                    addr: 0x9000,
+                    len: 100
+                }
+            ]
+        );
     }
 
     #[test]
     fn rejects_each_kind_of_malformed_chain() {
-        let cases: Vec<(Vec<(u64, u32, u16)>, Dir, ChainError)> = vec![
-            (vec![(0x8000, 64, DESC_F_WRITE)], Dir::Readable, ChainError::WriteOnlyInTx),
-            (vec![(0x8000, 64, 0)], Dir::Writable, ChainError::ReadOnlyInRx),
+        type Case = (Vec<(u64, u32, u16)>, Dir, ChainError);
+        let cases: Vec<Case> = vec![
+            (
+                vec![(0x8000, 64, DESC_F_WRITE)],
+                Dir::Readable,
+                ChainError::WriteOnlyInTx,
+            ),
+            (
+                vec![(0x8000, 64, 0)],
+                Dir::Writable,
+                ChainError::ReadOnlyInRx,
+            ),
             (vec![(0x8000, 0, 0)], Dir::Readable, ChainError::ZeroLength),
             (
                 vec![(0x20_0000, 64, 0)],
                 Dir::Readable,
-                ChainError::OutOfMemory { addr: 0x20_0000, len: 64 },
+                ChainError::OutOfMemory {
+                    addr: 0x20_0000,
+                    len: 64,
+                },
             ),
-            (vec![(0xf_ff00, 0x200, 0)], Dir::Readable, ChainError::OutOfMemory { addr: 0xf_ff00, len: 0x200 }),
-            (vec![(0x8000, 64, 0), (0x9000, 70_000, 0)], Dir::Readable, ChainError::TooLong(65562)),
+            (
+                vec![(0xf_ff00, 0x200, 0)],
+                Dir::Readable,
+                ChainError::OutOfMemory {
+                    addr: 0xf_ff00,
+                    len: 0x200,
+                },
+            ),
+            (
+                vec![(0x8000, 64, 0), (0x9000, 70_000, 0)],
+                Dir::Readable,
+                ChainError::TooLong(65562),
+            ),
         ];
         for (chain, dir, want) in cases {
             let (mut d, q) = Driver::new(16);
@@ -331,7 +399,10 @@ mod tests {
         d.desc(DESC, 0, 0x8000, 10, DESC_F_NEXT, 1);
         d.desc(DESC, 1, 0x9000, 10, DESC_F_NEXT, 0);
         d.offer(0);
-        assert_eq!(d.walk(&q, Dir::Readable, true).map(|r| r.0), Err(ChainError::TooManyDescriptors(4)));
+        assert_eq!(
+            d.walk(&q, Dir::Readable, true).map(|r| r.0),
+            Err(ChainError::TooManyDescriptors(4))
+        );
     }
 
     #[test]
@@ -347,7 +418,10 @@ mod tests {
         d.offer(200);
         assert_eq!(
             d.walk(&q, Dir::Readable, true).map(|r| r.0),
-            Err(ChainError::IndexOutOfRange { index: 200, size: 4 })
+            Err(ChainError::IndexOutOfRange {
+                index: 200,
+                size: 4
+            })
         );
     }
 
@@ -360,11 +434,20 @@ mod tests {
         d.desc(DESC, 0, table, 32, DESC_F_INDIRECT, 0);
         d.offer(0);
         assert_eq!(d.walk(&q, Dir::Readable, true).map(|r| r.0), Ok(62));
-        assert_eq!(d.walk(&q, Dir::Readable, false).map(|r| r.0), Err(ChainError::IndirectNotNegotiated));
+        assert_eq!(
+            d.walk(&q, Dir::Readable, false).map(|r| r.0),
+            Err(ChainError::IndirectNotNegotiated)
+        );
         d.desc(table, 0, table, 16, DESC_F_INDIRECT, 0);
-        assert_eq!(d.walk(&q, Dir::Readable, true).map(|r| r.0), Err(ChainError::NestedIndirect));
+        assert_eq!(
+            d.walk(&q, Dir::Readable, true).map(|r| r.0),
+            Err(ChainError::NestedIndirect)
+        );
         d.desc(DESC, 0, table, 20, DESC_F_INDIRECT, 0);
-        assert_eq!(d.walk(&q, Dir::Readable, true).map(|r| r.0), Err(ChainError::BadIndirectTable(20)));
+        assert_eq!(
+            d.walk(&q, Dir::Readable, true).map(|r| r.0),
+            Err(ChainError::BadIndirectTable(20))
+        );
     }
 
     #[test]
@@ -380,8 +463,13 @@ mod tests {
     #[test]
     fn avail_index_jump_breaks_the_queue() {
         let (d, q) = Driver::new(8);
-        d.mem.store(100u16.to_le(), GuestAddress(AVAIL + 2), Ordering::Release).unwrap();
-        assert!(matches!(pending(&d.mem, &q), Err(RingError::AvailJump { avail: 100, .. })));
+        d.mem
+            .store(100u16.to_le(), GuestAddress(AVAIL + 2), Ordering::Release)
+            .unwrap();
+        assert!(matches!(
+            pending(&d.mem, &q),
+            Err(RingError::AvailJump { avail: 100, .. })
+        ));
     }
 
     #[test]
@@ -402,14 +490,23 @@ mod tests {
         write_used(m, &q, 0, 1, 1).unwrap();
         assert!(!publish_used(m, &mut q, 1).unwrap());
         // The driver moves used_event to 3: crossing it notifies.
-        m.store(3u16.to_le(), GuestAddress(AVAIL + 4 + 2 * 8), Ordering::Release).unwrap();
+        m.store(
+            3u16.to_le(),
+            GuestAddress(AVAIL + 4 + 2 * 8),
+            Ordering::Release,
+        )
+        .unwrap();
         write_used(m, &q, 0, 1, 1).unwrap();
         assert!(publish_used(m, &mut q, 1).unwrap());
         // Without EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT suppresses.
         q.set_event_idx(false);
-        m.store(1u16.to_le(), GuestAddress(AVAIL), Ordering::Release).unwrap();
+        m.store(1u16.to_le(), GuestAddress(AVAIL), Ordering::Release)
+            .unwrap();
         write_used(m, &q, 0, 1, 1).unwrap();
         assert!(!publish_used(m, &mut q, 1).unwrap());
-        assert!(!publish_used(m, &mut q, 0).unwrap(), "publishing nothing never notifies");
+        assert!(
+            !publish_used(m, &mut q, 0).unwrap(),
+            "publishing nothing never notifies"
+        );
     }
 }

@@ -43,18 +43,28 @@ fn pick_pair(session: &Session, hint: usize) -> Option<usize> {
     }
 }
 
-/// Writes `hdr` + `len` bytes of `src` (from `src_skip`) into `dest`'s RX buffers.
+/// One frame on its way into a receiver.
+pub struct Outgoing<'a> {
+    /// Header for the receiver (num_buffers is filled in here).
+    pub hdr: NetHdr,
+    pub src: Source<'a>,
+    /// Where the frame starts within `src`.
+    pub skip: usize,
+    /// Frame length, without the virtio-net header.
+    pub len: usize,
+    pub cast: Cast,
+}
+
+/// Writes the virtio-net header and the frame into `dest`'s RX buffers, as one or (mergeable)
+/// several chains published together. Receiver-side drops are counted on `dest` here.
 pub fn deliver(
     dest: &Partition,
     session: &Session,
     pair_hint: usize,
-    hdr: &NetHdr,
-    src: &Source<'_>,
-    src_skip: usize,
-    len: usize,
-    cast: Cast,
+    out: &Outgoing<'_>,
     scratch: &mut RxScratch,
 ) -> Result<(), DropReason> {
+    let len = out.len;
     let pair = pick_pair(session, pair_hint).ok_or(DropReason::DestinationDown)?;
     let qidx = 2 * pair;
     let vrings = session.vrings().ok_or(DropReason::DestinationDown)?;
@@ -89,7 +99,15 @@ pub fn deliver(
             session.mark_broken(qidx, &e);
             DropReason::DestinationDown
         })?;
-        let c = match ring::walk_chain(&mem, table, head, Dir::Writable, indirect, u32::MAX, &mut scratch.chain) {
+        let c = match ring::walk_chain(
+            &mem,
+            table,
+            head,
+            Dir::Writable,
+            indirect,
+            u32::MAX,
+            &mut scratch.chain,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 // The receiver's own driver posted garbage: isolate its RX queue.
@@ -103,10 +121,17 @@ pub fn deliver(
         cap += c as usize;
     }
 
-    let mut h = *hdr;
+    let mut h = out.hdr;
     h.num_buffers = scratch.chains.len() as u16;
-    let written = frame::copy(&Source::Bytes(&h.to_bytes()), 0, &mem, &scratch.segs, 0, NET_HDR_LEN)
-        .and_then(|_| frame::copy(src, src_skip, &mem, &scratch.segs, NET_HDR_LEN, len));
+    let written = frame::copy(
+        &Source::Bytes(&h.to_bytes()),
+        0,
+        &mem,
+        &scratch.segs,
+        0,
+        NET_HDR_LEN,
+    )
+    .and_then(|_| frame::copy(&out.src, out.skip, &mem, &scratch.segs, NET_HDR_LEN, len));
     if let Err(e) = written {
         // Destination buffers were checked by walk_chain, so the sender's memory went away
         // under us (e.g. its memory table changed). The frame is lost, the buffers are not.
@@ -133,6 +158,6 @@ pub fn deliver(
         Ok(false) => {}
         Err(e) => session.mark_broken(qidx, &e),
     }
-    dest.queue_counters(pair).rx(len, cast);
+    dest.queue_counters(pair).rx(len, out.cast);
     Ok(())
 }

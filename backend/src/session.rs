@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::offload::RxOffloads;
 use crate::Mem;
@@ -98,14 +101,19 @@ impl Session {
     }
 
     pub fn is_broken(&self, queue: usize) -> bool {
-        self.broken.get(queue).is_some_and(|b| b.load(Ordering::Relaxed))
+        self.broken
+            .get(queue)
+            .is_some_and(|b| b.load(Ordering::Relaxed))
     }
 
     /// Stops a queue whose rings are unusable; logs once. It runs again after a restart.
     pub fn mark_broken(&self, queue: usize, why: &dyn std::fmt::Display) {
         if let Some(b) = self.broken.get(queue) {
             if !b.swap(true, Ordering::Relaxed) {
-                log::warn!("{}: queue {queue} broken, isolated until restarted: {why}", self.name);
+                log::warn!(
+                    "{}: queue {queue} broken, isolated until restarted: {why}",
+                    self.name
+                );
             }
         }
     }
@@ -126,7 +134,10 @@ impl Session {
 
     /// Event pair handed to the vring worker; notifying it ends the worker thread.
     pub fn exit_event(&self) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit_consumer.try_clone().ok()?, self.exit_notifier.try_clone().ok()?))
+        Some((
+            self.exit_consumer.try_clone().ok()?,
+            self.exit_notifier.try_clone().ok()?,
+        ))
     }
 
     pub fn stop_worker(&self) {

@@ -12,14 +12,18 @@ use crate::net_hdr::{NetHdr, FLAG_NEEDS_CSUM, NET_HDR_LEN};
 use crate::offload;
 use crate::partition::{Partition, PartitionId};
 use crate::ring::Seg;
-use crate::rx::{self, RxScratch};
+use crate::rx::{self, Outgoing, RxScratch};
 use crate::session::Warn;
 use crate::Mem;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SwitchError {
     #[error("MAC {mac} is used by both {first} and {second}")]
-    DuplicateMac { mac: MacAddr, first: String, second: String },
+    DuplicateMac {
+        mac: MacAddr,
+        first: String,
+        second: String,
+    },
     #[error("partition {0} has a group (multicast) or all-zero MAC {1}")]
     BadMac(String, MacAddr),
     #[error("partition table must be indexed 0..n (PF at 0); entry {0} has id {1}")]
@@ -153,30 +157,52 @@ impl Switch {
         };
         let rxo = session.rx_offloads();
         let result = if offload::passes_as_is(&hdr, rxo) {
-            let src = Source::Guest { mem: f.mem, segs: f.segs };
-            rx::deliver(dest, &session, pair, &hdr, &src, NET_HDR_LEN, f.len, cast, &mut s.rx)
+            let out = Outgoing {
+                hdr,
+                src: Source::Guest {
+                    mem: f.mem,
+                    segs: f.segs,
+                },
+                skip: NET_HDR_LEN,
+                len: f.len,
+                cast,
+            };
+            rx::deliver(dest, &session, pair, &out, &mut s.rx)
         } else {
-            let FwdScratch { linear, segments, rx: rxs } = s;
+            let FwdScratch {
+                linear,
+                segments,
+                rx: rxs,
+            } = s;
             linear.resize(f.len, 0);
             match frame::read(f.mem, f.segs, NET_HDR_LEN, linear) {
                 Ok(n) if n == f.len => {}
                 _ => return Err(DropReason::MalformedChain),
             }
-            let mut out = Ok(());
+            let mut first_err = Ok(());
             let r = offload::resolve(&hdr, linear, rxo, segments, &mut |h, bytes| {
-                let src = Source::Bytes(bytes);
-                let res = rx::deliver(dest, &session, pair, h, &src, 0, bytes.len(), cast, rxs);
-                if out.is_ok() {
-                    out = res;
+                let seg = Outgoing {
+                    hdr: *h,
+                    src: Source::Bytes(bytes),
+                    skip: 0,
+                    len: bytes.len(),
+                    cast,
+                };
+                let res = rx::deliver(dest, &session, pair, &seg, rxs);
+                if first_err.is_ok() {
+                    first_err = res;
                 }
             });
             if let Err(e) = r {
                 if let Some(own) = from.session() {
-                    own.warn_once(Warn::BadTxHeader, &format_args!("offload header rejected: {e}"));
+                    own.warn_once(
+                        Warn::BadTxHeader,
+                        &format_args!("offload header rejected: {e}"),
+                    );
                 }
                 return Err(DropReason::MalformedChain);
             }
-            out
+            first_err
         };
         match result {
             Err(DropReason::NoRxBuffer) => Ok(()),
@@ -191,7 +217,11 @@ mod tests {
     use crate::partition::{PartitionConfig, Role};
 
     fn part(id: usize, mac: &str) -> Arc<Partition> {
-        let role = if id == 0 { Role::Pf } else { Role::Vf(id as u16 - 1) };
+        let role = if id == 0 {
+            Role::Pf
+        } else {
+            Role::Vf(id as u16 - 1)
+        };
         Arc::new(Partition::new(
             id,
             role,
@@ -221,16 +251,25 @@ mod tests {
     fn unicast_goes_to_the_owner_of_the_destination_mac() {
         let s = sw();
         let pf = &s.partitions()[0];
-        assert_eq!(s.decide(pf, pf.mac(), mac("02:00:00:00:00:02")), Decision::Unicast(2));
+        assert_eq!(
+            s.decide(pf, pf.mac(), mac("02:00:00:00:00:02")),
+            Decision::Unicast(2)
+        );
         let vf0 = &s.partitions()[1];
-        assert_eq!(s.decide(vf0, vf0.mac(), mac("02:00:00:00:00:00")), Decision::Unicast(0));
+        assert_eq!(
+            s.decide(vf0, vf0.mac(), mac("02:00:00:00:00:00")),
+            Decision::Unicast(0)
+        );
     }
 
     #[test]
     fn group_addresses_flood() {
         let s = sw();
         let vf = &s.partitions()[2];
-        assert_eq!(s.decide(vf, vf.mac(), MacAddr::BROADCAST), Decision::Flood(Cast::Broadcast));
+        assert_eq!(
+            s.decide(vf, vf.mac(), MacAddr::BROADCAST),
+            Decision::Flood(Cast::Broadcast)
+        );
         assert_eq!(
             s.decide(vf, vf.mac(), mac("33:33:00:00:00:01")),
             Decision::Flood(Cast::Multicast)
@@ -249,7 +288,10 @@ mod tests {
             s.decide(vf, vf.mac(), mac("02:00:00:00:99:99")),
             Decision::Drop(DropReason::UnknownDestination)
         );
-        assert_eq!(s.decide(vf, vf.mac(), vf.mac()), Decision::Drop(DropReason::Hairpin));
+        assert_eq!(
+            s.decide(vf, vf.mac(), vf.mac()),
+            Decision::Drop(DropReason::Hairpin)
+        );
         vf.set_spoofchk(false);
         assert_eq!(
             s.decide(vf, mac("02:00:00:00:00:02"), mac("02:00:00:00:00:00")),
@@ -259,7 +301,10 @@ mod tests {
 
     #[test]
     fn rejects_duplicate_and_group_macs() {
-        let dup = Switch::new(vec![part(0, "02:00:00:00:00:00"), part(1, "02:00:00:00:00:00")]);
+        let dup = Switch::new(vec![
+            part(0, "02:00:00:00:00:00"),
+            part(1, "02:00:00:00:00:00"),
+        ]);
         assert!(matches!(dup, Err(SwitchError::DuplicateMac { .. })));
         let mc = Switch::new(vec![part(0, "01:00:00:00:00:00")]);
         assert!(matches!(mc, Err(SwitchError::BadMac(..))));
@@ -284,7 +329,10 @@ mod tests {
         assert_eq!(t.tx_packets, 1);
         assert_eq!(t.dropped(DropReason::DestinationDown), 1);
         // Broadcast with nobody running: sent, nothing dropped.
-        let b = TxFrame { dst: MacAddr::BROADCAST, ..f };
+        let b = TxFrame {
+            dst: MacAddr::BROADCAST,
+            ..f
+        };
         s.forward(pf, 0, &b, &mut scratch);
         let t = pf.totals();
         assert_eq!((t.tx_broadcast, t.total_drops()), (1, 1));

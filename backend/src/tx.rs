@@ -6,6 +6,7 @@ use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
+use crate::counters::DropReason;
 use crate::frame;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
@@ -13,7 +14,6 @@ use crate::partition::Partition;
 use crate::ring::{self, Dir, RingError, Seg, Table};
 use crate::session::{Session, Warn};
 use crate::switch::{FwdScratch, Switch, TxFrame};
-use crate::counters::DropReason;
 
 /// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
 const TX_BATCH: u16 = 64;
@@ -30,7 +30,13 @@ pub struct TxScratch {
 }
 
 /// Drains TX queue pair `pair` of `part` until the driver has nothing more to send.
-pub fn process_tx(sw: &Switch, part: &Partition, session: &Session, pair: usize, s: &mut TxScratch) {
+pub fn process_tx(
+    sw: &Switch,
+    part: &Partition,
+    session: &Session,
+    pair: usize,
+    s: &mut TxScratch,
+) {
     let qidx = 2 * pair + 1;
     let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
         return;
@@ -54,16 +60,16 @@ pub fn process_tx(sw: &Switch, part: &Partition, session: &Session, pair: usize,
             };
             if n == 0 {
                 // Re-arm the kick; if the driver added chains meanwhile, keep going.
-                match q.enable_notification( &*mem) {
+                match q.enable_notification(&*mem) {
                     Ok(true) => {
-                        let _ = q.disable_notification( &*mem);
+                        let _ = q.disable_notification(&*mem);
                         continue;
                     }
                     Ok(false) => return,
                     Err(e) => return session.mark_broken(qidx, &e),
                 }
             }
-            let _ = q.disable_notification( &*mem);
+            let _ = q.disable_notification(&*mem);
             s.heads.clear();
             for k in 0..n.min(TX_BATCH) {
                 match ring::avail_head(&mem, q, k) {
@@ -75,9 +81,15 @@ pub fn process_tx(sw: &Switch, part: &Partition, session: &Session, pair: usize,
             Table::of(q)
         };
 
+        let view = TxQueue {
+            mem: &mem,
+            table,
+            indirect,
+            pair,
+        };
         for i in 0..s.heads.len() {
             let head = s.heads[i];
-            send_one(sw, part, session, &mem, table, indirect, pair, head, s);
+            send_one(sw, part, session, &view, head, s);
         }
 
         let mut g = vring.get_mut();
@@ -99,29 +111,47 @@ pub fn process_tx(sw: &Switch, part: &Partition, session: &Session, pair: usize,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a batch needs to know about the TX queue, read once under the ring lock.
+struct TxQueue<'a> {
+    mem: &'a crate::Mem,
+    table: Table,
+    indirect: bool,
+    pair: usize,
+}
+
 fn send_one(
     sw: &Switch,
     part: &Partition,
     session: &Session,
-    mem: &crate::Mem,
-    table: Table,
-    indirect: bool,
-    pair: usize,
+    q: &TxQueue<'_>,
     head: u16,
     s: &mut TxScratch,
 ) {
+    let (mem, pair) = (q.mem, q.pair);
     let malformed = |why: &dyn std::fmt::Display| {
         part.queue_counters(pair).drop(DropReason::MalformedChain);
-        session.warn_once(Warn::MalformedTxChain, &format_args!("TX chain {head} on pair {pair}: {why}"));
+        session.warn_once(
+            Warn::MalformedTxChain,
+            &format_args!("TX chain {head} on pair {pair}: {why}"),
+        );
     };
-    let total = match ring::walk_chain(mem, table, head, Dir::Readable, indirect, MAX_TX_CHAIN, &mut s.segs) {
+    let total = match ring::walk_chain(
+        mem,
+        q.table,
+        head,
+        Dir::Readable,
+        q.indirect,
+        MAX_TX_CHAIN,
+        &mut s.segs,
+    ) {
         Ok(t) => t as usize,
         Err(e) => return malformed(&e),
     };
     let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
     if total < h.len() {
-        return malformed(&format_args!("{total} bytes is shorter than the virtio-net and Ethernet headers"));
+        return malformed(&format_args!(
+            "{total} bytes is shorter than the virtio-net and Ethernet headers"
+        ));
     }
     match frame::read(mem, &s.segs, 0, &mut h) {
         Ok(n) if n == h.len() => {}
