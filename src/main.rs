@@ -1,1 +1,265 @@
-fn main() {}
+//! `vhost-user-sriov-net`: the daemon ("firmware") serving one PF and N VF virtio-net partitions
+//! over vhost-user, plus its `qemu-args` and `ctl` companions.
+
+mod config;
+mod control;
+mod ctl;
+mod qemu;
+mod server;
+
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use backend::mac::MacAddr;
+use backend::partition::Partition;
+use backend::switch::Switch;
+use clap::{Args, Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use config::{Config, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "vhost-user-sriov-net",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Write the daemon's PID to this file once every socket listens.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The settings shared by the daemon and `qemu-args`; flags override the config file.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Directory for pf.sock, vf<N>.sock and control.sock [default: /run/vhost-user-sriov-net]
+    #[arg(long, value_name = "DIR")]
+    socket_dir: Option<PathBuf>,
+    /// Number of VF partitions (1..=255) [default: 4]
+    #[arg(long)]
+    vfs: Option<u16>,
+    /// TOML config file (same keys as these flags, plus [pf] and [vf.N] overrides)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Locally administered base MAC: PF gets it, VF n gets base + n + 1 [default: 02:53:52:00:00:00]
+    #[arg(long)]
+    base_mac: Option<MacAddr>,
+    /// Queue pairs per partition [default: 1]
+    #[arg(long)]
+    queue_pairs: Option<u16>,
+    /// Queue size (power of two, 64..=1024) [default: 256]
+    #[arg(long)]
+    queue_size: Option<u16>,
+    /// MTU offered to the drivers [default: 1500]
+    #[arg(long)]
+    mtu: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the QEMU arguments for the PF and every VF, one per line.
+    QemuArgs {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Guest memory (shared memfd backend), e.g. 512M or 2G.
+        #[arg(long, default_value = "512M")]
+        memory: String,
+        /// Print one shell-quoted line instead of one argument per line.
+        #[arg(long)]
+        shell: bool,
+    },
+    /// Query a running daemon.
+    Ctl {
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_SOCKET_DIR)]
+        socket_dir: PathBuf,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Partitions with MAC, state, queues and counters.
+    Show {
+        /// Print JSON instead of a table.
+        #[arg(short = 'j', long)]
+        json: bool,
+        /// Only this partition (pf, vf0, vf1, ...).
+        partition: Option<String>,
+    },
+}
+
+/// Exit status for bad input (config, CLI, socket paths), like clap's usage errors.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run_daemon(&cli.config, cli.ready_file.as_deref()),
+        Some(Command::QemuArgs {
+            config,
+            memory,
+            shell,
+        }) => run_qemu_args(&config, &memory, shell),
+        Some(Command::Ctl {
+            socket_dir,
+            command,
+        }) => match command {
+            CtlCommand::Show { json, partition } => {
+                match ctl::show(&socket_dir, partition.as_deref(), json) {
+                    Ok(out) => {
+                        print!("{out}");
+                        if json {
+                            println!();
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(1, &e),
+                }
+            }
+        },
+    }
+}
+
+fn fail(code: u8, msg: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
+    let file = match &a.config {
+        Some(p) => Settings::from_file(p)?,
+        None => Settings::default(),
+    };
+    let flags = Settings {
+        socket_dir: a.socket_dir.clone(),
+        vfs: a.vfs,
+        base_mac: a.base_mac,
+        queue_pairs: a.queue_pairs,
+        queue_size: a.queue_size,
+        mtu: a.mtu,
+        pf: None,
+        vf: None,
+    };
+    Config::resolve(file.overlay(flags))
+}
+
+fn run_qemu_args(a: &ConfigArgs, memory: &str, shell: bool) -> ExitCode {
+    let cfg = match load_config(a) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, &e),
+    };
+    let args = match qemu::parse_mib(memory).and_then(|m| qemu::args(&cfg, m)) {
+        Ok(a) => a,
+        Err(e) => return fail(EXIT_BAD_INPUT, &e),
+    };
+    if shell {
+        let line: Vec<String> = args.iter().map(|s| qemu::shell_quote(s)).collect();
+        println!("{}", line.join(" "));
+    } else {
+        for s in args {
+            println!("{s}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cfg = match load_config(a) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, &e),
+    };
+    let partitions: Vec<Arc<Partition>> = cfg
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, (role, pc))| Arc::new(Partition::new(i, *role, pc.clone())))
+        .collect();
+    let switch = match Switch::new(partitions) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(EXIT_BAD_INPUT, &e),
+    };
+
+    let dir = &cfg.socket_dir;
+    if let Err(e) = server::prepare_dir(dir) {
+        return fail(EXIT_BAD_INPUT, &e);
+    }
+    let mut paths: Vec<PathBuf> = switch
+        .partitions()
+        .iter()
+        .map(|p| dir.join(format!("{}.sock", p.name())))
+        .collect();
+    let control_path = dir.join("control.sock");
+    paths.push(control_path.clone());
+    let mut listeners = match server::bind_all(&paths) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_BAD_INPUT, &e),
+    };
+    // The control socket is served by std's listener; vhost's Listener only reserved the path.
+    drop(listeners.pop());
+    let control = match UnixListener::bind(&control_path) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                EXIT_BAD_INPUT,
+                &format!("cannot listen on {}: {e}", control_path.display()),
+            )
+        }
+    };
+
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => return fail(1, &format!("cannot install signal handlers: {e}")),
+    };
+    for (p, l) in switch.partitions().iter().zip(listeners) {
+        if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), l) {
+            return fail(1, &format!("cannot start thread for {}: {e}", p.name()));
+        }
+    }
+    if let Err(e) = control::spawn(control, switch.clone()) {
+        return fail(1, &format!("cannot start control server: {e}"));
+    }
+    if let Some(f) = ready_file {
+        if let Err(e) = write_ready_file(f) {
+            return fail(
+                EXIT_BAD_INPUT,
+                &format!("cannot write ready file {}: {e}", f.display()),
+            );
+        }
+    }
+    log::info!(
+        "ready: PF and {} VF partitions listening in {} (control: {})",
+        cfg.vfs(),
+        dir.display(),
+        control_path.display()
+    );
+
+    let sig = signals.forever().next();
+    log::info!("signal {sig:?}: shutting down");
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(f) = ready_file {
+        let _ = std::fs::remove_file(f);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Written via rename so a watcher never reads a half-written PID.
+fn write_ready_file(path: &Path) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{}", std::process::id())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,182 @@
+//! Wiring partitions to sockets and threads: checks and binds every socket before anything is
+//! served (nothing half-started), then runs one serve loop per partition. Each loop builds a
+//! fresh vhost-user daemon per connection, so a reconnecting frontend always meets a reset
+//! device, while the listening socket stays bound (no window where the file is missing).
+
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use backend::device::NetDevice;
+use backend::partition::Partition;
+use backend::switch::Switch;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("socket directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("{0} is in use by a live process (another daemon?)")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotSocket(PathBuf),
+    #[error("cannot remove stale socket {path}: {source}")]
+    Stale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// Makes sure `dir` exists and is writable by us.
+pub fn prepare_dir(dir: &Path) -> Result<(), SetupError> {
+    let err = |source| SetupError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(err)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// A socket path may be reused only if nothing answers on it: a stale file from a dead daemon is
+/// removed, a live one is an error.
+pub fn claim_path(path: &Path) -> Result<(), SetupError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(SetupError::Dir {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(SetupError::NotSocket(path.to_path_buf()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(SetupError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|source| SetupError::Stale {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Claims every path first, then binds them all; on any failure removes what it bound.
+pub fn bind_all(paths: &[PathBuf]) -> Result<Vec<Listener>, SetupError> {
+    for p in paths {
+        claim_path(p)?;
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        // Listener unlinks its path on drop, so an early return cleans up what was bound.
+        let l = Listener::new(p, false).map_err(|e| SetupError::Bind {
+            path: p.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves one partition on `listener` forever: one frontend at a time, any number in turn.
+pub fn spawn_partition(
+    partition: Arc<Partition>,
+    switch: Arc<Switch>,
+    mut listener: Listener,
+) -> io::Result<thread::JoinHandle<()>> {
+    let name = partition.name();
+    thread::Builder::new()
+        .name(format!("serve-{name}"))
+        .spawn(move || {
+            let device = NetDevice::new(partition, switch);
+            loop {
+                if let Err(e) = serve_one(&device, &mut listener) {
+                    log::error!("{name}: {e}; retrying");
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })
+}
+
+fn serve_one(device: &NetDevice, listener: &mut Listener) -> Result<(), String> {
+    let part = device.partition();
+    let name = part.name();
+    let session = device
+        .new_session()
+        .map_err(|e| format!("cannot create session: {e}"))?;
+    let mut daemon = match VhostUserDaemon::new(name.clone(), device.clone(), session.mem.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            session.stop_worker();
+            return Err(format!("cannot create vhost-user daemon: {e}"));
+        }
+    };
+    if let Err(e) = daemon.start(listener) {
+        session.stop_worker();
+        return Err(format!("accept failed: {e}"));
+    }
+    part.on_connect();
+    log::info!("{name}: frontend connected");
+    let result = daemon.wait();
+    session.stop_worker();
+    part.on_disconnect();
+    match result {
+        Ok(()) => {
+            log::info!("{name}: frontend disconnected; partition reset, waiting for the next")
+        }
+        Err(e) => {
+            log::warn!("{name}: connection dropped: {e}; partition reset, waiting for the next")
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("sriov-net-server-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_refused() {
+        let d = tmp("claim");
+        let stale = d.join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists());
+        claim_path(&stale).unwrap();
+        assert!(!stale.exists());
+
+        let live = d.join("live.sock");
+        let _l = UnixListener::bind(&live).unwrap();
+        assert!(matches!(claim_path(&live), Err(SetupError::InUse(_))));
+
+        let file = d.join("file.sock");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(claim_path(&file), Err(SetupError::NotSocket(_))));
+    }
+
+    #[test]
+    fn bind_all_leaves_nothing_behind_on_failure() {
+        let d = tmp("bindall");
+        let live = d.join("b.sock");
+        let _l = UnixListener::bind(&live).unwrap();
+        let paths = vec![d.join("a.sock"), live.clone()];
+        assert!(bind_all(&paths).is_err());
+        assert!(!d.join("a.sock").exists(), "nothing half-started");
+    }
+}
