@@ -15,6 +15,7 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -51,6 +52,29 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+}
+
+/// Every file-backed region must lie within its file.
+fn check_regions(mem: &crate::Mem) -> io::Result<()> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in mem.iter() {
+        if let Some(fo) = r.file_offset() {
+            let file_len = fo.file().metadata()?.len();
+            let end = fo.start().checked_add(r.len());
+            if end.is_none_or(|e| e > file_len) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "region at guest {:#x} maps {} bytes from file offset {} but the file has {file_len}",
+                        r.start_addr().0,
+                        r.len(),
+                        fo.start()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -127,9 +151,18 @@ impl VhostUserBackend for NetDevice {
         // Kept in each queue's state by the handler; the data path reads it from there.
     }
 
-    fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
-        // The handler swaps the table inside the session's GuestMemoryAtomic itself.
-        Ok(())
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        // The handler has already installed the new table. A region reaching past the end of
+        // its file would SIGBUS the whole daemon on first touch, so such a table is replaced by
+        // an empty one (every access then fails cleanly) and refused.
+        let bad = check_regions(&mem.memory());
+        if let Err(e) = &bad {
+            if let Ok(guard) = mem.lock() {
+                guard.replace(crate::Mem::new());
+            }
+            log::warn!("{}: memory table refused: {e}", self.inner.partition.name());
+        }
+        bad
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

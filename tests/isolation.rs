@@ -1,0 +1,274 @@
+//! Hard partitions: malformed chains, bad vhost-user input, stop/restart and disconnect/reconnect
+//! of one partition never disturb the others, and the daemon stays up.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+
+/// Sends one frame PF -> VF0 and checks it arrives: the "other pair keeps passing traffic".
+fn ping(d: &Daemon, pf: &mut Driver, vf0: &mut Driver, tag: u8) {
+    vf0.post_rx(0, 1, 2048);
+    let f = test_frame(d.mac("vf0"), d.mac("pf"), tag, 64);
+    pf.send(0, &f);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f, "PF -> VF0 traffic, round {tag}");
+}
+
+#[test]
+fn malformed_tx_chains_are_completed_and_isolated_to_their_partition() {
+    let d = Daemon::start(&["--vfs", "2"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    let mut vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
+    d.wait_state("vf1", "started");
+    ping(&d, &mut pf, &mut vf0, 1);
+
+    let own = u64::MAX; // "the descriptor's own slot"
+    let tx = 1;
+    let bad: Vec<Vec<RawDesc>> = vec![
+        // Address outside the memory table.
+        vec![RawDesc {
+            addr: 0x7fff_0000_0000,
+            len: 100,
+            flags: 0,
+            next: 0,
+        }],
+        // Write-only descriptor in a TX chain.
+        vec![RawDesc {
+            addr: own,
+            len: 100,
+            flags: F_WRITE,
+            next: 0,
+        }],
+        // Zero-length descriptor.
+        vec![RawDesc {
+            addr: own,
+            len: 0,
+            flags: 0,
+            next: 0,
+        }],
+        // Indirect table with a bogus length.
+        vec![RawDesc {
+            addr: own,
+            len: 7,
+            flags: F_INDIRECT,
+            next: 0,
+        }],
+        // Shorter than the virtio-net + Ethernet headers.
+        vec![RawDesc {
+            addr: own,
+            len: 20,
+            flags: 0,
+            next: 0,
+        }],
+    ];
+    let n_bad = bad.len() as u64 + 1;
+    for chain in &bad {
+        vf1.post_raw(tx, chain);
+        ping(&d, &mut pf, &mut vf0, 2);
+    }
+    // A loop: two descriptors pointing at each other.
+    let a = vf1.next_free(tx);
+    let loop_chain = [
+        RawDesc {
+            addr: own,
+            len: 64,
+            flags: F_NEXT,
+            next: a + 1,
+        },
+        RawDesc {
+            addr: own,
+            len: 64,
+            flags: F_NEXT,
+            next: a,
+        },
+    ];
+    vf1.post_raw(tx, &loop_chain);
+    let done = vf1.wait_tx_done(0, n_bad as usize);
+    assert!(
+        done.iter().all(|(_, len)| *len == 0),
+        "malformed chains are completed with length 0"
+    );
+    assert_eq!(d.counter("vf1", "drop_malformed_chain"), n_bad);
+    assert_eq!(d.counter("vf1", "tx_packets"), 0);
+    // VF1's queue still works, and so does everyone else.
+    vf0.post_rx(0, 1, 2048);
+    let good = test_frame(d.mac("vf0"), d.mac("vf1"), 9, 64);
+    vf1.send(0, &good);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, good);
+    ping(&d, &mut pf, &mut vf0, 3);
+    let log = d.log();
+    assert_eq!(
+        log.matches("vf1: TX chain").count(),
+        1,
+        "warned once, not per packet:\n{log}"
+    );
+}
+
+#[test]
+fn broken_avail_index_isolates_only_that_queue() {
+    let d = Daemon::start(&["--vfs", "2"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    let mut vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
+    d.wait_state("vf1", "started");
+    // VF1's driver claims 1000 new chains on a 256-entry ring.
+    vf1.corrupt_avail_idx(1, 1000);
+    std::thread::sleep(Duration::from_millis(50));
+    ping(&d, &mut pf, &mut vf0, 1);
+    assert!(d.log().contains("vf1: queue 1 broken"));
+    // A restart of VF1 (fresh rings) brings its queue back.
+    vf1.stop_rings();
+    vf1.start_rings();
+    vf0.post_rx(0, 1, 2048);
+    let f = test_frame(d.mac("vf0"), d.mac("vf1"), 4, 64);
+    vf1.send(0, &f);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f);
+}
+
+#[test]
+fn stop_and_restart_on_one_connection_any_number_of_times() {
+    let d = Daemon::start(&["--vfs", "2"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    for round in 1..=3u8 {
+        ping(&d, &mut pf, &mut vf0, round);
+        vf0.stop_rings();
+        d.wait_state("vf0", "stopped");
+        // Frames to a stopped VF are dropped at the switch, the PF is not held up.
+        pf.send(0, &test_frame(d.mac("vf0"), d.mac("pf"), 0, 64));
+        pf.wait_tx_done(0, 2);
+        vf0.start_rings();
+        d.wait_state("vf0", "started");
+    }
+    ping(&d, &mut pf, &mut vf0, 9);
+    let p = d.partition("vf0");
+    assert_eq!(
+        (
+            p["starts"].as_u64(),
+            p["stops"].as_u64(),
+            p["connects"].as_u64()
+        ),
+        (Some(4), Some(3), Some(1))
+    );
+    assert_eq!(d.counter("pf", "drop_destination_down"), 3);
+}
+
+#[test]
+fn disconnect_resets_the_partition_and_the_socket_takes_the_next_frontend() {
+    let d = Daemon::start(&["--vfs", "2"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    for round in 1..=3u8 {
+        let mut vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
+        d.wait_state("vf1", "started");
+        vf1.post_rx(0, 1, 2048);
+        let f = test_frame(d.mac("vf1"), d.mac("pf"), round, 64);
+        pf.send(0, &f);
+        assert_eq!(vf1.recv_n(0, 1)[0].1, f);
+        drop(vf1);
+        d.wait_state("vf1", "waiting");
+        ping(&d, &mut pf, &mut vf0, round);
+    }
+    let p = d.partition("vf1");
+    assert_eq!(
+        (p["connects"].as_u64(), p["disconnects"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert!(d.sock("vf1").exists(), "socket file never re-created");
+}
+
+#[test]
+fn bad_vhost_user_input_drops_only_that_connection() {
+    let mut d = Daemon::start(&["--vfs", "3"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+
+    // Garbage bytes instead of vhost-user messages.
+    let mut s = UnixStream::connect(d.sock("vf1")).unwrap();
+    s.write_all(&[0xde; 100]).unwrap();
+    drop(s);
+
+    // A memory table that points past the end of its file.
+    let bad = Driver::connect(&d.sock("vf2"), plain(), 1);
+    let r = bad.region_info();
+    let lying = VhostUserMemoryRegionInfo {
+        memory_size: r.memory_size * 64,
+        ..r
+    };
+    // The frontend may not wait for the reply; the daemon's refusal shows in its log and state.
+    let _ = bad.fe.set_mem_table(&[lying]);
+    wait_for(
+        Duration::from_secs(5),
+        || d.log().contains("vf2: memory table refused"),
+        "refusal",
+    );
+    d.wait_state("vf2", "waiting");
+    drop(bad);
+
+    // Ring size beyond the maximum.
+    let big = Driver::connect(&d.sock("vf2"), plain(), 1);
+    let _ = big.fe.set_vring_num(0, 4096);
+    let dropped = || d.log().matches("vf2: connection dropped").count() == 2;
+    wait_for(
+        Duration::from_secs(5),
+        dropped,
+        "second vf2 connection dropped",
+    );
+    drop(big);
+
+    ping(&d, &mut pf, &mut vf0, 1);
+    d.wait_state("vf1", "waiting");
+    d.wait_state("vf2", "waiting");
+    // The victims' sockets serve a proper frontend right after.
+    let mut vf2 = Driver::start(&d.sock("vf2"), plain(), 1);
+    d.wait_state("vf2", "started");
+    vf2.post_rx(0, 1, 2048);
+    let f = test_frame(d.mac("vf2"), d.mac("pf"), 5, 64);
+    pf.send(0, &f);
+    assert_eq!(vf2.recv_n(0, 1)[0].1, f);
+    assert!(d.alive());
+    bad_control_requests(&d);
+}
+
+/// Malformed control requests get error replies; the daemon and the connection carry on.
+fn bad_control_requests(d: &Daemon) {
+    use std::io::{BufRead, BufReader};
+    let s = UnixStream::connect(d.dir.join("control.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for req in [
+        "{nope",
+        r#"{"version":9,"cmd":"show"}"#,
+        r#"{"version":1,"cmd":"reboot"}"#,
+    ] {
+        writeln!(w, "{req}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{req}");
+    }
+    writeln!(w, r#"{{"version":1,"cmd":"show"}}"#).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], true);
+}
+
+#[test]
+fn control_socket_survives_malformed_requests() {
+    let d = Daemon::start(&["--vfs", "1"]);
+    bad_control_requests(&d);
+    // Oversized request line: error, then the connection is closed; the daemon answers others.
+    let mut s = UnixStream::connect(d.dir.join("control.sock")).unwrap();
+    let _ = s.write_all(&vec![b'x'; 200_000]);
+    drop(s);
+    assert_eq!(d.show()["partitions"].as_array().unwrap().len(), 2);
+}
