@@ -76,6 +76,10 @@ enum Command {
         /// Print one shell-quoted line instead of one argument per line.
         #[arg(long)]
         shell: bool,
+        /// Only the NIC (root port, chardevs, netdevs, devices): shared guest memory and the
+        /// q35 machine are set up by the caller (e.g. libvirt's <memoryBacking>).
+        #[arg(long)]
+        nic_only: bool,
     },
     /// Query a running daemon.
     Ctl {
@@ -109,7 +113,8 @@ fn main() -> ExitCode {
             config,
             memory,
             shell,
-        }) => run_qemu_args(&config, &memory, shell),
+            nic_only,
+        }) => run_qemu_args(&config, (!nic_only).then_some(memory.as_str()), shell),
         Some(Command::Ctl {
             socket_dir,
             command,
@@ -153,12 +158,16 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
     Config::resolve(file.overlay(flags))
 }
 
-fn run_qemu_args(a: &ConfigArgs, memory: &str, shell: bool) -> ExitCode {
+fn run_qemu_args(a: &ConfigArgs, memory: Option<&str>, shell: bool) -> ExitCode {
     let cfg = match load_config(a) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
-    let args = match qemu::parse_mib(memory).and_then(|m| qemu::args(&cfg, m)) {
+    let args = match memory
+        .map(qemu::parse_mib)
+        .transpose()
+        .and_then(|m| qemu::args(&cfg, m))
+    {
         Ok(a) => a,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };

@@ -41,19 +41,26 @@ fn device_opts(cfg: &PartitionConfig) -> String {
     o
 }
 
-/// The arguments, one per element (suitable for `mapfile -t` or an argv array).
-pub fn args(config: &Config, memory_mib: u64) -> Result<Vec<String>, QemuArgsError> {
+/// The arguments, one per element (suitable for `mapfile -t` or an argv array). Without
+/// `memory_mib` the shared-memory and machine arguments are left to the caller (e.g. libvirt's
+/// `<memoryBacking>`).
+pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, QemuArgsError> {
     let dir = config.socket_dir.display();
-    let mut a: Vec<String> = vec![
-        "-object".into(),
-        format!("memory-backend-memfd,id=sriov-mem,size={memory_mib}M,share=on"),
-        "-machine".into(),
-        "q35,memory-backend=sriov-mem".into(),
-        "-m".into(),
-        format!("{memory_mib}M"),
+    let mut a: Vec<String> = Vec::new();
+    if let Some(m) = memory_mib {
+        a.extend([
+            "-object".into(),
+            format!("memory-backend-memfd,id=sriov-mem,size={m}M,share=on"),
+            "-machine".into(),
+            "q35,memory-backend=sriov-mem".into(),
+            "-m".into(),
+            format!("{m}M"),
+        ]);
+    }
+    a.extend([
         "-device".into(),
         format!("pcie-root-port,id={ROOT_PORT_ID},chassis=1,slot=0"),
-    ];
+    ]);
     // QEMU requires the VFs to exist before the PF that claims them is realized.
     let vfs = config
         .partitions
@@ -124,7 +131,7 @@ mod tests {
     #[test]
     fn vfs_come_before_the_pf_with_matching_macs_and_functions() {
         let c = cfg("vfs = 3");
-        let a = args(&c, 512).unwrap();
+        let a = args(&c, Some(512)).unwrap();
         let devs: Vec<&String> = a
             .iter()
             .filter(|s| s.starts_with("virtio-net-pci"))
@@ -144,7 +151,11 @@ mod tests {
     #[test]
     fn ari_functions_and_multiqueue() {
         let c = cfg("vfs = 10\nqueue_pairs = 2");
-        let a = args(&c, 1024).unwrap();
+        let a = args(&c, Some(1024)).unwrap();
+        assert!(!args(&c, None)
+            .unwrap()
+            .iter()
+            .any(|s| s.contains("memory-backend")));
         assert!(a
             .iter()
             .any(|s| s.contains("netdev=sriov-vf9-net") && s.contains("addr=0x1.0x2")));
@@ -162,7 +173,7 @@ mod tests {
         assert!(parse_mib("lots").is_err());
         assert!(parse_mib("1M").is_err());
         assert_eq!(
-            args(&cfg("queue_size = 128"), 512),
+            args(&cfg("queue_size = 128"), Some(512)),
             Err(QemuArgsError::QueueSize("vf0".into(), 128))
         );
         assert_eq!(shell_quote("romfile="), "romfile=");
