@@ -16,6 +16,8 @@ pub const DEFAULT_QUEUE_PAIRS: u16 = 1;
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 pub const DEFAULT_MTU: u16 = 1500;
+/// Upper bound of the busy-poll window: polling is a bounded trade, not a spinning core.
+pub const MAX_POLL_US: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,6 +59,8 @@ pub struct Settings {
     pub queue_pairs: Option<u16>,
     pub queue_size: Option<u16>,
     pub mtu: Option<u16>,
+    /// Busy-poll window in microseconds after a TX queue runs dry; 0 = event-driven.
+    pub poll_us: Option<u32>,
     pub pf: Option<PartitionOverride>,
     /// Keyed by VF index as a string: `[vf.0]`, `[vf.1]`, ...
     pub vf: Option<BTreeMap<String, PartitionOverride>>,
@@ -97,6 +101,7 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub socket_dir: PathBuf,
+    pub poll_us: u32,
     /// Index 0 is the PF, then VF 0..n.
     pub partitions: Vec<(Role, PartitionConfig)>,
 }
@@ -112,6 +117,13 @@ impl Config {
             return Err(invalid(
                 "vfs",
                 format!("{vfs} is out of range 1..={MAX_VFS}"),
+            ));
+        }
+        let poll_us = s.poll_us.unwrap_or(0);
+        if poll_us > MAX_POLL_US {
+            return Err(invalid(
+                "poll_us",
+                format!("{poll_us} is above the maximum of {MAX_POLL_US}"),
             ));
         }
         let base = s.base_mac.unwrap_or(DEFAULT_BASE_MAC);
@@ -187,6 +199,7 @@ impl Config {
             }
         }
         Ok(Config {
+            poll_us,
             socket_dir: s
                 .socket_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR)),
@@ -348,5 +361,6 @@ mod tests {
         assert!(err("[vf.3]\nqueue_pairs = 0").starts_with("vf.3.queue_pairs: 0 is out of range"));
         assert!(err("mtu = 20").starts_with("mtu: 20 is below"));
         assert!(err("base_mac = \"02:00:00:ff:ff:fe\"").starts_with("base_mac: "));
+        assert!(err("poll_us = 10001").starts_with("poll_us: 10001 is above"));
     }
 }

@@ -62,6 +62,10 @@ struct ConfigArgs {
     /// MTU offered to the drivers [default: 1500]
     #[arg(long)]
     mtu: Option<u16>,
+    /// Keep polling a TX queue this many microseconds after it runs dry (0..=10000) [default: 0,
+    /// event-driven: idle partitions cost nothing]
+    #[arg(long, value_name = "US")]
+    poll_us: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +156,7 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
         queue_pairs: a.queue_pairs,
         queue_size: a.queue_size,
         mtu: a.mtu,
+        poll_us: a.poll_us,
         pf: None,
         vf: None,
     };
@@ -231,7 +236,8 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         Err(e) => return fail(1, &format!("cannot install signal handlers: {e}")),
     };
     for (p, l) in switch.partitions().iter().zip(listeners) {
-        if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), l) {
+        let poll = std::time::Duration::from_micros(u64::from(cfg.poll_us));
+        if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), poll, l) {
             return fail(1, &format!("cannot start thread for {}: {e}", p.name()));
         }
     }

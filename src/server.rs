@@ -90,13 +90,14 @@ pub fn bind_all(paths: &[PathBuf]) -> Result<Vec<Listener>, SetupError> {
 pub fn spawn_partition(
     partition: Arc<Partition>,
     switch: Arc<Switch>,
+    poll: Duration,
     mut listener: Listener,
 ) -> io::Result<thread::JoinHandle<()>> {
     let name = partition.name();
     thread::Builder::new()
         .name(format!("serve-{name}"))
         .spawn(move || {
-            let device = NetDevice::new(partition, switch);
+            let device = NetDevice::new(partition, switch, poll);
             loop {
                 if let Err(e) = serve_one(&device, &mut listener) {
                     log::error!("{name}: {e}; retrying");

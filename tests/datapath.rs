@@ -336,3 +336,22 @@ fn two_queue_pairs_keep_flows_on_their_pair() {
     let v = d.partition("vf0");
     assert_eq!(v["queues"][1]["counters"]["rx_bytes"], 104);
 }
+
+#[test]
+fn busy_poll_mode_forwards_like_event_mode() {
+    let d = Daemon::start(&["--vfs", "1", "--poll-us", "500"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 64, 2048);
+    let frames: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| test_frame(d.mac("vf0"), d.mac("pf"), i, 60 + usize::from(i)))
+        .collect();
+    for f in &frames {
+        pf.send(0, f);
+    }
+    let got: Vec<Vec<u8>> = vf0.recv_n(0, 50).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got, frames, "in order, intact");
+    pf.wait_tx_done(0, 50);
+    assert_eq!(d.counter("pf", "tx_packets"), 50);
+}

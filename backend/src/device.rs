@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
@@ -85,12 +86,14 @@ pub struct NetDevice {
 struct Inner {
     partition: Arc<Partition>,
     switch: Arc<Switch>,
+    /// Busy-poll window after a TX queue runs dry (zero: purely event-driven).
+    poll: Duration,
     /// One per TX queue; only that queue's worker takes it, so it is never contended.
     scratch: Vec<Mutex<TxScratch>>,
 }
 
 impl NetDevice {
-    pub fn new(partition: Arc<Partition>, switch: Arc<Switch>) -> Self {
+    pub fn new(partition: Arc<Partition>, switch: Arc<Switch>, poll: Duration) -> Self {
         let scratch = (0..partition.config.queue_pairs)
             .map(|_| Mutex::new(TxScratch::default()))
             .collect();
@@ -98,6 +101,7 @@ impl NetDevice {
             inner: Arc::new(Inner {
                 partition,
                 switch,
+                poll,
                 scratch,
             }),
         }
@@ -205,7 +209,14 @@ impl VhostUserBackend for NetDevice {
             let pair = ev / 2;
             if let Some(m) = self.inner.scratch.get(pair) {
                 let mut scratch = m.lock().unwrap_or_else(|e| e.into_inner());
-                tx::process_tx(&self.inner.switch, p, &session, pair, &mut scratch);
+                tx::process_tx(
+                    &self.inner.switch,
+                    p,
+                    &session,
+                    pair,
+                    self.inner.poll,
+                    &mut scratch,
+                );
             }
         }
         Ok(())

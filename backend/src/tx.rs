@@ -2,6 +2,8 @@
 //! each frame's virtio-net and Ethernet headers, hands the frame to the switch and completes the
 //! chain. TX used length is always 0 (the device writes nothing into TX buffers).
 
+use std::time::{Duration, Instant};
+
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
@@ -29,12 +31,15 @@ pub struct TxScratch {
     fwd: FwdScratch,
 }
 
-/// Drains TX queue pair `pair` of `part` until the driver has nothing more to send.
+/// Drains TX queue pair `pair` of `part` until the driver has nothing more to send. With a
+/// non-zero `poll`, an empty ring is re-checked for that long before notifications are re-armed:
+/// CPU traded for fewer kicks and lower latency under load.
 pub fn process_tx(
     sw: &Switch,
     part: &Partition,
     session: &Session,
     pair: usize,
+    poll: Duration,
     s: &mut TxScratch,
 ) {
     let qidx = 2 * pair + 1;
@@ -43,6 +48,7 @@ pub fn process_tx(
     };
     let mem = session.mem.memory();
     let indirect = session.indirect();
+    let mut idle_since: Option<Instant> = None;
     loop {
         if session.is_broken(qidx) {
             return;
@@ -58,6 +64,14 @@ pub fn process_tx(
                 Err(RingError::NotReady) => return,
                 Err(e) => return session.mark_broken(qidx, &e),
             };
+            if n == 0
+                && !poll.is_zero()
+                && idle_since.get_or_insert_with(Instant::now).elapsed() < poll
+            {
+                drop(g);
+                std::hint::spin_loop();
+                continue;
+            }
             if n == 0 {
                 // Re-arm the kick; if the driver added chains meanwhile, keep going.
                 match q.enable_notification(&*mem) {
@@ -70,6 +84,7 @@ pub fn process_tx(
                 }
             }
             let _ = q.disable_notification(&*mem);
+            idle_since = None;
             s.heads.clear();
             for k in 0..n.min(TX_BATCH) {
                 match ring::avail_head(&mem, q, k) {
