@@ -19,5 +19,8 @@ pub mod session;
 pub mod switch;
 pub mod tx;
 
+#[cfg(test)]
+mod testutil;
+
 /// Guest memory of one connection, as the vhost-user handler maps it.
 pub type Mem = vm_memory::GuestMemoryMmap<()>;

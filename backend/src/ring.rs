@@ -13,8 +13,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::Mem;
 
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
+pub(crate) const DESC_F_NEXT: u16 = 1;
+pub(crate) const DESC_F_WRITE: u16 = 2;
 const DESC_F_INDIRECT: u16 = 4;
 const DESC_SIZE: u64 = 16;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -248,76 +248,8 @@ pub fn publish_used(mem: &Mem, q: &mut Queue, count: u16) -> Result<bool, RingEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
 
-    const DESC: u64 = 0x0;
-    const AVAIL: u64 = 0x1000;
-    const USED: u64 = 0x2000;
-
-    /// Driver side of a split ring at fixed, non-overlapping addresses. (virtio-queue's
-    /// MockSplitQueue overlaps the used ring with the avail ring's used_event field.)
-    struct Driver {
-        mem: GuestMemoryMmap<()>,
-        size: u16,
-        avail_idx: u16,
-    }
-
-    impl Driver {
-        fn new(size: u16) -> (Driver, Queue) {
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-            let mut q = Queue::new(size).unwrap();
-            q.set_size(size);
-            q.set_desc_table_address(Some(DESC as u32), Some(0));
-            q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-            q.set_used_ring_address(Some(USED as u32), Some(0));
-            q.set_ready(true);
-            (
-                Driver {
-                    mem,
-                    size,
-                    avail_idx: 0,
-                },
-                q,
-            )
-        }
-
-        fn desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let d = Descriptor::new(addr, len, flags, next);
-            self.mem
-                .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
-                .unwrap();
-        }
-
-        fn offer(&mut self, head: u16) {
-            let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % self.size);
-            self.mem
-                .write_obj(head.to_le(), GuestAddress(slot))
-                .unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem
-                .store(
-                    self.avail_idx.to_le(),
-                    GuestAddress(AVAIL + 2),
-                    Ordering::Release,
-                )
-                .unwrap();
-        }
-
-        fn walk(&self, q: &Queue, dir: Dir, indirect: bool) -> Result<(u32, Vec<Seg>), ChainError> {
-            let head = avail_head(&self.mem, q, 0).unwrap();
-            let mut segs = Vec::new();
-            walk_chain(
-                &self.mem,
-                Table::of(q),
-                head,
-                dir,
-                indirect,
-                65562,
-                &mut segs,
-            )
-            .map(|t| (t, segs))
-        }
-    }
+    use crate::testutil::{Driver, AVAIL, DESC, USED};
 
     #[test]
     fn walks_a_readable_chain_and_counts_bytes() {

@@ -46,13 +46,14 @@ pub fn process_tx(
     let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
         return;
     };
-    let mem = session.mem.memory();
     let indirect = session.indirect();
     let mut idle_since: Option<Instant> = None;
     loop {
         if session.is_broken(qidx) {
             return;
         }
+        // Per batch, so a memory table change takes effect while traffic keeps flowing.
+        let mem = session.mem.memory();
         let table = {
             let mut g = vring.get_mut();
             if !g.is_enabled() {
