@@ -30,6 +30,8 @@ const IPV4_FRAG_MASK: u16 = 0x3fff;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
+/// Linux's TCP_MIN_MSS: no stack segments below this.
+const MIN_GSO_SIZE: u16 = 88;
 
 /// Offloads the receiving driver negotiated (its GUEST_* features).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +104,8 @@ pub enum OffloadError {
     UnsupportedGsoType(u8),
     #[error("GSO frame with gso_size 0")]
     ZeroGsoSize,
+    #[error("gso_size {0} is below TCP's minimum segment size of {MIN_GSO_SIZE}")]
+    GsoSizeTooSmall(u16),
     #[error("segment IP length {0} does not fit the 16-bit IP length field")]
     SegmentTooLarge(usize),
 }
@@ -315,6 +319,10 @@ fn segment_tcp(
     let mss = usize::from(hdr.gso_size);
     if mss == 0 {
         return Err(OffloadError::ZeroGsoSize);
+    }
+    // A tiny MSS would turn one 64 KiB frame into tens of thousands of deliveries.
+    if hdr.gso_size < MIN_GSO_SIZE {
+        return Err(OffloadError::GsoSizeTooSmall(hdr.gso_size));
     }
     let lay = parse_tcp(frame, gso_kind)?;
     let (headers, payload) = frame.split_at(lay.payload);
@@ -1122,6 +1130,18 @@ mod tests {
             &f,
             RxOffloads::default(),
             OffloadError::BadTcpHeaderLen(16),
+        );
+    }
+
+    #[test]
+    fn rejects_a_tiny_gso_size() {
+        let b = build(&[], v4(1), 6, &tcp_hdr(1, TCP_ACK, &[]), &data(3000));
+        let hdr = tso_hdr(&b, GSO_TCPV4, 1);
+        expect_err(
+            &hdr,
+            &b.frame,
+            RxOffloads::default(),
+            OffloadError::GsoSizeTooSmall(1),
         );
     }
 
