@@ -6,6 +6,7 @@ mod control;
 mod ctl;
 mod qemu;
 mod server;
+mod shim;
 
 use std::io::Write;
 use std::os::unix::net::UnixListener;

@@ -4,9 +4,11 @@
 //! device, while the listening socket stays bound (no window where the file is missing).
 
 use std::io;
+use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use backend::partition::Partition;
 use backend::switch::Switch;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
+
+use crate::shim;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -91,15 +95,23 @@ pub fn spawn_partition(
     partition: Arc<Partition>,
     switch: Arc<Switch>,
     poll: Duration,
-    mut listener: Listener,
+    listener: Listener,
 ) -> io::Result<thread::JoinHandle<()>> {
     let name = partition.name();
+    // The framework accepts from a private abstract-namespace socket (no file on disk); the
+    // public socket's connections reach it through the message pump (see shim.rs).
+    let addr = SocketAddr::from_abstract_name(format!(
+        "vhost-user-sriov-net/{}/{}/{name}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))?;
+    let mut internal = Listener::from(UnixListener::bind_addr(&addr)?);
     thread::Builder::new()
         .name(format!("serve-{name}"))
         .spawn(move || {
             let device = NetDevice::new(partition, switch, poll);
             loop {
-                if let Err(e) = serve_one(&device, &mut listener) {
+                if let Err(e) = serve_one(&device, &listener, &mut internal, &addr) {
                     log::error!("{name}: {e}; retrying");
                     thread::sleep(Duration::from_millis(200));
                 }
@@ -107,9 +119,21 @@ pub fn spawn_partition(
         })
 }
 
-fn serve_one(device: &NetDevice, listener: &mut Listener) -> Result<(), String> {
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn serve_one(
+    device: &NetDevice,
+    public: &Listener,
+    internal: &mut Listener,
+    internal_addr: &SocketAddr,
+) -> Result<(), String> {
     let part = device.partition();
     let name = part.name();
+    let frontend = match public.accept() {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(format!("accept failed: {e}")),
+    };
     let session = device
         .new_session()
         .map_err(|e| format!("cannot create session: {e}"))?;
@@ -120,17 +144,33 @@ fn serve_one(device: &NetDevice, listener: &mut Listener) -> Result<(), String> 
             return Err(format!("cannot create vhost-user daemon: {e}"));
         }
     };
-    if let Err(e) = daemon.start(listener) {
+    let framework_side = UnixStream::connect_addr(internal_addr).map_err(|e| {
         session.stop_worker();
-        return Err(format!("accept failed: {e}"));
+        format!("cannot reach the internal socket: {e}")
+    })?;
+    if let Err(e) = daemon.start(internal) {
+        session.stop_worker();
+        return Err(format!("internal accept failed: {e}"));
     }
     part.on_connect();
     log::info!("{name}: frontend connected");
+    let pump_name = name.clone();
+    let pump = thread::Builder::new()
+        .name(format!("pump-{name}"))
+        .spawn(move || {
+            if let Err(e) = shim::run(frontend, framework_side) {
+                log::warn!("{pump_name}: vhost-user stream error: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start message pump: {e}"))?;
     let result = daemon.wait();
+    let _ = pump.join();
     session.stop_worker();
     part.on_disconnect();
+    use vhost::vhost_user::Error as Proto;
+    use vhost_user_backend::Error::HandleRequest;
     match result {
-        Ok(()) => {
+        Ok(()) | Err(HandleRequest(Proto::Disconnected | Proto::PartialMessage)) => {
             log::info!("{name}: frontend disconnected; partition reset, waiting for the next")
         }
         Err(e) => {

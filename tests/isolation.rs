@@ -272,3 +272,43 @@ fn control_socket_survives_malformed_requests() {
     drop(s);
     assert_eq!(d.show()["partitions"].as_array().unwrap().len(), 2);
 }
+
+/// QEMU's device creation sends SET_VRING_ENABLE before SET_FEATURES; the connection must
+/// survive it (the vhost 0.18 dispatcher alone would drop it).
+#[test]
+fn early_vring_enable_from_qemu_keeps_the_connection() {
+    use std::io::Read;
+    let d = Daemon::start(&["--vfs", "1"]);
+    let mut s = UnixStream::connect(d.sock("vf0")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let msg = |req: u32, flags: u32, payload: &[u8]| {
+        let mut v = req.to_le_bytes().to_vec();
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        v.extend_from_slice(payload);
+        v
+    };
+    let get_features = |s: &mut UnixStream| {
+        s.write_all(&msg(1, 1, &[])).unwrap();
+        let mut reply = [0u8; 20];
+        s.read_exact(&mut reply).unwrap();
+        u64::from_le_bytes(reply[12..20].try_into().unwrap())
+    };
+    let offered = get_features(&mut s);
+    assert_ne!(offered & (1 << 30), 0, "PROTOCOL_FEATURES offered");
+    // SET_OWNER, then SET_VRING_ENABLE(ring 0, 1) with NEED_REPLY before any SET_FEATURES.
+    s.write_all(&msg(3, 1, &[])).unwrap();
+    s.write_all(&msg(18, 1 | 8, &[0, 0, 0, 0, 1, 0, 0, 0]))
+        .unwrap();
+    let mut ack = [0u8; 20];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(u32::from_le_bytes(ack[0..4].try_into().unwrap()), 18);
+    assert_eq!(
+        u64::from_le_bytes(ack[12..20].try_into().unwrap()),
+        0,
+        "success"
+    );
+    assert_eq!(get_features(&mut s), offered, "connection still served");
+    assert_eq!(d.state("vf0"), "connected");
+    assert!(!d.log().contains("connection dropped"));
+}
