@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# scripts/e2e.sh - end-to-end test: the daemon behind a QEMU composable SR-IOV virtio-net device.
+#
+# Runs scripts/provision.sh (fast when cached), starts vhost-user-sriov-net, boots the test guest
+# (scripts/guest/) on QEMU with the device arguments from `vhost-user-sriov-net qemu-args`, lets the
+# guest run scenarios a..h while scripts/e2e_sync.py snapshots the daemon's counters at the guest's
+# checkpoints (second serial port), then evaluates everything with scripts/e2e_check.py. Prints a
+# summary table; exits non-zero on any FAIL, missing result or timeout.
+#
+# Results (console.log, daemon.log, qemu.log, sync.log, snap-*.json, summary.txt/json) go to
+# E2E_RESULTS (default <repo>/results/e2e-<timestamp>).
+#
+# Environment:
+#   E2E_RESULTS        results directory
+#   E2E_BIN            daemon binary (default target/release/vhost-user-sriov-net; built with
+#                      `cargo build --release` if missing)
+#   E2E_VFS            --vfs for the daemon (default: the daemon's default)
+#   E2E_CONFIG         --config FILE for the daemon and qemu-args
+#   E2E_MEMORY         guest memory for qemu-args --memory (default 512M)
+#   E2E_PINGS          pings per ping check / ARP requests in d (default 4)
+#   E2E_TIMEOUT        overall time limit in seconds, provisioning included (default 900)
+#   E2E_QEMU_TIMEOUT   time limit of the QEMU run in seconds (default 420)
+#   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
+#   E2E_ACCEL          auto (default) | tcg | kvm
+#   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option)
+#   E2E_STANDIN        DEVELOPER OPTION ONLY: "hubport" runs the guest without the daemon, every
+#                      function on a QEMU hub; host-side checks are skipped. Never used by CI.
+#   SRIOV_NET_CACHE    provisioning cache (see scripts/provision.sh)
+set -Eeuo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${SRIOV_NET_CACHE:-$REPO/.cache}
+export SRIOV_NET_CACHE=$CACHE
+RESULTS=${E2E_RESULTS:-$REPO/results/e2e-$(date +%Y%m%d-%H%M%S)}
+BIN=${E2E_BIN:-$REPO/target/release/vhost-user-sriov-net}
+VFS_OPT=${E2E_VFS:-}
+CONFIG=${E2E_CONFIG:-}
+MEMORY=${E2E_MEMORY:-512M}
+PINGS=${E2E_PINGS:-4}
+TIMEOUT=${E2E_TIMEOUT:-900}
+QEMU_TIMEOUT=${E2E_QEMU_TIMEOUT:-420}
+READY_TIMEOUT=${E2E_READY_TIMEOUT:-30}
+ACCEL=${E2E_ACCEL:-auto}
+ONLY=${E2E_ONLY:-abcdefgh}
+STANDIN=${E2E_STANDIN:-}
+PY=${PYTHON:-python3}
+
+RUNDIR=
+WATCHDOG_PID=
+CHILD_PID=
+DAEMON_PID=
+SYNC_PID=
+QEMU_PID=
+TAIL_PID=
+DAEMON_EXIT="not stopped"
+
+say() { printf '[e2e] %s\n' "$*"; }
+die() {
+    printf '[e2e] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# stop_pid PID [GROUP]: SIGTERM, up to 5 s grace, then SIGKILL. GROUP=1: signal the process group
+# whose leader is PID (for children started with setsid).
+stop_pid() {
+    local pid=$1 group=${2:-0} target i
+    alive "$pid" || return 0
+    target=$pid
+    [ "$group" = 1 ] && target=-$pid
+    kill -TERM -- "$target" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        kill -KILL -- "$target" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317 # trap handler
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM ALRM ERR
+    stop_pid "$QEMU_PID"
+    stop_pid "$TAIL_PID"
+    stop_pid "$SYNC_PID"
+    stop_pid "$DAEMON_PID"
+    stop_pid "$CHILD_PID" 1
+    stop_pid "$WATCHDOG_PID" 1
+    if [ -n "$RUNDIR" ] && [ -d "$RUNDIR" ]; then
+        rm -rf --one-file-system "$RUNDIR"
+    fi
+    exit "$rc"
+}
+# shellcheck disable=SC2317 # trap handler
+on_signal() {
+    say "interrupted by SIG$1: cleaning up"
+    exit 130
+}
+# shellcheck disable=SC2317 # trap handler
+on_timeout() {
+    say "FAIL: overall timeout (E2E_TIMEOUT=${TIMEOUT}s) reached: cleaning up"
+    [ -d "$RESULTS" ] && echo "overall timeout after ${TIMEOUT}s" >"$RESULTS/TIMEOUT"
+    exit 124
+}
+trap cleanup EXIT
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+trap on_timeout ALRM
+trap 'say "ERROR: command failed (line $LINENO): $BASH_COMMAND"' ERR
+
+# in_background CMD...: run CMD in its own process group and wait for it, so that signals (Ctrl-C,
+# the overall timeout) are handled at once and the whole group is stopped on cleanup.
+in_background() {
+    local rc=0
+    setsid "$@" &
+    CHILD_PID=$!
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=
+    return "$rc"
+}
+
+# wait_file FILE SECONDS PID WHAT: wait for FILE to exist and be non-empty while PID lives.
+wait_file() {
+    local file=$1 secs=$2 pid=$3 what=$4 i
+    for ((i = 0; i < secs * 10; i++)); do
+        [ -s "$file" ] && return 0
+        alive "$pid" || die "$what exited before creating $file"
+        sleep 0.1
+    done
+    die "$what did not create $file within ${secs}s"
+}
+
+choose_accel() {
+    case $ACCEL in
+        tcg) ACCEL_ARGS=(-accel tcg -cpu max) ;;
+        kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
+        auto)
+            # /dev/kvm may be a software KVM (kvm_pvm) on which stock guest kernels die: use KVM only
+            # with hardware virtualisation and without kvm_pvm.
+            if grep -qwE 'vmx|svm' /proc/cpuinfo && [ ! -e /sys/module/kvm_pvm ] && [ -w /dev/kvm ]; then
+                ACCEL_ARGS=(-accel kvm -cpu host)
+            else
+                ACCEL_ARGS=(-accel tcg -cpu max)
+            fi
+            ;;
+        *) die "E2E_ACCEL must be auto, tcg or kvm" ;;
+    esac
+}
+
+# Stand-in device arguments: PF + VFS VFs, every function on QEMU hub 0 (a broadcast-everything
+# switch), same layout as the daemon's qemu-args (VFs first, PF at function 0 with id=pf0).
+standin_args() {
+    local i mem=$MEMORY
+    # shellcheck disable=SC2054 # commas belong to QEMU option values
+    QARGS=(-machine q35,memory-backend=mem -m "$mem"
+        -object "memory-backend-memfd,id=mem,size=$mem,share=on"
+        -device pcie-root-port,id=rp0,chassis=1,slot=0)
+    MACS=02:5e:00:00:00:00
+    for ((i = VFS - 1; i >= 0; i--)); do
+        QARGS+=(-netdev "hubport,id=nvf$i,hubid=0"
+            -device "virtio-net-pci,bus=rp0,addr=0x0.$(printf '0x%x' $((i + 1))),netdev=nvf$i,sriov-pf=pf0,mac=02:5e:00:00:01:$(printf '%02x' "$i")")
+    done
+    for ((i = 0; i < VFS; i++)); do MACS+=,02:5e:00:00:01:$(printf '%02x' "$i"); done
+    # shellcheck disable=SC2054
+    QARGS+=(-netdev hubport,id=npf,hubid=0
+        -device virtio-net-pci,bus=rp0,addr=0x0.0x0,netdev=npf,id=pf0,romfile=,mac=02:5e:00:00:00:00)
+}
+
+daemon_common_args() {
+    DARGS=(--socket-dir "$RUNDIR/sock")
+    [ -n "$VFS_OPT" ] && DARGS+=(--vfs "$VFS_OPT")
+    [ -n "$CONFIG" ] && DARGS+=(--config "$CONFIG")
+    return 0
+}
+
+start_daemon() {
+    local ready=$RUNDIR/daemon.ready i pid_in_file
+    daemon_common_args
+    mkdir -p "$RUNDIR/sock"
+    say "starting daemon: $BIN ${DARGS[*]} --ready-file $ready"
+    RUST_LOG=${RUST_LOG:-info} "$BIN" "${DARGS[@]}" --ready-file "$ready" >"$RESULTS/daemon.log" 2>&1 &
+    DAEMON_PID=$!
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        [ -s "$ready" ] && break
+        if ! alive "$DAEMON_PID"; then
+            tail -n 20 "$RESULTS/daemon.log" | sed 's/^/[e2e]   daemon: /' >&2
+            die "daemon exited before it was ready (see $RESULTS/daemon.log)"
+        fi
+        sleep 0.1
+    done
+    [ -s "$ready" ] || die "daemon not ready within ${READY_TIMEOUT}s (no $ready; see $RESULTS/daemon.log)"
+    pid_in_file=$(tr -d ' \n' <"$ready")
+    [ "$pid_in_file" = "$DAEMON_PID" ] || say "WARNING: ready file holds '$pid_in_file', daemon PID is $DAEMON_PID"
+    say "daemon ready (PID $DAEMON_PID) after $((i / 10)).$((i % 10))s"
+}
+
+ctl_show() {
+    timeout 30 "$BIN" ctl --socket-dir "$RUNDIR/sock" show -j
+}
+
+daemon_setup() {
+    local qa=()
+    start_daemon
+    ctl_show >"$RESULTS/snap-initial.json" || die "ctl show -j failed (see $RESULTS/daemon.log)"
+    qa=(qemu-args --socket-dir "$RUNDIR/sock" --memory "$MEMORY")
+    [ -n "$VFS_OPT" ] && qa+=(--vfs "$VFS_OPT")
+    [ -n "$CONFIG" ] && qa+=(--config "$CONFIG")
+    timeout 30 "$BIN" "${qa[@]}" >"$RESULTS/qemu-args.txt" || die "'$BIN ${qa[*]}' failed"
+    mapfile -t QARGS <"$RESULTS/qemu-args.txt"
+    [ ${#QARGS[@]} -gt 0 ] || die "qemu-args printed nothing"
+    local params
+    params=$("$PY" "$REPO/scripts/e2e_check.py" guest-params --snap "$RESULTS/snap-initial.json" \
+        --qemu-args "$RESULTS/qemu-args.txt") || die "daemon's ctl show -j / qemu-args do not agree (above)"
+    VFS=$(sed -n 's/^VFS=//p' <<<"$params")
+    MACS=$(sed -n 's/^MACS=//p' <<<"$params")
+}
+
+final_snapshot() {
+    local i
+    # QEMU is gone: give the daemon a moment to notice every disconnect.
+    for ((i = 0; i < 50; i++)); do
+        alive "$DAEMON_PID" || break
+        if ctl_show >"$RESULTS/snap-final.json.tmp" 2>>"$RESULTS/sync.log"; then
+            mv -f "$RESULTS/snap-final.json.tmp" "$RESULTS/snap-final.json"
+            "$PY" "$REPO/scripts/e2e_check.py" all-waiting --snap "$RESULTS/snap-final.json" && break
+        fi
+        sleep 0.2
+    done
+    rm -f "$RESULTS/snap-final.json.tmp"
+    DAEMON_ALIVE=0
+    alive "$DAEMON_PID" && DAEMON_ALIVE=1
+    if [ "$DAEMON_ALIVE" = 1 ]; then
+        say "stopping daemon (SIGTERM)"
+        kill -TERM "$DAEMON_PID"
+        for ((i = 0; i < 100; i++)); do
+            alive "$DAEMON_PID" || break
+            sleep 0.1
+        done
+        if alive "$DAEMON_PID"; then
+            DAEMON_EXIT="still running 10s after SIGTERM"
+            kill -KILL "$DAEMON_PID" 2>/dev/null || true
+            wait "$DAEMON_PID" 2>/dev/null || true
+        else
+            DAEMON_EXIT=0
+            wait "$DAEMON_PID" || DAEMON_EXIT=$?
+        fi
+    else
+        DAEMON_EXIT="not running after QEMU exited"
+        wait "$DAEMON_PID" 2>/dev/null || true
+    fi
+    DAEMON_PID=
+    say "daemon exit status: $DAEMON_EXIT"
+}
+
+main() {
+    local t0=$SECONDS mode=daemon qemu_rc=0 sync_args=() append
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    setsid bash -c 'sleep "$1"; kill -ALRM "$2"' _ "$TIMEOUT" $$ &
+    WATCHDOG_PID=$!
+
+    if [ -n "$STANDIN" ]; then
+        [ "$STANDIN" = hubport ] || die "E2E_STANDIN must be 'hubport' (or unset)"
+        mode=standin
+        say "################################################################################"
+        say "## E2E_STANDIN=hubport: DEVELOPER STAND-IN. No daemon runs; every function is on"
+        say "## a QEMU hub. Host-side checks are SKIPPED. This does NOT test the daemon."
+        say "################################################################################"
+    elif [ ! -x "$BIN" ]; then
+        if [ -n "${E2E_BIN:-}" ]; then die "E2E_BIN=$BIN is not executable"; fi
+        say "daemon binary $BIN missing: running 'cargo build --release'"
+        in_background cargo build --release --manifest-path "$REPO/Cargo.toml" || die "cargo build --release failed"
+        [ -x "$BIN" ] || die "cargo build --release did not produce $BIN"
+    fi
+
+    say "provisioning (scripts/provision.sh, cache $CACHE)"
+    in_background bash "$REPO/scripts/provision.sh" || die "provisioning failed (see above)"
+    # shellcheck source=/dev/null
+    . "$CACHE/e2e.env"
+
+    mkdir -p "$RESULTS"
+    RESULTS=$(cd "$RESULTS" && pwd)
+    RUNDIR=$(mktemp -d /tmp/sriov-net-e2e.XXXXXX)
+    say "results: $RESULTS"
+    choose_accel
+    say "QEMU $E2E_QEMU_VERSION, guest kernel $E2E_KERNEL_VERSION, accel: ${ACCEL_ARGS[*]}"
+
+    if [ "$mode" = standin ]; then
+        VFS=${VFS_OPT:-4}
+        standin_args
+        printf '%s\n' "${QARGS[@]}" >"$RESULTS/qemu-args.txt"
+        sync_args=(--standin)
+    else
+        daemon_setup
+        sync_args=(--ctl "$BIN" --socket-dir "$RUNDIR/sock")
+    fi
+    [ "$VFS" -ge 2 ] || die "the scenarios need at least 2 VFs (have $VFS)"
+    say "$VFS VFs, MACs $MACS"
+
+    "$PY" "$REPO/scripts/e2e_sync.py" --listen "$RUNDIR/sync.sock" --ready "$RUNDIR/sync.ready" \
+        --results "$RESULTS" "${sync_args[@]}" >"$RESULTS/sync.log" 2>&1 &
+    SYNC_PID=$!
+    wait_file "$RUNDIR/sync.ready" 10 "$SYNC_PID" "scripts/e2e_sync.py"
+
+    append="console=ttyS0 panic=-1 ipv6.disable=1 loglevel=4 sriovnet_vfs=$VFS sriovnet_macs=$MACS"
+    append+=" sriovnet_pings=$PINGS sriovnet_sync=1 sriovnet_only=$ONLY"
+    append+=" sriovnet_watchdog=$((QEMU_TIMEOUT > 60 ? QEMU_TIMEOUT - 30 : QEMU_TIMEOUT))"
+    local qemu_cmd=(timeout -k 10 "$QEMU_TIMEOUT" "$E2E_QEMU" "${QARGS[@]}"
+        -nodefaults -display none -no-reboot -smp 1 "${ACCEL_ARGS[@]}"
+        -kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" -append "$append"
+        -chardev "file,id=con,path=$RESULTS/console.log" -serial chardev:con
+        -chardev "socket,id=sync,path=$RUNDIR/sync.sock" -serial chardev:sync)
+    printf '%q ' "${qemu_cmd[@]}" >"$RESULTS/qemu-cmdline.txt"
+    echo >>"$RESULTS/qemu-cmdline.txt"
+    : >"$RESULTS/console.log"
+    say "booting the guest (QEMU timeout ${QEMU_TIMEOUT}s)"
+    local tq=$SECONDS
+    "${qemu_cmd[@]}" >"$RESULTS/qemu.log" 2>&1 &
+    QEMU_PID=$!
+    # Progress: the guest's RESULT lines as they come.
+    tail -n +1 -F --pid="$QEMU_PID" "$RESULTS/console.log" 2>/dev/null |
+        sed -u -n 's/\r$//; /^RESULT /s/^/[guest] /p' &
+    TAIL_PID=$!
+    wait "$QEMU_PID" || qemu_rc=$?
+    QEMU_PID=
+    say "QEMU exited with status $qemu_rc after $((SECONDS - tq))s"
+    [ "$qemu_rc" = 124 ] && say "FAIL: QEMU killed after E2E_QEMU_TIMEOUT=${QEMU_TIMEOUT}s"
+    [ -s "$RESULTS/qemu.log" ] && sed 's/^/[e2e]   qemu: /' "$RESULTS/qemu.log" | tail -n 20
+    # tail notices QEMU's exit within a second.
+    wait "$TAIL_PID" 2>/dev/null || true
+    TAIL_PID=
+    for ((i = 0; i < 50; i++)); do alive "$SYNC_PID" || break; sleep 0.1; done
+    stop_pid "$SYNC_PID"
+    SYNC_PID=
+
+    DAEMON_ALIVE=0
+    if [ "$mode" = daemon ]; then
+        final_snapshot
+    fi
+
+    local rc=0
+    "$PY" "$REPO/scripts/e2e_check.py" report --results "$RESULTS" --mode "$mode" --vfs "$VFS" \
+        --pings "$PINGS" --qemu-rc "$qemu_rc" --daemon-alive "$DAEMON_ALIVE" \
+        --daemon-exit "$DAEMON_EXIT" --only "$ONLY" || rc=$?
+    if [ "$rc" != 0 ] && [ -s "$RESULTS/console.log" ]; then
+        say "last lines of the guest console ($RESULTS/console.log):"
+        tr -d '\r' <"$RESULTS/console.log" | tail -n 30 | sed 's/^/[e2e]   console: /'
+    fi
+    say "total $((SECONDS - t0))s; results in $RESULTS"
+    if [ "$mode" = standin ]; then say "STAND-IN RUN: the daemon was NOT tested."; fi
+    exit "$rc"
+}
+
+main "$@"

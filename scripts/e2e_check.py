@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""Evaluate an end-to-end run of scripts/e2e.sh (python3, stdlib only).
+
+Subcommands:
+  guest-params --snap FILE [--qemu-args FILE]
+      From a `ctl show -j` snapshot, print `VFS=<n>` and `MACS=<pf>,<vf0>,..` (one per line) for the
+      guest's kernel command line; with --qemu-args, also check that every partition's MAC is on a
+      virtio-net-pci -device line of the daemon's qemu-args output (VFs with sriov-pf=).
+  all-waiting --snap FILE
+      Exit 0 if every partition of the snapshot is in state "waiting".
+  report --results DIR --mode daemon|standin --vfs N --pings P --qemu-rc RC
+         [--daemon-alive 0|1] [--daemon-exit RC]
+      Combine the guest's RESULT lines (DIR/console.log) with the host checks evaluated from the
+      snapshots (DIR/snap-<name>.json); print a summary table, write DIR/summary.txt and
+      DIR/summary.json; exit 1 on any FAIL or missing result.
+
+Host checks (daemon mode), by scenario; P = pings (= ARP requests in d), "delta" = end - start:
+  a  snapshot "a": every partition connected at least once; pf "started" (virtio-pci bound it at boot);
+     every VF "connected" with starts == 0 (no VF enabled yet).
+  b  snapshot "b": every VF "started" with starts == 1 and stops == 0.
+  c  c-start -> c-end: pf rx/tx_packets delta >= P, vf0 >= 2P (pinged by pf, pings vf1), vf1 >= P;
+     no drop_* counter (the contract's five or any other the daemon reports) rises on any partition. Drops are not expected at all in this window: the
+     guest brings every function up (rx buffers posted) in its own namespace before c-start and runs
+     with IPv6 off, so the only frames are ARP and ICMP between started partitions.
+     drop_destination_down / drop_unknown_destination / drop_no_rx_buffer can legitimately occur
+     while VFs are being enabled or disabled (e, g: floods reaching stopped queues), and are not
+     checked there.
+  d  d-start -> d-end: vf1 tx_broadcast delta >= P, vf1 rx_broadcast delta == 0 (no reflection),
+     every other partition rx_broadcast delta >= P (all functions are up in d).
+  e  e-start -> e-end: every VF starts delta == 2 and stops delta == 2; pf starts/stops unchanged.
+  f  f-start -> f-end: no starts/stops change anywhere (the refused N -> M touches no device).
+  g  g-start -> g-end: vf0 starts delta == 1, every other VF starts delta == 0 and not "started".
+  h  QEMU exited by itself with status 0 and the console shows the power-down (no panic); then
+     snapshot "final" (taken by the runner after QEMU exited): every partition "waiting" with
+     connects == 1 and disconnects == 1 (QEMU never had to reconnect); the daemon was still
+     running, and exited 0 on SIGTERM.
+In stand-in mode (no daemon) the host checks are skipped, except h's QEMU/console part.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+IDS = "abcdefgh"
+DROPS = ("drop_no_rx_buffer", "drop_spoofed_source", "drop_unknown_destination",
+         "drop_destination_down", "drop_malformed_chain")
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+RESULT_RE = re.compile(r"RESULT ([a-h]) (PASS|FAIL)\b ?(.*)$")
+
+
+class CheckError(Exception):
+    """A host check failed; the message is the detail."""
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def partitions(snap):
+    if snap.get("version") != 1:
+        raise CheckError(f"snapshot version {snap.get('version')!r}, expected 1")
+    parts = {p["name"]: p for p in snap.get("partitions", [])}
+    if "pf" not in parts:
+        raise CheckError("snapshot has no pf partition")
+    return parts
+
+
+def vf_names(parts):
+    vfs = sorted((p for p in parts.values() if p.get("role") == "vf"), key=lambda p: p["vf"])
+    names = [p["name"] for p in vfs]
+    if names != [f"vf{i}" for i in range(len(names))]:
+        raise CheckError(f"VF partitions are {names}, expected vf0..vf{len(names) - 1}")
+    return names
+
+
+# ---------------------------------------------------------------- guest-params / all-waiting
+
+def cmd_guest_params(args):
+    try:
+        parts = partitions(load_json(args.snap))
+        vfs = vf_names(parts)
+    except (OSError, ValueError, KeyError, CheckError) as err:
+        print(f"e2e_check: bad snapshot {args.snap}: {err}", file=sys.stderr)
+        return 1
+    names = ["pf"] + vfs
+    macs = [parts[n].get("mac", "") for n in names]
+    for n, m in zip(names, macs):
+        if not MAC_RE.match(m or ""):
+            print(f"e2e_check: partition {n} has no valid MAC ({m!r})", file=sys.stderr)
+            return 1
+    if args.qemu_args:
+        with open(args.qemu_args, encoding="utf-8") as f:
+            qargs = [line.rstrip("\n") for line in f if line.strip()]
+        devices = [a for a in qargs if a.startswith("virtio-net-pci")]
+        for n, m in zip(names, macs):
+            hits = [d for d in devices if f"mac={m.lower()}" in d.lower()]
+            if len(hits) != 1:
+                print(f"e2e_check: {n}'s MAC {m} is on {len(hits)} virtio-net-pci devices in "
+                      f"{args.qemu_args}, expected 1", file=sys.stderr)
+                return 1
+            has_owner = any(o.startswith("sriov-pf=") for o in hits[0].split(","))
+            if (n != "pf") != has_owner:
+                print(f"e2e_check: {n}'s device has {'no ' if n != 'pf' else ''}sriov-pf=: {hits[0]}",
+                      file=sys.stderr)
+                return 1
+    print(f"VFS={len(vfs)}")
+    print(f"MACS={','.join(m.lower() for m in macs)}")
+    return 0
+
+
+def cmd_all_waiting(args):
+    try:
+        parts = partitions(load_json(args.snap))
+    except (OSError, ValueError, KeyError, CheckError):
+        return 2
+    return 0 if all(p.get("state") == "waiting" for p in parts.values()) else 1
+
+
+# ---------------------------------------------------------------- report
+
+class Run:
+    def __init__(self, args):
+        self.args = args
+        self.dir = args.results
+        self.pings = args.pings
+        self.vfs = [f"vf{i}" for i in range(args.vfs)]
+
+    def snap(self, name):
+        path = os.path.join(self.dir, f"snap-{name}.json")
+        if not os.path.exists(path):
+            raise CheckError(f"snapshot {name} missing (see sync.log)")
+        try:
+            return partitions(load_json(path))
+        except (OSError, ValueError) as err:
+            raise CheckError(f"snapshot {name} unreadable: {err}") from err
+
+    def pair(self, name):
+        start, end = self.snap(f"{name}-start"), self.snap(f"{name}-end")
+        for n in ["pf"] + self.vfs:
+            if n not in start or n not in end:
+                raise CheckError(f"partition {n} missing from the {name} snapshots")
+        return start, end
+
+
+def delta(start, end, part, key):
+    if key in ("starts", "stops"):
+        return end[part][key] - start[part][key]
+    return end[part]["counters"][key] - start[part]["counters"][key]
+
+
+def need(cond, msg):
+    if not cond:
+        raise CheckError(msg)
+
+
+def host_a(run):
+    parts = run.snap("a")
+    for n in ["pf"] + run.vfs:
+        need(n in parts, f"partition {n} missing")
+        need(parts[n]["connects"] >= 1, f"{n} never connected")
+    need(parts["pf"]["state"] == "started", f"pf state {parts['pf']['state']}, expected started")
+    for n in run.vfs:
+        need(parts[n]["state"] == "connected" and parts[n]["starts"] == 0,
+             f"{n} state {parts[n]['state']} starts {parts[n]['starts']}, expected connected/0")
+    return "pf started, all VFs connected and never started"
+
+
+def host_b(run):
+    parts = run.snap("b")
+    for n in run.vfs:
+        p = parts[n]
+        need(p["state"] == "started" and p["starts"] == 1 and p["stops"] == 0,
+             f"{n} state {p['state']} starts {p['starts']} stops {p['stops']}, expected started/1/0")
+    return f"all {len(run.vfs)} VFs started once"
+
+
+def host_c(run):
+    s, e = run.pair("c")
+    p = run.pings
+    want = {"pf": p, "vf0": 2 * p, "vf1": p}
+    moved = []
+    for n, w in want.items():
+        for key in ("rx_packets", "tx_packets"):
+            d = delta(s, e, n, key)
+            need(d >= w, f"{n} {key} +{d}, expected >= {w}")
+        moved.append(f"{n} rx+{delta(s, e, n, 'rx_packets')}/tx+{delta(s, e, n, 'tx_packets')}")
+    for n in ["pf"] + run.vfs:
+        # Every drop_* counter the daemon reports (the contract's five and any it adds).
+        keys = sorted(set(DROPS) | {k for k in e[n]["counters"] if k.startswith("drop_")})
+        for key in keys:
+            d = delta(s, e, n, key)
+            need(d == 0, f"{n} {key} +{d} during the pings")
+    return ", ".join(moved) + ", no drops"
+
+
+def host_d(run):
+    s, e = run.pair("d")
+    p = run.pings
+    d = delta(s, e, "vf1", "tx_broadcast")
+    need(d >= p, f"vf1 tx_broadcast +{d}, expected >= {p}")
+    d = delta(s, e, "vf1", "rx_broadcast")
+    need(d == 0, f"vf1 rx_broadcast +{d}: its own broadcast came back")
+    got = []
+    for n in ["pf"] + run.vfs:
+        if n == "vf1":
+            continue
+        d = delta(s, e, n, "rx_broadcast")
+        need(d >= p, f"{n} rx_broadcast +{d}, expected >= {p}")
+        got.append(f"{n}+{d}")
+    return f"vf1 tx_broadcast +{delta(s, e, 'vf1', 'tx_broadcast')}, rx_broadcast " + " ".join(got) + ", vf1+0"
+
+
+def host_e(run):
+    s, e = run.pair("e")
+    for n in run.vfs:
+        st, sp = delta(s, e, n, "starts"), delta(s, e, n, "stops")
+        need(st == 2 and sp == 2, f"{n} starts +{st} stops +{sp}, expected +2/+2")
+    st, sp = delta(s, e, "pf", "starts"), delta(s, e, "pf", "stops")
+    need(st == 0 and sp == 0, f"pf starts +{st} stops +{sp}, expected unchanged")
+    return "every VF starts +2 stops +2, pf unchanged"
+
+
+def host_f(run):
+    s, e = run.pair("f")
+    for n in ["pf"] + run.vfs:
+        st, sp = delta(s, e, n, "starts"), delta(s, e, n, "stops")
+        need(st == 0 and sp == 0, f"{n} starts +{st} stops +{sp}, expected unchanged")
+    return "no partition started or stopped"
+
+
+def host_g(run):
+    s, e = run.pair("g")
+    d = delta(s, e, "vf0", "starts")
+    need(d == 1, f"vf0 starts +{d}, expected +1")
+    for n in run.vfs[1:]:
+        d = delta(s, e, n, "starts")
+        need(d == 0, f"{n} starts +{d}, expected +0 (not bound)")
+        need(e[n]["state"] != "started", f"{n} state started, but it is not bound")
+    return "only vf0 started"
+
+
+def console_end(run):
+    """h's QEMU/console part (also in stand-in mode)."""
+    rc = run.args.qemu_rc
+    need(rc != 124, "QEMU killed by the timeout")
+    need(rc == 0, f"QEMU exited with status {rc}")
+    text = read_console(run.dir)
+    need("Kernel panic" not in text, "guest kernel panicked")
+    need("reboot: Power down" in text, "no power-down message on the console")
+    return "guest powered off, QEMU exit 0"
+
+
+def host_h(run):
+    detail = console_end(run)
+    parts = run.snap("final")
+    for n in ["pf"] + run.vfs:
+        p = parts[n]
+        need(p["state"] == "waiting", f"{n} state {p['state']} after QEMU exited, expected waiting")
+        need(p["connects"] == 1 and p["disconnects"] == 1,
+             f"{n} connects {p['connects']} disconnects {p['disconnects']}, expected 1/1 "
+             "(a connection was dropped and QEMU reconnected)")
+    need(run.args.daemon_alive == 1, "daemon was not running after QEMU exited")
+    need(run.args.daemon_exit == "0", f"daemon exit status on SIGTERM: {run.args.daemon_exit}")
+    return detail + "; all partitions waiting, daemon alive, exited 0 on SIGTERM"
+
+
+HOST_CHECKS = {"a": host_a, "b": host_b, "c": host_c, "d": host_d, "e": host_e, "f": host_f,
+               "g": host_g, "h": host_h}
+
+
+def read_console(d):
+    try:
+        with open(os.path.join(d, "console.log"), "rb") as f:
+            return f.read().decode(errors="replace").replace("\r", "")
+    except OSError:
+        return ""
+
+
+def guest_results(d):
+    results, dups = {}, set()
+    for line in read_console(d).splitlines():
+        m = RESULT_RE.search(line)
+        if not m:
+            continue
+        sid, status, detail = m.group(1), m.group(2), m.group(3).strip()
+        if sid in results:
+            dups.add(sid)
+        results[sid] = (status, detail)
+    return results, dups
+
+
+def daemon_log_notes(d):
+    """Informational: WARN/ERROR lines of the daemon log (not a check by themselves)."""
+    try:
+        with open(os.path.join(d, "daemon.log"), encoding="utf-8", errors="replace") as f:
+            text = f.read().splitlines()
+    except OSError:
+        return []
+    notes = []
+    for level in ("ERROR", "WARN"):
+        hits = [line for line in text if re.search(rf"\b{level}\b", line)]
+        if hits:
+            notes.append(f"note: daemon.log has {len(hits)} {level} line(s), first: {hits[0][:160]}")
+    return notes
+
+
+def cmd_report(args):
+    run = Run(args)
+    guest, dups = guest_results(args.results)
+    rows = []
+    for sid in IDS:
+        if sid not in args.only:
+            continue
+        notes = []
+        status = "PASS"
+        if sid not in guest:
+            status = "FAIL"
+            notes.append("guest: no RESULT line" + (" (QEMU timed out)" if args.qemu_rc == 124 else ""))
+        else:
+            gst, gdet = guest[sid]
+            if gst != "PASS":
+                status = "FAIL"
+            if sid in dups:
+                status = "FAIL"
+                gdet += " (duplicate RESULT lines)"
+            notes.append(f"guest: {gdet}")
+        if args.mode == "standin":
+            if sid == "h":
+                try:
+                    notes.append("host: " + console_end(run) + "; daemon checks SKIPPED (stand-in)")
+                except CheckError as err:
+                    status = "FAIL"
+                    notes.append(f"host: FAIL {err}")
+            else:
+                notes.append("host: SKIPPED (stand-in)")
+        else:
+            try:
+                notes.append("host: " + HOST_CHECKS[sid](run))
+            except CheckError as err:
+                status = "FAIL"
+                notes.append(f"host: FAIL {err}")
+            except (KeyError, TypeError) as err:
+                status = "FAIL"
+                notes.append(f"host: FAIL snapshot lacks field {err}")
+        rows.append({"scenario": sid, "status": status, "detail": "; ".join(notes)})
+
+    failed = [r["scenario"] for r in rows if r["status"] != "PASS"]
+    lines = []
+    if args.mode == "standin":
+        lines.append("!" * 78)
+        lines.append("!! STAND-IN RUN (E2E_STANDIN=hubport): no daemon, host-side checks SKIPPED.")
+        lines.append("!! This exercises the guest image and scenarios only; it is NOT a test of the daemon.")
+        lines.append("!" * 78)
+    if args.only != IDS:
+        lines.append(f"!! PARTIAL RUN: only scenarios {args.only} (E2E_ONLY)")
+    # A Markdown table: rows start with "| <id> " (scripts/test.sh counts "^| *[a-h] .*PASS").
+    lines.append("| scenario | result | detail |")
+    lines.append("|----------|--------|--------|")
+    for r in rows:
+        lines.append(f"| {r['scenario']:<8} | {r['status']:<6} | {r['detail'].replace('|', '/')} |")
+    lines.extend(daemon_log_notes(args.results))
+    npass = len(rows) - len(failed)
+    lines.append(f"e2e: {npass} passed, {len(failed)} failed")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.results, "summary.txt"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.results, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({"mode": args.mode, "vfs": args.vfs, "pings": args.pings, "qemu_rc": args.qemu_rc,
+                   "passed": npass, "failed": len(failed), "scenarios": rows}, f, indent=2)
+        f.write("\n")
+    return 1 if failed else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Evaluate scripts/e2e.sh runs.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("guest-params")
+    p.add_argument("--snap", required=True)
+    p.add_argument("--qemu-args")
+    p = sub.add_parser("all-waiting")
+    p.add_argument("--snap", required=True)
+    p = sub.add_parser("report")
+    p.add_argument("--results", required=True)
+    p.add_argument("--mode", choices=("daemon", "standin"), required=True)
+    p.add_argument("--vfs", type=int, required=True)
+    p.add_argument("--pings", type=int, required=True)
+    p.add_argument("--qemu-rc", type=int, required=True)
+    p.add_argument("--daemon-alive", type=int, default=0)
+    p.add_argument("--daemon-exit", default="not stopped")
+    p.add_argument("--only", default=IDS, help="evaluate only these scenario ids (developer option)")
+    args = ap.parse_args()
+    return {"guest-params": cmd_guest_params, "all-waiting": cmd_all_waiting,
+            "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+# shellcheck shell=dash disable=SC2034
+# Helpers for the guest scenarios (busybox sh; sourced by run.sh). dash-compatible apart from read -t.
+#
+# Naming: a "function" is pf, vf0, vf1, ... Each function's netdev is moved into a network namespace
+# of the same name, renamed net0, and gets the address 10.77.0.1 (pf) or 10.77.0.<K+2> (vfK).
+# iproute2's ip is installed as "xip": busybox ip cannot move links between namespaces.
+
+FAILED=0
+DETAIL=
+PF=
+SNAP_TIMEOUT=180
+
+log() { echo "E2E: $*"; }
+
+# fail MSG: record MSG as the current scenario's detail and return 1, for `cond || fail MSG || return 1`.
+fail() {
+    DETAIL=$*
+    return 1
+}
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v t0="$1" '{ printf "%.1f", $1 - t0 }' /proc/uptime; }
+
+# run_scenario ID FUNCTION: run one scenario, print exactly one RESULT line for it.
+run_scenario() {
+    local _id="$1" _t0 _st
+    case $E2E_ONLY in *"$_id"*) ;; *) return 0 ;; esac
+    DETAIL=
+    _t0=$(uptime_s)
+    log "scenario $_id: start"
+    if $2; then
+        _st=PASS
+    else
+        _st=FAIL
+        FAILED=$((FAILED + 1))
+    fi
+    echo "RESULT $_id $_st ${DETAIL:-ok} [$(since "$_t0")s]"
+}
+
+# ------------------------------------------------------------------ host checkpoints (ttyS1)
+
+# The host side (scripts/e2e_sync.py) answers every "SNAP <name>" line with "ACK <name>" once it has
+# saved the daemon's counters (or "NAK <name> <why>"). Without sriovnet_sync=1, snap does nothing.
+sync_open() {
+    SYNC_OK=0
+    [ "$E2E_SYNC" = 1 ] || return 0
+    if [ ! -c /dev/ttyS1 ]; then
+        log "sync: /dev/ttyS1 missing, host checkpoints disabled"
+        return 0
+    fi
+    stty -F /dev/ttyS1 raw -echo -echoe -echok -echoctl -echoke 115200 || log "sync: stty failed"
+    exec 3<>/dev/ttyS1
+    SYNC_OK=1
+}
+
+# snap NAME: let the host snapshot the daemon's state as NAME, wait (SNAP_TIMEOUT s) for its answer.
+snap() {
+    local _t0 _line
+    [ "$SYNC_OK" = 1 ] || return 0
+    _t0=$(uptime_s)
+    echo "SNAP $1" >&3
+    # shellcheck disable=SC3045 # busybox ash has read -t
+    while read -r -t "$SNAP_TIMEOUT" _line <&3; do
+        case $_line in
+            "ACK $1") return 0 ;;
+            "NAK $1"*)
+                log "snapshot $1 refused by host: $_line"
+                return 1
+                ;;
+        esac
+    done
+    log "snapshot $1: no answer from host after $(since "$_t0")s; no more checkpoints in this run"
+    SYNC_OK=0
+    return 1
+}
+
+# ------------------------------------------------------------------ PCI / netdev helpers
+
+# find_pf: set PF to the sysfs dir of the virtio-net PF (1af4:1041 with SR-IOV capability).
+find_pf() {
+    local _d
+    PF=
+    for _d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$_d/vendor")" = 0x1af4 ] || continue
+        [ "$(cat "$_d/device")" = 0x1041 ] || continue
+        [ -e "$_d/sriov_totalvfs" ] || continue
+        PF=$_d
+        return 0
+    done
+    return 1
+}
+
+driver_of() {
+    local _l
+    [ -e "$1/driver" ] || return 1
+    _l=$(readlink "$1/driver")
+    echo "${_l##*/}"
+}
+
+# netdev_of PCIDIR: name of the netdev of a virtio PCI function (as seen from the initial namespace).
+netdev_of() {
+    local _n
+    for _n in "$1"/virtio*/net/*; do
+        [ -e "$_n" ] || continue
+        echo "${_n##*/}"
+        return 0
+    done
+    return 1
+}
+
+# wait_for SECONDS CMD...: retry CMD every 0.2 s until it succeeds.
+wait_for() {
+    local _n=$(($1 * 5))
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        _n=$((_n - 1))
+        [ "$_n" -gt 0 ] || return 1
+        sleep 0.2
+    done
+    return 0
+}
+
+# vf_dir K: sysfs dir of VF K (through the PF's virtfnK link).
+vf_dir() {
+    [ -e "$PF/virtfn$1" ] || return 1
+    readlink -f "$PF/virtfn$1"
+}
+
+fn_dir() {
+    case $1 in
+        pf) echo "$PF" ;;
+        vf*) vf_dir "${1#vf}" ;;
+    esac
+}
+
+fn_ip() {
+    case $1 in
+        pf) echo 10.77.0.1 ;;
+        vf*) echo "10.77.0.$((${1#vf} + 2))" ;;
+    esac
+}
+
+# fn_mac FN: expected MAC of function FN, from sriovnet_macs (PF first, then VF0..).
+fn_mac() {
+    local _i
+    case $1 in
+        pf) _i=1 ;;
+        vf*) _i=$((${1#vf} + 2)) ;;
+    esac
+    echo "$E2E_MACS" | cut -d, -f"$_i" | tr 'A-F' 'a-f'
+}
+
+vf_list() {
+    local _k=0
+    while [ "$_k" -lt "$E2E_VFS" ]; do
+        echo "vf$_k"
+        _k=$((_k + 1))
+    done
+}
+
+numvfs() { cat "$PF/sriov_numvfs"; }
+
+# set_numvfs N: write N to sriov_numvfs; on failure the error text is in SET_ERR.
+set_numvfs() {
+    SET_ERR=
+    if echo "$1" 2>/tmp/numvfs.err >"$PF/sriov_numvfs"; then
+        return 0
+    fi
+    SET_ERR=$(tr '\n' ' ' </tmp/numvfs.err | sed 's/ *$//')
+    return 1
+}
+
+# check_vfs_bound: every VF exists, points back at the PF, is bound to virtio-pci and has a netdev
+# with its expected MAC.
+check_vfs_bound() {
+    local _f _d _if _mac
+    [ "$(numvfs)" = "$E2E_VFS" ] || fail "sriov_numvfs is $(numvfs), not $E2E_VFS" || return 1
+    [ ! -e "$PF/virtfn$E2E_VFS" ] || fail "more than $E2E_VFS virtfn links" || return 1
+    for _f in $(vf_list); do
+        _d=$(fn_dir "$_f") || fail "$_f: no virtfn${_f#vf} link" || return 1
+        [ "$(readlink -f "$_d/physfn")" = "$(readlink -f "$PF")" ] || fail "$_f: physfn does not point to the PF" || return 1
+        wait_for 10 netdev_of "$_d" || fail "$_f ($(basename "$_d")): no netdev (driver $(driver_of "$_d" || echo none))" || return 1
+        [ "$(driver_of "$_d")" = virtio-pci ] || fail "$_f: driver $(driver_of "$_d" || echo none), not virtio-pci" || return 1
+        _if=$(netdev_of "$_d")
+        _mac=$(cat "/sys/class/net/$_if/address")
+        [ "$_mac" = "$(fn_mac "$_f")" ] || fail "$_f: MAC $_mac, expected $(fn_mac "$_f")" || return 1
+    done
+    return 0
+}
+
+# check_vfs_still_there: every VF still exists, bound to virtio-pci, its netdev still in its namespace.
+check_vfs_still_there() {
+    local _f _d
+    for _f in $(vf_list); do
+        _d=$(fn_dir "$_f") || fail "$_f: virtfn${_f#vf} link gone" || return 1
+        [ "$(driver_of "$_d")" = virtio-pci ] || fail "$_f: driver $(driver_of "$_d" || echo none)" || return 1
+        if ns_exists "$_f"; then
+            ns_has_dev "$_f" || fail "$_f: netdev gone from netns $_f" || return 1
+        else
+            netdev_of "$_d" >/dev/null || fail "$_f: no netdev" || return 1
+        fi
+    done
+    return 0
+}
+
+# check_no_vfs: no VF devices and no VF netdevs left.
+check_no_vfs() {
+    local _l _d _slot
+    [ "$(numvfs)" = 0 ] || fail "sriov_numvfs is $(numvfs), not 0" || return 1
+    for _l in "$PF"/virtfn*; do
+        [ -e "$_l" ] && { fail "$(basename "$_l") still present" || return 1; }
+    done
+    # Nothing but the PF left on the PF's bus slot.
+    _slot=$(basename "$PF")
+    _slot=${_slot%.*}
+    for _d in /sys/bus/pci/devices/"$_slot".*; do
+        [ "$_d" = "$PF" ] && continue
+        [ -e "$_d" ] && { fail "$(basename "$_d") still present" || return 1; }
+    done
+    return 0
+}
+
+# ------------------------------------------------------------------ namespaces and traffic
+
+ns_exists() { [ -e "/run/netns/$1" ]; }
+
+# into_ns FN: move FN's netdev into namespace FN as net0, with its address, and bring it up.
+into_ns() {
+    local _d _if
+    _d=$(fn_dir "$1") || fail "$1: no device" || return 1
+    _if=$(netdev_of "$_d") || fail "$1: no netdev in the initial namespace" || return 1
+    ns_exists "$1" || xip netns add "$1" || fail "ip netns add $1 failed" || return 1
+    xip link set dev "$_if" netns "$1" || fail "$1: cannot move $_if into netns $1" || return 1
+    xip -n "$1" link set dev "$_if" name net0 || fail "$1: rename failed" || return 1
+    xip -n "$1" addr add "$(fn_ip "$1")/24" dev net0 || fail "$1: addr add failed" || return 1
+    xip -n "$1" link set dev net0 up || fail "$1: link up failed" || return 1
+    xip -n "$1" link set dev lo up
+    return 0
+}
+
+# ns_has_dev FN: namespace FN holds net0.
+ns_has_dev() { xip -n "$1" link show dev net0 >/dev/null 2>&1; }
+
+# nstat FN NAME: a netdev counter of FN's net0 (from inside its namespace).
+nstat() { xip netns exec "$1" cat "/sys/class/net/net0/statistics/$2" 2>/dev/null || echo -1; }
+
+# ping_check FROM TO: ping TO's address from FROM's namespace, E2E_PINGS packets, all answered.
+ping_check() {
+    local _out _rc _rx
+    _out=$(xip netns exec "$1" ping -q -c "$E2E_PINGS" -i 0.2 -W 3 -w 20 "$(fn_ip "$2")" 2>&1)
+    _rc=$?
+    _rx=$(echo "$_out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    PING_DETAIL="$1->$2 ${_rx:-0}/$E2E_PINGS"
+    [ "$_rc" = 0 ] && [ "${_rx:-0}" = "$E2E_PINGS" ] && return 0
+    log "ping $1 -> $2 failed (rc $_rc): $(echo "$_out" | tr '\n' ' ')"
+    fail "ping $PING_DETAIL" || return 1
+}

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs the guest scenarios (ids a..h) in order; started by /init. See scenarios.sh.
+# shellcheck source=/dev/null
+. /e2e/lib.sh
+# shellcheck source=/dev/null
+. /e2e/scenarios.sh
+
+sync_open
+find_pf || log "no virtio-net PF with SR-IOV found"
+log "expecting $E2E_VFS VFs, MACs $E2E_MACS, $E2E_PINGS pings, sync=$E2E_SYNC, scenarios $E2E_ONLY"
+snap boot
+
+run_scenario a scen_a_pf_visible
+run_scenario b scen_b_enable_vfs
+run_scenario c scen_c_ping
+run_scenario d scen_d_broadcast
+run_scenario e scen_e_cycles
+run_scenario f scen_f_ebusy
+run_scenario g scen_g_autoprobe
+run_scenario h scen_h_end
+
+if [ "$FAILED" != 0 ]; then
+    log "some scenarios failed; last kernel messages:"
+    dmesg | tail -n 40 | sed 's/^/E2E: dmesg: /'
+fi
+exit "$FAILED"

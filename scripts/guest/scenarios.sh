@@ -1,0 +1,166 @@
+# shellcheck shell=dash
+# Guest scenarios a..h (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
+# DETAIL. "snap NAME" marks a host checkpoint: the runner saves the daemon's state as
+# results/snap-NAME.json while the guest waits; scripts/e2e_check.py compares the snapshots:
+#
+#   boot, a      before any VF is enabled      (a: VF partitions connected, never started)
+#   b            after numvfs 0 -> N           (b: every VF partition started once)
+#   c-start/end  around the pings              (c: rx/tx counters moved, no drops)
+#   d-start/end  around VF1's ARP broadcast    (d: rx_broadcast everywhere but on VF1)
+#   e-start/end  around two N -> 0 -> N cycles (e: each VF starts +2, stops +2)
+#   f-start/end  around the refused N -> M     (f: no start/stop anywhere)
+#   g-start/end  around autoprobe=0 + bind VF0 (g: only VF0 started)
+#   (after QEMU exits the runner takes "final": every partition waiting, daemon alive)
+
+# a: the PF is there, bound to virtio-pci, with the expected MAC, sriov_totalvfs = N and no VFs yet.
+scen_a_pf_visible() {
+    local total pfif mac
+    find_pf || fail "no 1af4:1041 PCI function with sriov_totalvfs" || return 1
+    [ "$(driver_of "$PF")" = virtio-pci ] || fail "PF $(basename "$PF") driver: $(driver_of "$PF" || echo none)" || return 1
+    total=$(cat "$PF/sriov_totalvfs")
+    [ -n "$E2E_VFS" ] || fail "no sriovnet_vfs= on the kernel command line" || return 1
+    [ "$total" = "$E2E_VFS" ] || fail "sriov_totalvfs $total, expected $E2E_VFS" || return 1
+    [ "$(numvfs)" = 0 ] || fail "sriov_numvfs already $(numvfs)" || return 1
+    check_no_vfs || return 1
+    pfif=$(netdev_of "$PF") || fail "PF has no netdev" || return 1
+    mac=$(cat "/sys/class/net/$pfif/address")
+    [ "$mac" = "$(fn_mac pf)" ] || fail "PF MAC $mac, expected $(fn_mac pf)" || return 1
+    snap a
+    DETAIL="PF $(basename "$PF") $pfif $mac totalvfs=$total numvfs=0"
+}
+
+# b: numvfs 0 -> N: N VFs bound to virtio-pci, physfn links, netdevs with the expected MACs.
+scen_b_enable_vfs() {
+    [ -n "$PF" ] || fail "no PF" || return 1
+    set_numvfs "$E2E_VFS" || fail "echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    snap b
+    DETAIL="$E2E_VFS VFs bound to virtio-pci with expected MACs"
+}
+
+# Move every function (PF and all VFs) into its own namespace: all are up, so floods find rx buffers.
+setup_all_ns() {
+    local f
+    for f in pf $(vf_list); do
+        ns_has_dev "$f" && continue
+        into_ns "$f" || return 1
+    done
+}
+
+# c: IPv4 ping PF <-> VF0 and VF0 <-> VF1, each function in its own network namespace.
+scen_c_ping() {
+    local d
+    [ -n "$PF" ] || fail "no PF" || return 1
+    setup_all_ns || return 1
+    snap c-start
+    ping_check pf vf0 || return 1
+    d=$PING_DETAIL
+    ping_check vf0 vf1 || return 1
+    snap c-end
+    DETAIL="$d, $PING_DETAIL"
+}
+
+# d: broadcast: ARP requests from VF1 for an unused address reach every other function, not VF1.
+scen_d_broadcast() {
+    local f before rx0 rx1 tx0 tx1 n
+    [ -n "$PF" ] || fail "no PF" || return 1
+    setup_all_ns || return 1
+    # Forget all neighbours: no ARP probe of an entry from c may land in the window below.
+    for f in pf $(vf_list); do xip -n "$f" neigh flush all >/dev/null 2>&1; done
+    before=
+    for f in pf $(vf_list); do before="$before $(nstat "$f" rx_packets)"; done
+    tx0=$(nstat vf1 tx_packets)
+    snap d-start
+    # No reply is expected: arping's exit status is meaningless here.
+    xip netns exec vf1 arping -c "$E2E_PINGS" -w $((E2E_PINGS + 5)) -I net0 10.77.0.250 >/dev/null 2>&1
+    snap d-end
+    tx1=$(nstat vf1 tx_packets)
+    [ $((tx1 - tx0)) -ge "$E2E_PINGS" ] || fail "vf1 sent $((tx1 - tx0)) packets, expected >= $E2E_PINGS" || return 1
+    n=1
+    for f in pf $(vf_list); do
+        rx0=$(echo "$before" | cut -d' ' -f$((n + 1)))
+        rx1=$(nstat "$f" rx_packets)
+        n=$((n + 1))
+        if [ "$f" = vf1 ]; then
+            [ "$rx1" = "$rx0" ] || fail "vf1 received $((rx1 - rx0)) packets (its own broadcast?)" || return 1
+        else
+            [ $((rx1 - rx0)) -ge "$E2E_PINGS" ] || fail "$f received $((rx1 - rx0)) packets, expected >= $E2E_PINGS" || return 1
+        fi
+    done
+    DETAIL="$E2E_PINGS ARP broadcasts from vf1 seen by pf and all other VFs, not by vf1"
+}
+
+# e: N -> 0 -> N twice: VFs and netdevs disappear and come back, pings work after each re-enable.
+scen_e_cycles() {
+    local cycle
+    [ -n "$PF" ] || fail "no PF" || return 1
+    snap e-start
+    for cycle in 1 2; do
+        set_numvfs 0 || fail "cycle $cycle: echo 0 > sriov_numvfs: $SET_ERR" || return 1
+        wait_for 10 check_no_vfs || { check_no_vfs || fail "cycle $cycle: VFs left after numvfs=0: $DETAIL" || return 1; }
+        ! ns_has_dev vf0 || fail "cycle $cycle: vf0's netdev survived numvfs=0" || return 1
+        set_numvfs "$E2E_VFS" || fail "cycle $cycle: echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+        check_vfs_bound || { DETAIL="cycle $cycle: $DETAIL" && return 1; }
+        setup_all_ns || { DETAIL="cycle $cycle: $DETAIL" && return 1; }
+        ping_check pf vf0 || { DETAIL="cycle $cycle: $DETAIL" && return 1; }
+        ping_check vf0 vf1 || { DETAIL="cycle $cycle: $DETAIL" && return 1; }
+    done
+    snap e-end
+    DETAIL="2 cycles N->0->N, VFs gone and back, pings ok"
+}
+
+# f: N -> M (M != N, both > 0) without going through 0 fails with EBUSY.
+scen_f_ebusy() {
+    local m
+    [ -n "$PF" ] || fail "no PF" || return 1
+    [ "$E2E_VFS" -ge 2 ] || fail "needs at least 2 VFs" || return 1
+    [ "$(numvfs)" = "$E2E_VFS" ] || set_numvfs "$E2E_VFS" || fail "cannot set numvfs $E2E_VFS: $SET_ERR" || return 1
+    m=$((E2E_VFS - 1))
+    snap f-start
+    if set_numvfs "$m"; then
+        fail "echo $m > sriov_numvfs with $E2E_VFS VFs enabled succeeded"
+        return 1
+    fi
+    snap f-end
+    echo "$SET_ERR" | grep -qi 'busy' || fail "echo $m failed, but not with EBUSY: $SET_ERR" || return 1
+    [ "$(numvfs)" = "$E2E_VFS" ] || fail "numvfs changed to $(numvfs)" || return 1
+    check_vfs_still_there || return 1
+    DETAIL="$E2E_VFS -> $m refused: $(echo "$SET_ERR" | sed 's/^.*: //')"
+}
+
+# g: sriov_drivers_autoprobe=0: VFs appear unbound; bind VF0 alone via driver_override+drivers_probe.
+scen_g_autoprobe() {
+    local f d vf0
+    [ -n "$PF" ] || fail "no PF" || return 1
+    set_numvfs 0 || fail "echo 0 > sriov_numvfs: $SET_ERR" || return 1
+    wait_for 10 check_no_vfs || fail "VFs left after numvfs=0" || return 1
+    echo 0 >"$PF/sriov_drivers_autoprobe" || fail "cannot write sriov_drivers_autoprobe" || return 1
+    snap g-start
+    set_numvfs "$E2E_VFS" || fail "echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    for f in $(vf_list); do
+        d=$(fn_dir "$f") || fail "$f: no virtfn link" || return 1
+        [ ! -e "$d/driver" ] || fail "$f bound to $(driver_of "$d") with autoprobe=0" || return 1
+        ! netdev_of "$d" >/dev/null || fail "$f has a netdev with autoprobe=0" || return 1
+    done
+    vf0=$(fn_dir vf0)
+    echo virtio-pci >"$vf0/driver_override" || fail "cannot write vf0 driver_override" || return 1
+    basename "$vf0" >/sys/bus/pci/drivers_probe || fail "drivers_probe of vf0 failed" || return 1
+    wait_for 10 netdev_of "$vf0" || fail "vf0 has no netdev after drivers_probe" || return 1
+    [ "$(driver_of "$vf0")" = virtio-pci ] || fail "vf0 driver $(driver_of "$vf0" || echo none)" || return 1
+    [ "$(cat "/sys/class/net/$(netdev_of "$vf0")/address")" = "$(fn_mac vf0)" ] || fail "vf0 MAC wrong" || return 1
+    for f in $(vf_list); do
+        [ "$f" = vf0 ] && continue
+        d=$(fn_dir "$f")
+        [ ! -e "$d/driver" ] || fail "$f got bound too ($(driver_of "$d"))" || return 1
+    done
+    into_ns vf0 || return 1
+    ping_check pf vf0 || return 1
+    snap g-end
+    DETAIL="VFs unbound with autoprobe=0, only vf0 bound via driver_override, $PING_DETAIL"
+}
+
+# h: the end: report, then /init powers off (the host checks the daemon afterwards).
+scen_h_end() {
+    DETAIL="guest done, $FAILED earlier scenario(s) failed, powering off"
+    return 0
+}
