@@ -78,22 +78,31 @@ impl Settings {
         })
     }
 
-    /// `other`'s values win where set.
-    pub fn overlay(mut self, other: Settings) -> Settings {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        take!(
+    /// `other`'s values win where set. Destructured without `..`, so a new setting cannot be
+    /// forgotten here (it was once: `--poll-us` never reached the daemon).
+    pub fn overlay(self, other: Settings) -> Settings {
+        let Settings {
             socket_dir,
             vfs,
             base_mac,
             queue_pairs,
             queue_size,
             mtu,
+            poll_us,
             pf,
-            vf
-        );
-        self
+            vf,
+        } = other;
+        Settings {
+            socket_dir: socket_dir.or(self.socket_dir),
+            vfs: vfs.or(self.vfs),
+            base_mac: base_mac.or(self.base_mac),
+            queue_pairs: queue_pairs.or(self.queue_pairs),
+            queue_size: queue_size.or(self.queue_size),
+            mtu: mtu.or(self.mtu),
+            poll_us: poll_us.or(self.poll_us),
+            pf: pf.or(self.pf),
+            vf: vf.or(self.vf),
+        }
     }
 }
 
@@ -336,10 +345,12 @@ mod tests {
         let file: Settings = toml::from_str("vfs = 2\nmtu = 9000").unwrap();
         let cli = Settings {
             vfs: Some(7),
+            poll_us: Some(50),
             ..Default::default()
         };
         let c = Config::resolve(file.overlay(cli)).unwrap();
         assert_eq!(c.vfs(), 7);
+        assert_eq!(c.poll_us, 50, "every flag reaches the config");
         assert_eq!(c.partitions[1].1.mtu, 9000);
     }
 

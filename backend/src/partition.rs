@@ -141,6 +141,11 @@ impl Partition {
         self.session.load_full()
     }
 
+    /// The session without touching its reference count: for the per-packet path.
+    pub fn session_guard(&self) -> arc_swap::Guard<Option<Arc<Session>>> {
+        self.session.load()
+    }
+
     pub fn lifecycle(&self) -> Lifecycle {
         *self.lock_life()
     }

@@ -2,7 +2,7 @@
 //! sender's thread under the receiver's RX vring lock, so a receiver with no buffers costs the
 //! sender one failed check, never a wait.
 
-use vhost_user_backend::VringT;
+use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
@@ -11,7 +11,7 @@ use crate::frame::{self, Source};
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Seg, Table};
-use crate::session::Session;
+use crate::session::{GuestMem, Session};
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
@@ -19,28 +19,6 @@ pub struct RxScratch {
     segs: Vec<Seg>,
     chain: Vec<Seg>,
     chains: Vec<(u16, u32)>,
-}
-
-/// Picks the receiver's RX queue: the sender's pair index spread over the receiver's pairs,
-/// falling back to pair 0 when that ring is not running (the driver enabled fewer pairs).
-fn pick_pair(session: &Session, hint: usize) -> Option<usize> {
-    let vrings = session.vrings()?;
-    let pairs = vrings.len() / 2;
-    if pairs == 0 {
-        return None;
-    }
-    let running = |p: usize| {
-        let s = vrings[2 * p].get_ref();
-        s.is_enabled() && virtio_queue::QueueT::ready(s.get_queue()) && !session.is_broken(2 * p)
-    };
-    let p = hint % pairs;
-    if running(p) {
-        Some(p)
-    } else if p != 0 && running(0) {
-        Some(0)
-    } else {
-        None
-    }
 }
 
 /// One frame on its way into a receiver.
@@ -65,16 +43,34 @@ pub fn deliver(
     scratch: &mut RxScratch,
 ) -> Result<(), DropReason> {
     let len = out.len;
-    let pair = pick_pair(session, pair_hint).ok_or(DropReason::DestinationDown)?;
-    let qidx = 2 * pair;
     let vrings = session.vrings().ok_or(DropReason::DestinationDown)?;
-    let vring = &vrings[qidx];
+    let pairs = vrings.len() / 2;
+    if pairs == 0 {
+        return Err(DropReason::DestinationDown);
+    }
+    // The sender's pair index spread over the receiver's pairs, falling back to pair 0 when that
+    // ring is not running (the driver enabled fewer pairs). Checked under the ring's own lock.
+    let running = |p: usize, g: &VringState<GuestMem>| {
+        g.is_enabled() && g.get_queue().ready() && !session.is_broken(2 * p)
+    };
+    let mut pair = pair_hint % pairs;
+    let mut guard = vrings[2 * pair].get_mut();
+    if !running(pair, &guard) {
+        drop(guard);
+        if pair == 0 {
+            return Err(DropReason::DestinationDown);
+        }
+        pair = 0;
+        guard = vrings[0].get_mut();
+        if !running(0, &guard) {
+            return Err(DropReason::DestinationDown);
+        }
+    }
+    let qidx = 2 * pair;
     let mem = session.mem.memory();
     let mergeable = session.mergeable();
     let indirect = session.indirect();
     let need = NET_HDR_LEN + len;
-
-    let mut guard = vring.get_mut();
     let q = guard.get_queue_mut();
     let avail = match ring::pending(&mem, q) {
         Ok(n) => n,

@@ -2,8 +2,11 @@
 //! it is for, by destination MAC. Decisions are a pure function of the frame's MACs and the
 //! forwarding table, so they are tested apart from the queues.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+// SipHash showed in per-packet profiles; the table is small and its keys are not attacker-chosen
+// (MACs come from the config), so a fast non-keyed hash is fine.
+use rustc_hash::FxHashMap;
 
 use crate::counters::{Cast, DropReason};
 use crate::frame::{self, Source};
@@ -61,12 +64,12 @@ pub struct FwdScratch {
 
 pub struct Switch {
     partitions: Vec<Arc<Partition>>,
-    fdb: HashMap<MacAddr, PartitionId>,
+    fdb: FxHashMap<MacAddr, PartitionId>,
 }
 
 impl Switch {
     pub fn new(partitions: Vec<Arc<Partition>>) -> Result<Self, SwitchError> {
-        let mut fdb: HashMap<MacAddr, PartitionId> = HashMap::new();
+        let mut fdb: FxHashMap<MacAddr, PartitionId> = FxHashMap::default();
         for (i, p) in partitions.iter().enumerate() {
             if p.id != i {
                 return Err(SwitchError::BadIndex(i, p.id));
@@ -145,7 +148,8 @@ impl Switch {
         cast: Cast,
         s: &mut FwdScratch,
     ) -> Result<(), DropReason> {
-        let session = dest.session().ok_or(DropReason::DestinationDown)?;
+        let guard = dest.session_guard();
+        let session = guard.as_ref().ok_or(DropReason::DestinationDown)?;
         if session.vrings().is_none() {
             return Err(DropReason::DestinationDown);
         }
@@ -167,7 +171,7 @@ impl Switch {
                 len: f.len,
                 cast,
             };
-            rx::deliver(dest, &session, pair, &out, &mut s.rx)
+            rx::deliver(dest, session, pair, &out, &mut s.rx)
         } else {
             let FwdScratch {
                 linear,
@@ -188,7 +192,7 @@ impl Switch {
                     len: bytes.len(),
                     cast,
                 };
-                let res = rx::deliver(dest, &session, pair, &seg, rxs);
+                let res = rx::deliver(dest, session, pair, &seg, rxs);
                 if first_err.is_ok() {
                     first_err = res;
                 }
