@@ -180,6 +180,9 @@ impl VhostUserBackend for NetDevice {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         self.inner.partition.on_rings_stopped();
         if let Some(s) = self.inner.partition.session() {
+            // The frontend reads the ring state next: nothing written may stay unpublished.
+            crate::rx::flush(&s, queue_index as usize);
+            s.forget_published(queue_index as usize);
             s.clear_broken(queue_index as usize);
         }
         Ok(())

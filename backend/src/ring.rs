@@ -234,12 +234,21 @@ pub fn publish_used(mem: &Mem, q: &mut Queue, count: u16) -> Result<bool, RingEr
         return Ok(false);
     }
     let old = q.next_used();
-    let new = old.wrapping_add(count);
+    q.set_next_used(old.wrapping_add(count));
+    publish_pending(mem, q, old)
+}
+
+/// Stores used.idx = `next_used` for entries written (and counted into `next_used`) since the
+/// driver last saw `published`, and says whether the driver asked to be notified.
+pub fn publish_pending(mem: &Mem, q: &Queue, published: u16) -> Result<bool, RingError> {
+    let new = q.next_used();
+    if new == published {
+        return Ok(false);
+    }
     let at = q.used_ring() + 2;
     slice(mem, at, 2)
         .and_then(|s| s.store(new.to_le(), 0, Ordering::Release).ok())
         .ok_or(RingError::Memory(at))?;
-    q.set_next_used(new);
     // The idx store must be visible before we read the driver's suppression state.
     fence(Ordering::SeqCst);
     if q.event_idx_enabled() {
@@ -248,7 +257,7 @@ pub fn publish_used(mem: &Mem, q: &mut Queue, count: u16) -> Result<bool, RingEr
             q.avail_ring() + 4 + 2 * u64::from(q.size()),
             Ordering::Relaxed,
         )?;
-        Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old))
+        Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(published))
     } else {
         let flags = load_u16(mem, q.avail_ring(), Ordering::Relaxed)?;
         Ok(flags & AVAIL_F_NO_INTERRUPT == 0)

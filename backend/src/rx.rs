@@ -9,7 +9,7 @@ use vm_memory::GuestAddressSpace;
 use crate::counters::{Cast, DropReason};
 use crate::frame::{self, Source};
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionId};
 use crate::ring::{self, Dir, Seg, Table};
 use crate::session::{GuestMem, Session};
 
@@ -19,6 +19,15 @@ pub struct RxScratch {
     segs: Vec<Seg>,
     chain: Vec<Seg>,
     chains: Vec<(u16, u32)>,
+    /// RX queues written since the last flush: (partition, queue index).
+    dirty: Vec<(PartitionId, usize)>,
+}
+
+impl RxScratch {
+    /// RX queues this sender wrote to and has not published yet.
+    pub fn take_dirty(&mut self) -> impl Iterator<Item = (PartitionId, usize)> + '_ {
+        self.dirty.drain(..)
+    }
 }
 
 /// One frame on its way into a receiver.
@@ -34,7 +43,8 @@ pub struct Outgoing<'a> {
 }
 
 /// Writes the virtio-net header and the frame into `dest`'s RX buffers, as one or (mergeable)
-/// several chains published together. Receiver-side drops are counted on `dest` here.
+/// several chains. The used entries become visible to the driver at the next [`flush`] of that
+/// queue, which the sender does once per TX batch. Receiver-side drops are counted on `dest`.
 pub fn deliver(
     dest: &Partition,
     session: &Session,
@@ -144,18 +154,37 @@ pub fn deliver(
         }
     }
     let used = scratch.chains.len() as u16;
+    // First entries since a (re)start: what the driver has seen is where the ring stands now.
+    session.published_or(qidx, q.next_used());
     q.set_next_avail(q.next_avail().wrapping_add(used));
-    match ring::publish_used(&mem, q, used) {
-        Ok(true) => {
-            if let Err(e) = guard.signal_used_queue() {
-                log::debug!("{}: RX notify failed: {e}", session.name);
-            }
-        }
-        Ok(false) => {}
-        Err(e) => session.mark_broken(qidx, &e),
+    q.set_next_used(q.next_used().wrapping_add(used));
+    if !scratch.dirty.contains(&(dest.id, qidx)) {
+        scratch.dirty.push((dest.id, qidx));
     }
     dest.queue_counters(pair).rx(len, out.cast);
     Ok(())
+}
+
+/// Shows the driver every used entry written to queue `qidx` so far: one used.idx store, one
+/// fence and at most one notification for however many frames senders delivered since.
+pub fn flush(session: &Session, qidx: usize) {
+    let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
+        return;
+    };
+    let mem = session.mem.memory();
+    let guard = vring.get_mut();
+    let published = session.published_or(qidx, guard.get_queue().next_used());
+    match ring::publish_pending(&mem, guard.get_queue(), published) {
+        Ok(notify) => {
+            session.set_published(qidx, guard.get_queue().next_used());
+            if notify {
+                if let Err(e) = guard.signal_used_queue() {
+                    log::debug!("{}: notify on queue {qidx} failed: {e}", session.name);
+                }
+            }
+        }
+        Err(e) => session.mark_broken(qidx, &e),
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +256,11 @@ mod tests {
             post(&mut d, id, 100);
         }
         let f = frame(250); // 12 + 250 = 262 bytes: 3 chains of 100
-        deliver(&p, &s, 0, &out(&f), &mut RxScratch::default()).unwrap();
+        let mut scratch = RxScratch::default();
+        deliver(&p, &s, 0, &out(&f), &mut scratch).unwrap();
+        assert_eq!(d.used_idx(), 0, "nothing visible before the flush");
+        assert_eq!(scratch.take_dirty().collect::<Vec<_>>(), vec![(1, 0)]);
+        flush(&s, 0);
         assert_eq!(d.used_idx(), 3);
         assert_eq!(
             [d.used(0), d.used(1), d.used(2)],
@@ -265,6 +298,7 @@ mod tests {
         post(&mut d, 1, 100);
         post(&mut d, 2, 100);
         deliver(&p, &s, 0, &out(&f), &mut RxScratch::default()).unwrap();
+        flush(&s, 0);
         assert_eq!(d.used_idx(), 3);
         assert_eq!(d.used(0).0, 0, "the oldest buffer is used first");
     }
@@ -278,10 +312,38 @@ mod tests {
         let r = deliver(&p, &s, 0, &out(&frame(150)), &mut RxScratch::default());
         assert_eq!(r, Err(DropReason::NoRxBuffer));
         deliver(&p, &s, 0, &out(&frame(80)), &mut RxScratch::default()).unwrap();
+        flush(&s, 0);
         let mut hb = [0u8; NET_HDR_LEN];
         d.mem.read_slice(&mut hb, GuestAddress(BUF)).unwrap();
         assert_eq!(NetHdr::parse(&hb).num_buffers, 1);
         assert_eq!(d.used(0), (0, 92));
+    }
+
+    #[test]
+    fn one_flush_publishes_frames_from_several_deliveries() {
+        let (mut d, _) = Driver::new(16);
+        let (p, s) = receiver(&d, true);
+        for id in 0..4 {
+            post(&mut d, id, 200);
+        }
+        let mut a = RxScratch::default();
+        let mut b = RxScratch::default();
+        deliver(&p, &s, 0, &out(&frame(60)), &mut a).unwrap();
+        deliver(&p, &s, 0, &out(&frame(70)), &mut b).unwrap();
+        deliver(&p, &s, 0, &out(&frame(80)), &mut a).unwrap();
+        assert_eq!(
+            a.take_dirty().count(),
+            1,
+            "a queue is listed once per batch"
+        );
+        flush(&s, 0);
+        assert_eq!(d.used_idx(), 3);
+        assert_eq!(
+            [d.used(0), d.used(1), d.used(2)],
+            [(0, 72), (1, 82), (2, 92)]
+        );
+        flush(&s, 0);
+        assert_eq!(d.used_idx(), 3, "flushing again changes nothing");
     }
 
     #[test]

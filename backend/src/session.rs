@@ -21,6 +21,8 @@ use crate::offload::RxOffloads;
 use crate::Mem;
 
 pub type GuestMem = GuestMemoryAtomic<Mem>;
+
+const UNKNOWN: u32 = u32::MAX;
 pub type Vring = VringRwLock<GuestMem>;
 
 /// Things logged once per session rather than per packet.
@@ -37,6 +39,10 @@ pub struct Session {
     vrings: OnceLock<Vec<Vring>>,
     features: AtomicU64,
     broken: Vec<AtomicBool>,
+    /// Per queue: the used index the driver has been shown, or UNKNOWN after a stop (a restart
+    /// reloads next_used from the rings). RX entries are written per frame but published once
+    /// per sender batch; only touched under that queue's vring lock.
+    published: Vec<AtomicU32>,
     warned: AtomicU32,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
@@ -51,6 +57,7 @@ impl Session {
             vrings: OnceLock::new(),
             features: AtomicU64::new(0),
             broken: (0..num_queues).map(|_| AtomicBool::new(false)).collect(),
+            published: (0..num_queues).map(|_| AtomicU32::new(UNKNOWN)).collect(),
             warned: AtomicU32::new(0),
             exit_consumer,
             exit_notifier,
@@ -121,6 +128,31 @@ impl Session {
     pub fn clear_broken(&self, queue: usize) {
         if let Some(b) = self.broken.get(queue) {
             b.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The used index the driver has seen on `queue`; `current` (the queue's next_used before
+    /// new entries) when unknown, i.e. on a fresh or restarted ring.
+    pub fn published_or(&self, queue: usize, current: u16) -> u16 {
+        match self.published.get(queue).map(|p| p.load(Ordering::Relaxed)) {
+            Some(v) if v != UNKNOWN => v as u16,
+            _ => {
+                self.set_published(queue, current);
+                current
+            }
+        }
+    }
+
+    pub fn set_published(&self, queue: usize, idx: u16) {
+        if let Some(p) = self.published.get(queue) {
+            p.store(u32::from(idx), Ordering::Relaxed);
+        }
+    }
+
+    /// Forget the published index: the ring is stopped and may come back with other indices.
+    pub fn forget_published(&self, queue: usize) {
+        if let Some(p) = self.published.get(queue) {
+            p.store(UNKNOWN, Ordering::Relaxed);
         }
     }
 

@@ -136,6 +136,17 @@ impl Switch {
         }
     }
 
+    /// Publishes every RX queue this sender delivered to since the last flush.
+    pub fn flush(&self, s: &mut FwdScratch) {
+        for (id, qidx) in s.rx.take_dirty() {
+            if let Some(dest) = self.partitions.get(id) {
+                if let Some(session) = dest.session_guard().as_ref() {
+                    rx::flush(session, qidx);
+                }
+            }
+        }
+    }
+
     /// Delivers to one partition, fixing offloads up in software when its driver cannot take
     /// them. Drops on the receiver's side are counted there; the returned reason is for the
     /// sender's books (NoRxBuffer is never returned to be counted twice).

@@ -107,6 +107,8 @@ pub fn process_tx(
             let head = s.heads[i];
             send_one(sw, part, session, &view, head, s);
         }
+        // Receivers see this batch's frames now: one used.idx update per RX queue per batch.
+        sw.flush(&mut s.fwd);
 
         let mut g = vring.get_mut();
         let q = g.get_queue_mut();
