@@ -1,0 +1,621 @@
+#!/usr/bin/env bash
+# Benchmark of the daemon's data path against DPDK's vhost PMD (the anchor), on this machine.
+#
+#   scripts/bench.sh [throughput]   A/B rounds: our daemon (event-driven and busy-poll) vs DPDK
+#                                   testpmd net_vhost in io mode, same virtio_user frontend;
+#                                   64 B and 1518 B throughput, CPU per packet, latency
+#   scripts/bench.sh scale          64 and 255 VFs: start-up time, idle RSS and threads; then
+#                                   8 VF pairs passing traffic at once
+#
+# Method (shared/reference/perf.md): backend pinned to BACKEND_CPU, frontend (one testpmd with
+# net_virtio_user ports, --forward-mode=mac, paired ports, `start tx_first 32`) pinned to
+# FRONTEND_CPU; backends alternate round by round (the order rotates); rounds in which the
+# backend (or the frontend) waited on the run queue behind other processes more than MAX_WAIT_PCT %
+# of the interval are reported and discarded (WAIT_RULE).
+# Run as root on Debian 12; installs DPDK (testpmd) with apt-get when it is missing.
+#
+# Settings (environment):
+#   ROUNDS=8 SECONDS_PER_ROUND=10 WARMUP=2 SIZES="64 1518" POLL_US=50
+#   VARIANTS="ours-event ours-poll dpdk"   (ours-poll needs the daemon's --poll-us)
+#   POLL_VIA=flag|config   how ours-poll gets POLL_US: the --poll-us flag (default) or a TOML
+#                   file with poll_us (--config)
+#   LAT_SECONDS=5 LAT_SAMPLE_MS=50         (latency phase after the throughput sizes; 0 skips it)
+#   TX_FIRST=32 QUEUE_SIZE=256 MAX_WAIT_PCT=5
+#   WAIT_RULE=others|raw  others (default): a round is discarded when the backend (or frontend)
+#                   waited more than MAX_WAIT_PCT % of the interval behind OTHER processes, i.e.
+#                   min(run-queue wait summed over its threads from /proc/PID/task/*/schedstat,
+#                   CPU time other processes used on its CPU from /proc/stat), or on steal;
+#                   raw: the summed run-queue wait alone (this also counts a multi-threaded
+#                   backend's threads queueing behind each other on its one CPU)
+#   BACKEND_CPU=0 FRONTEND_CPU=1
+#   HUGE=auto|1|0   hugetlbfs on a private mount (1), --no-huge memfd memory (0), auto: 1 if,
+#                   after raising vm.nr_hugepages to NR_HUGEPAGES=512 (restored on exit), at
+#                   least 256 2 MiB pages are free, else 0
+#   SCALE_VFS="64 255" SCALE_STARTS=3 SCALE_PAIRS=8 SCALE_SIZE=64 SCALE_SECONDS=SECONDS_PER_ROUND
+#   DAEMON=path     use this daemon binary instead of `cargo build --release`
+#   RESULTS=dir     where raw.json, table.txt, events.jsonl and the logs go
+#                   (default results/bench-<mode>-<timestamp>)
+#   RUST_LOG=info   the daemon's log level (its log is kept in RESULTS/logs)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HELPER=$ROOT/scripts/bench/bench.py
+
+MODE=${1:-throughput}
+case "$MODE" in
+throughput | scale) ;;
+-h | --help | help)
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+*)
+    echo "usage: $0 [throughput|scale]  (see $0 --help)" >&2
+    exit 2
+    ;;
+esac
+
+ROUNDS=${ROUNDS:-8}
+SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
+WARMUP=${WARMUP:-2}
+SIZES=${SIZES:-64 1518}
+POLL_US=${POLL_US:-50}
+POLL_VIA=${POLL_VIA:-flag}
+VARIANTS=${VARIANTS:-ours-event ours-poll dpdk}
+LAT_SECONDS=${LAT_SECONDS:-5}
+LAT_SAMPLE_MS=${LAT_SAMPLE_MS:-50}
+TX_FIRST=${TX_FIRST:-32}
+QUEUE_SIZE=${QUEUE_SIZE:-256}
+MAX_WAIT_PCT=${MAX_WAIT_PCT:-5}
+WAIT_RULE=${WAIT_RULE:-others}
+BACKEND_CPU=${BACKEND_CPU:-0}
+FRONTEND_CPU=${FRONTEND_CPU:-1}
+HUGE=${HUGE:-auto}
+NR_HUGEPAGES=${NR_HUGEPAGES:-512}
+SCALE_VFS=${SCALE_VFS:-64 255}
+SCALE_STARTS=${SCALE_STARTS:-3}
+SCALE_PAIRS=${SCALE_PAIRS:-8}
+SCALE_SIZE=${SCALE_SIZE:-64}
+SCALE_SECONDS=${SCALE_SECONDS:-$SECONDS_PER_ROUND}
+DAEMON=${DAEMON:-}
+RESULTS=${RESULTS:-$ROOT/results/bench-$MODE-$(date +%Y%m%d-%H%M%S)}
+export RUST_LOG=${RUST_LOG:-info}
+export PYTHONDONTWRITEBYTECODE=1
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+[[ $(id -u) == 0 ]] || die "run as root (hugepages, mounts, apt-get)"
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup: every process this script started, the hugetlbfs mount and its files, DPDK's runtime
+# directories, the sockets (in WORK), and the hugepage count if this script raised it.
+
+WORK=
+HUGE_MNT=
+HP_SET_BY_US=
+HP_ORIG=
+PREFIXES=()
+# Children not yet reaped (a reaped child's PID may be reused: it is forgotten at once).
+declare -A PIDS TP_FD TP_PID TP_LOG TP_FIFO TP_PREFIX
+
+stop_pid() { # pid [timeout_s]
+    local pid=$1 t=${2:-5} i
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < t * 20; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid did not stop on SIGTERM; SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$pid]"
+}
+
+cleanup() {
+    local rc=$? pid p
+    trap - EXIT INT TERM
+    for pid in "${!PIDS[@]}"; do
+        stop_pid "$pid" 3
+    done
+    for p in "${PREFIXES[@]}"; do
+        rm -rf "/var/run/dpdk/$p"
+    done
+    if [[ -n $HUGE_MNT ]] && mountpoint -q "$HUGE_MNT"; then
+        rm -f "$HUGE_MNT"/* 2>/dev/null || true
+        umount "$HUGE_MNT" 2>/dev/null || umount -l "$HUGE_MNT" 2>/dev/null || true
+    fi
+    if [[ -n $HP_SET_BY_US && $(cat /proc/sys/vm/nr_hugepages) == "$HP_SET_BY_US" ]]; then
+        sysctl -q -w vm.nr_hugepages="$HP_ORIG" || true
+    fi
+    [[ -n $WORK ]] && rm -rf "$WORK"
+    if ((rc != 0)); then
+        log "failed (exit $rc); logs are in $RESULTS/logs"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+install_deps() {
+    local need=()
+    command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
+    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_vhost.so* >/dev/null 2>&1 || need+=(librte-net-vhost23)
+    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_virtio.so* >/dev/null 2>&1 || need+=(librte-net-virtio23)
+    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_mempool_ring.so* >/dev/null 2>&1 || need+=(librte-mempool-ring23)
+    command -v python3 >/dev/null || need+=(python3)
+    command -v stdbuf >/dev/null || need+=(coreutils)
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v mountpoint >/dev/null || need+=(util-linux)
+    if ((${#need[@]})); then
+        log "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends "${need[@]}" dpdk-dev librte-net-vhost23 \
+            librte-net-virtio23 librte-mempool-ring23 >/dev/null
+    fi
+}
+
+build_daemon() {
+    if [[ -z $DAEMON ]]; then
+        log "cargo build --release"
+        (cd "$ROOT" && cargo build --release --quiet)
+        DAEMON=$ROOT/target/release/vhost-user-sriov-net
+    fi
+    [[ -x $DAEMON ]] || die "no daemon binary at $DAEMON"
+    # A private copy: a rebuild during the run must not change what is measured.
+    cp "$DAEMON" "$WORK/daemon"
+    DAEMON_SRC=$DAEMON
+    DAEMON=$WORK/daemon
+}
+
+setup_memory() {
+    local free=0 ok=0
+    if [[ $HUGE == auto || $HUGE == 1 ]]; then
+        HP_ORIG=$(cat /proc/sys/vm/nr_hugepages)
+        if ((HP_ORIG < NR_HUGEPAGES)); then
+            if sysctl -q -w vm.nr_hugepages="$NR_HUGEPAGES" 2>/dev/null; then
+                HP_SET_BY_US=$(cat /proc/sys/vm/nr_hugepages)
+            fi
+        fi
+        free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+        if ((free >= 256)); then
+            HUGE_MNT=$WORK/huge
+            mkdir -p "$HUGE_MNT"
+            if mount -t hugetlbfs -o pagesize=2M nodev "$HUGE_MNT"; then
+                ok=1
+            else
+                HUGE_MNT=
+            fi
+        fi
+        if ((ok)); then
+            HUGE=1
+        else
+            [[ $HUGE == 1 ]] && die "hugepages requested (HUGE=1) but not available"
+            log "hugepages not available ($free free); using --no-huge"
+            HUGE=0
+        fi
+    fi
+    if [[ $HUGE == 1 ]]; then
+        # The frontend passes its memory to the backend as fds: at most 8, hence one file per
+        # memseg list.
+        EAL_MEM=(--huge-dir "$HUGE_MNT" --single-file-segments)
+    else
+        EAL_MEM=(--no-huge -m 1024)
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# testpmd, driven through a FIFO (interactive mode exits at the end of stdin)
+
+N_TP=0
+tp_start() { # name cpu eal-and-app-args...
+    local name=$1 cpu=$2 fd pid
+    shift 2
+    N_TP=$((N_TP + 1))
+    local prefix=sriovbench-$$-$N_TP-$name
+    PREFIXES+=("$prefix")
+    TP_PREFIX[$name]=$prefix
+    TP_FIFO[$name]=$WORK/$name-$N_TP.in
+    TP_LOG[$name]=$RESULTS/logs/$(printf '%03d' "$N_TP")-$name.log
+    mkfifo "${TP_FIFO[$name]}"
+    exec {fd}<>"${TP_FIFO[$name]}"
+    TP_FD[$name]=$fd
+    # Both lcores (main: the command line, 1: forwarding) on one CPU; EAL's control threads
+    # inherit the taskset mask.
+    echo "dpdk-testpmd --lcores 0@$cpu,1@$cpu --file-prefix $prefix $*" >"${TP_LOG[$name]}.cmd"
+    stdbuf -oL -eL taskset -c "$cpu" dpdk-testpmd --lcores "0@$cpu,1@$cpu" --no-pci \
+        --no-telemetry --file-prefix "$prefix" "${EAL_MEM[@]}" "$@" \
+        <"${TP_FIFO[$name]}" >"${TP_LOG[$name]}" 2>&1 &
+    pid=$!
+    TP_PID[$name]=$pid
+    PIDS[$pid]=1
+    local i
+    for ((i = 0; i < 600; i++)); do
+        grep -q 'testpmd> ' "${TP_LOG[$name]}" && return 0
+        kill -0 "$pid" 2>/dev/null || {
+            tail -20 "${TP_LOG[$name]}" >&2
+            die "testpmd ($name) exited during start-up; log ${TP_LOG[$name]}"
+        }
+        sleep 0.1
+    done
+    die "testpmd ($name) not ready after 60 s; log ${TP_LOG[$name]}"
+}
+
+tp_cmd() { # name command
+    kill -0 "${TP_PID[$1]}" 2>/dev/null || die "testpmd ($1) died; log ${TP_LOG[$1]}"
+    printf '%s\n' "$2" >&"${TP_FD[$1]}"
+}
+
+tp_quit() { # name
+    local name=$1 pid=${TP_PID[$1]} i
+    if kill -0 "$pid" 2>/dev/null; then
+        printf 'quit\n' >&"${TP_FD[$name]}" || true
+        for ((i = 0; i < 200; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+    fi
+    stop_pid "$pid" 3
+    local fd=${TP_FD[$name]}
+    exec {fd}>&-
+    rm -f "${TP_FIFO[$name]}"
+    # DPDK leaves its hugepage files and runtime directory behind.
+    local prefix=${TP_PREFIX[$name]}
+    if [[ -n $HUGE_MNT ]]; then
+        rm -f "$HUGE_MNT/$prefix"map_* 2>/dev/null || true
+    fi
+    rm -rf "/var/run/dpdk/$prefix"
+}
+
+# Wait until a command that prints a marker has been answered: count lines before, send, wait.
+tp_wait_for() { # name regex count timeout_s
+    local name=$1 re=$2 want=$3 t=$4 i
+    for ((i = 0; i < t * 20; i++)); do
+        (($(grep -cE "$re" "${TP_LOG[$name]}") >= want)) && return 0
+        kill -0 "${TP_PID[$name]}" 2>/dev/null || die "testpmd ($name) died; log ${TP_LOG[$name]}"
+        sleep 0.05
+    done
+    return 1
+}
+
+fe_links_up() { # nports timeout_s
+    local n=$1 t=$2 i before
+    for ((i = 0; i < t; i++)); do
+        before=$(grep -c 'Link status:' "${TP_LOG[fe]}" || true)
+        tp_cmd fe "show port info all"
+        tp_wait_for fe 'Link status:' $((before + n)) 10 || die "no port info from frontend"
+        if (($(grep 'Link status:' "${TP_LOG[fe]}" | tail -n "$n" | grep -c 'up') == n)); then
+            return 0
+        fi
+        sleep 1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+
+DAEMON_PID=
+N_DAEMON=0
+daemon_start() { # vfs poll_us -> DAEMON_PID, SOCKDIR
+    local vfs=$1 poll=$2 i args=()
+    N_DAEMON=$((N_DAEMON + 1))
+    SOCKDIR=$WORK/d$N_DAEMON
+    mkdir -p "$SOCKDIR"
+    args=(--socket-dir "$SOCKDIR" --vfs "$vfs" --ready-file "$SOCKDIR/ready")
+    if [[ $poll != 0 && $POLL_VIA == config ]]; then
+        printf 'poll_us = %s\n' "$poll" >"$SOCKDIR/poll.toml"
+        args+=(--config "$SOCKDIR/poll.toml")
+    elif [[ $poll != 0 ]]; then
+        args+=(--poll-us "$poll")
+    fi
+    DAEMON_LOG=$RESULTS/logs/$(printf 'daemon-%03d' "$N_DAEMON")-vfs$vfs-poll$poll.log
+    taskset -c "$BACKEND_CPU" "$DAEMON" "${args[@]}" >"$DAEMON_LOG" 2>&1 &
+    DAEMON_PID=$!
+    PIDS[$DAEMON_PID]=1
+    for ((i = 0; i < 600; i++)); do
+        [[ -s $SOCKDIR/ready ]] && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || {
+            tail -20 "$DAEMON_LOG" >&2
+            die "daemon exited during start-up; log $DAEMON_LOG"
+        }
+        sleep 0.05
+    done
+    die "daemon not ready after 30 s; log $DAEMON_LOG"
+}
+
+daemon_alive() {
+    kill -0 "$DAEMON_PID" 2>/dev/null && return 0
+    tail -20 "$DAEMON_LOG" >&2
+    die "the daemon exited during the run; log $DAEMON_LOG"
+}
+
+daemon_stop() {
+    daemon_alive
+    stop_pid "$DAEMON_PID" 10
+    DAEMON_PID=
+    rm -rf "$SOCKDIR"
+}
+
+ctl_json() { # file
+    "$DAEMON" ctl --socket-dir "$SOCKDIR" show -j >"$1"
+}
+
+# The DPDK anchor: two net_vhost ports (servers), io forwarding between them.
+dpdk_backend_start() {
+    N_DAEMON=$((N_DAEMON + 1))
+    SOCKDIR=$WORK/d$N_DAEMON
+    mkdir -p "$SOCKDIR"
+    tp_start be "$BACKEND_CPU" \
+        --vdev "net_vhost0,iface=$SOCKDIR/vhost0.sock,queues=1" \
+        --vdev "net_vhost1,iface=$SOCKDIR/vhost1.sock,queues=1" \
+        -- -i --nb-cores=1 --forward-mode=io --disable-link-check --total-num-mbufs=16384
+    # Forwarding runs before the frontend connects (perf.md).
+    tp_cmd be start
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -S $SOCKDIR/vhost0.sock && -S $SOCKDIR/vhost1.sock ]] && return 0
+        sleep 0.1
+    done
+    die "DPDK backend sockets did not appear; log ${TP_LOG[be]}"
+}
+
+# The frontend: one testpmd, virtio_user port i on socket i, mac forwarding to the paired port's
+# MAC (anti-spoof: every frame leaves with its own port's MAC as source).
+frontend_start() { # mbufs sock1 mac1 sock2 mac2 ...
+    local mbufs=$1 i=0 vdevs=() peers=() socks=() macs=()
+    shift
+    while (($#)); do
+        socks+=("$1")
+        macs+=("$2")
+        shift 2
+    done
+    local n=${#socks[@]}
+    for ((i = 0; i < n; i++)); do
+        vdevs+=(--vdev "net_virtio_user$i,path=${socks[$i]},queues=1,queue_size=$QUEUE_SIZE,mac=${macs[$i]}")
+        peers+=("--eth-peer=$i,${macs[$((i ^ 1))]}")
+    done
+    tp_start fe "$FRONTEND_CPU" "${vdevs[@]}" -- -i --nb-cores=1 --forward-mode=mac \
+        "${peers[@]}" --total-num-mbufs="$mbufs"
+    fe_links_up "$n" 20 || die "frontend links not up after 20 s; log ${TP_LOG[fe]}"
+}
+
+measure() { # nports seconds extra-args... (tags: --tag k=v)
+    local n=$1 secs=$2
+    shift 2
+    local args=(--out "$EVENTS" --fifo "${TP_FIFO[fe]}" --log "${TP_LOG[fe]}" --nports "$n"
+        --fe-pid "${TP_PID[fe]}" --be-pid "$BE_PID" --be-cpu "$BACKEND_CPU"
+        --fe-cpu "$FRONTEND_CPU" --seconds "$secs")
+    [[ $BE_KIND == ours ]] && args+=(--daemon "$DAEMON" --sockdir "$SOCKDIR")
+    python3 "$HELPER" measure "${args[@]}" "$@"
+}
+
+# Empty the frontend's rings: a short rxonly run, so the next start begins from a known state.
+drain() {
+    tp_cmd fe "set fwd rxonly"
+    tp_cmd fe start
+    sleep 0.3
+    tp_cmd fe stop
+    tp_cmd fe "set fwd mac"
+}
+
+measure_sizes() { # variant round
+    local v=$1 r=$2 size res
+    for size in $SIZES; do
+        drain
+        tp_cmd fe "set burst 32"
+        tp_cmd fe "set txpkts $size"
+        tp_cmd fe "start tx_first $TX_FIRST"
+        sleep "$WARMUP"
+        res=$(measure 2 "$SECONDS_PER_ROUND" --stop \
+            --tag variant="$v" --tag round="$r" --tag size="$size")
+        log "  $v round $r ${size} B: $res"
+    done
+}
+
+measure_latency() { # variant round
+    local v=$1 r=$2 res
+    ((LAT_SECONDS > 0)) || return 0
+    drain
+    # One burst of one packet on each port: one packet circulates per direction.
+    tp_cmd fe "set burst 1"
+    tp_cmd fe "set txpkts 64"
+    tp_cmd fe "start tx_first 1"
+    sleep 1
+    res=$(measure 2 "$LAT_SECONDS" --sample-ms "$LAT_SAMPLE_MS" --stop --phase-prefix lat_ \
+        --tag variant="$v" --tag round="$r")
+    log "  $v round $r latency: $res"
+    tp_cmd fe "set burst 32"
+}
+
+run_variant() { # variant round
+    local v=$1 r=$2 macs m0 m1
+    case "$v" in
+    ours-event | ours-poll)
+        BE_KIND=ours
+        local poll=0
+        [[ $v == ours-poll ]] && poll=$POLL_US
+        daemon_start 2 "$poll"
+        BE_PID=$DAEMON_PID
+        ctl_json "$WORK/show.json"
+        read -r m0 m1 < <(python3 "$HELPER" macs "$WORK/show.json" vf0 vf1)
+        LAST_MACS="$m0 $m1"
+        frontend_start 16384 "$SOCKDIR/vf0.sock" "$m0" "$SOCKDIR/vf1.sock" "$m1"
+        ;;
+    dpdk)
+        BE_KIND=dpdk
+        dpdk_backend_start
+        BE_PID=${TP_PID[be]}
+        read -r m0 m1 <<<"${LAST_MACS:-02:53:52:00:00:01 02:53:52:00:00:02}"
+        frontend_start 16384 "$SOCKDIR/vhost0.sock" "$m0" "$SOCKDIR/vhost1.sock" "$m1"
+        ;;
+    *) die "unknown variant $v" ;;
+    esac
+    measure_sizes "$v" "$r"
+    measure_latency "$v" "$r"
+    [[ $BE_KIND == ours ]] && daemon_alive
+    tp_quit fe
+    if [[ $BE_KIND == ours ]]; then
+        ctl_json "$RESULTS/logs/ctl-$v-round$r.json" || true
+        daemon_stop
+    else
+        tp_quit be
+        rm -rf "$SOCKDIR"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+
+run_throughput() {
+    local r i n v order
+    read -ra V <<<"$VARIANTS"
+    n=${#V[@]}
+    log "throughput: $ROUNDS rounds x (${V[*]}) x sizes ($SIZES) x ${SECONDS_PER_ROUND} s" \
+        "+ latency ${LAT_SECONDS} s"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        # Rotate the order every round: each backend runs first, middle and last in turn.
+        order=()
+        for ((i = 0; i < n; i++)); do order+=("${V[$(((i + r - 1) % n))]}"); done
+        log "round $r/$ROUNDS: ${order[*]}"
+        for v in "${order[@]}"; do
+            run_variant "$v" "$r"
+        done
+    done
+    python3 "$HELPER" report throughput "$RESULTS" --max-wait "$MAX_WAIT_PCT" \
+        --wait-rule "$WAIT_RULE"
+}
+
+run_scale() {
+    local vfs s t0 ready_ns waiter i v poll n res socks_macs=() names=()
+    BE_KIND=ours
+    for vfs in $SCALE_VFS; do
+        for ((s = 1; s <= SCALE_STARTS; s++)); do
+            N_DAEMON=$((N_DAEMON + 1))
+            SOCKDIR=$WORK/d$N_DAEMON
+            mkdir -p "$SOCKDIR"
+            # The waiter polls for the ready file every 0.1 ms; start it before the daemon.
+            python3 "$HELPER" wait-file "$SOCKDIR/ready" >"$WORK/ready_ns" &
+            waiter=$!
+            PIDS[$waiter]=1
+            sleep 0.3
+            DAEMON_LOG=$RESULTS/logs/$(printf 'daemon-%03d' "$N_DAEMON")-vfs$vfs-start$s.log
+            t0=$(date +%s%N)
+            taskset -c "$BACKEND_CPU" "$DAEMON" --socket-dir "$SOCKDIR" --vfs "$vfs" \
+                --ready-file "$SOCKDIR/ready" >"$DAEMON_LOG" 2>&1 &
+            DAEMON_PID=$!
+            PIDS[$DAEMON_PID]=1
+            for ((i = 0; i < 600; i++)); do
+                kill -0 "$waiter" 2>/dev/null || break
+                kill -0 "$DAEMON_PID" 2>/dev/null || die "daemon exited; log $DAEMON_LOG"
+                sleep 0.05
+            done
+            if ! wait "$waiter"; then
+                unset "PIDS[$waiter]"
+                die "no ready file after 30 s; log $DAEMON_LOG"
+            fi
+            unset "PIDS[$waiter]"
+            ready_ns=$(cat "$WORK/ready_ns")
+            sleep 1
+            local socks=("$SOCKDIR"/*.sock)
+            python3 - "$EVENTS" "$vfs" "$s" "$(((ready_ns - t0) / 1000))" "$DAEMON_PID" \
+                "${#socks[@]}" "$HELPER" <<'EOF'
+import json, sys
+sys.path.insert(0, sys.argv[7].rsplit("/", 1)[0])
+import bench
+out, vfs, s, us, pid, socks = sys.argv[1:7]
+st = bench.read_status(int(pid))
+ev = {"type": "scale_start", "vfs": int(vfs), "start": int(s), "ready_ms": int(us) / 1000,
+      "rss_kb": st.get("vmrss_kb"), "hwm_kb": st.get("vmhwm_kb"), "threads": st.get("threads"),
+      "sockets": int(socks)}
+open(out, "a").write(json.dumps(ev) + "\n")
+print(f"ready in {ev['ready_ms']:.1f} ms, idle RSS {ev['rss_kb']/1024:.1f} MiB, "
+      f"{ev['threads']} threads, {ev['sockets']} sockets", file=sys.stderr)
+EOF
+            daemon_stop
+        done
+
+        read -ra V <<<"$VARIANTS"
+        for v in "${V[@]}"; do
+            [[ $v == dpdk ]] && continue
+            poll=0
+            [[ $v == ours-poll ]] && poll=$POLL_US
+            daemon_start "$vfs" "$poll"
+            BE_PID=$DAEMON_PID
+            sleep 1
+            local idle
+            idle=$(python3 "$HELPER" proc "$DAEMON_PID")
+            ctl_json "$WORK/show.json"
+            n=$((SCALE_PAIRS * 2))
+            names=()
+            for ((i = 0; i < n; i++)); do names+=("vf$i"); done
+            read -ra macs < <(python3 "$HELPER" macs "$WORK/show.json" "${names[@]}")
+            socks_macs=()
+            for ((i = 0; i < n; i++)); do socks_macs+=("$SOCKDIR/vf$i.sock" "${macs[$i]}"); done
+            frontend_start $((n * 2048 + 16384)) "${socks_macs[@]}"
+            drain
+            tp_cmd fe "set txpkts $SCALE_SIZE"
+            tp_cmd fe "start tx_first $TX_FIRST"
+            sleep "$WARMUP"
+            res=$(measure "$n" "$SCALE_SECONDS" --stop --tag vfs="$vfs" --tag variant="$v" \
+                --tag idle="$idle")
+            log "  $vfs VFs $v, $SCALE_PAIRS pairs: $res"
+            tp_quit fe
+            ctl_json "$RESULTS/logs/ctl-scale-vfs$vfs-$v.json" || true
+            daemon_stop
+        done
+    done
+    python3 "$HELPER" report scale "$RESULTS"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+# Everything this script runs itself (bash, python, ctl) stays off the backend's CPU.
+taskset -pc "$FRONTEND_CPU" $$ >/dev/null
+
+install_deps
+mkdir -p "$RESULTS/logs"
+EVENTS=$RESULTS/events.jsonl
+: >"$EVENTS"
+WORK=$(mktemp -d /tmp/sriov-bench.XXXXXX)
+build_daemon
+setup_memory
+
+HAVE_POLL=yes
+if ! "$DAEMON" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; then
+    HAVE_POLL="not available (the daemon has no --poll-us)"
+    VARIANTS=$(tr ' ' '\n' <<<"$VARIANTS" | grep -vx ours-poll | tr '\n' ' ')
+    log "busy-poll: $HAVE_POLL"
+fi
+
+python3 "$HELPER" env --out "$EVENTS" \
+    --tag mode="$MODE" --tag rounds="$ROUNDS" --tag seconds_per_round="$SECONDS_PER_ROUND" \
+    --tag warmup_s="$WARMUP" --tag sizes="$SIZES" --tag variants="$VARIANTS" \
+    --tag poll_us="$POLL_US" --tag poll_via="$POLL_VIA" --tag busy_poll="$HAVE_POLL" --tag lat_seconds="$LAT_SECONDS" \
+    --tag lat_sample_ms="$LAT_SAMPLE_MS" --tag tx_first="$TX_FIRST" --tag queue_size="$QUEUE_SIZE" \
+    --tag backend_cpu="$BACKEND_CPU" --tag frontend_cpu="$FRONTEND_CPU" \
+    --tag memory="$([[ $HUGE == 1 ]] && echo "hugetlbfs 2M private mount, --single-file-segments" || echo "--no-huge -m 1024")" \
+    --tag eal_mem="${EAL_MEM[*]}" \
+    --tag daemon="$DAEMON_SRC" --tag daemon_sha256="$(sha256sum "$DAEMON" | cut -c1-16)" \
+    --tag worktree_git_head="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)" \
+    --tag worktree_dirty_files="$(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l)" \
+    --tag scale_vfs="$SCALE_VFS" --tag scale_pairs="$SCALE_PAIRS" --tag scale_size="$SCALE_SIZE" \
+    --tag scale_starts="$SCALE_STARTS" --tag scale_seconds="$SCALE_SECONDS"
+log "results in $RESULTS; memory: ${EAL_MEM[*]}; busy-poll: $HAVE_POLL"
+
+case "$MODE" in
+throughput) run_throughput ;;
+scale) run_scale ;;
+esac
+log "raw figures: $RESULTS/raw.json; tables: $RESULTS/table.txt"
