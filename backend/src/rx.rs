@@ -82,13 +82,24 @@ pub fn deliver(
     let indirect = session.indirect();
     let need = NET_HDR_LEN + len;
     let q = guard.get_queue_mut();
-    let avail = match ring::pending(&mem, q) {
-        Ok(n) => n,
-        Err(ring::RingError::NotReady) => return Err(DropReason::DestinationDown),
+    // Buffers the driver had posted when we last looked; avail.idx (a line the driver's core
+    // writes) is only read again when those run out.
+    let reload = |q: &virtio_queue::Queue| match ring::pending(&mem, q) {
+        Ok(n) => {
+            session.set_avail_seen(qidx, q.next_avail().wrapping_add(n));
+            Ok(n)
+        }
+        Err(ring::RingError::NotReady) => Err(DropReason::DestinationDown),
         Err(e) => {
             session.mark_broken(qidx, &e);
-            return Err(DropReason::DestinationDown);
+            Err(DropReason::DestinationDown)
         }
+    };
+    let mut avail = match session.avail_seen(qidx) {
+        Some(seen) if seen.wrapping_sub(q.next_avail()) <= q.size() => {
+            seen.wrapping_sub(q.next_avail())
+        }
+        _ => reload(q)?,
     };
     let table = Table::of(q);
     scratch.segs.clear();
@@ -96,6 +107,9 @@ pub fn deliver(
     let mut cap: usize = 0;
     while cap < need {
         let k = scratch.chains.len() as u16;
+        if k >= avail && (mergeable || k == 0) {
+            avail = reload(q)?;
+        }
         if k >= avail || (!mergeable && k == 1) {
             // Nothing consumed: next_avail only moves once the frame is written.
             dest.queue_counters(pair).drop(DropReason::NoRxBuffer);

@@ -43,6 +43,8 @@ pub struct Session {
     /// reloads next_used from the rings). RX entries are written per frame but published once
     /// per sender batch; only touched under that queue's vring lock.
     published: Vec<AtomicU32>,
+    /// Per queue: the avail index last read from the ring, or UNKNOWN. Under the vring lock.
+    avail_seen: Vec<AtomicU32>,
     warned: AtomicU32,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
@@ -58,6 +60,7 @@ impl Session {
             features: AtomicU64::new(0),
             broken: (0..num_queues).map(|_| AtomicBool::new(false)).collect(),
             published: (0..num_queues).map(|_| AtomicU32::new(UNKNOWN)).collect(),
+            avail_seen: (0..num_queues).map(|_| AtomicU32::new(UNKNOWN)).collect(),
             warned: AtomicU32::new(0),
             exit_consumer,
             exit_notifier,
@@ -149,10 +152,25 @@ impl Session {
         }
     }
 
-    /// Forget the published index: the ring is stopped and may come back with other indices.
+    /// Forget the published and seen indices: the ring is stopped and may come back with others.
     pub fn forget_published(&self, queue: usize) {
-        if let Some(p) = self.published.get(queue) {
-            p.store(UNKNOWN, Ordering::Relaxed);
+        for v in [&self.published, &self.avail_seen] {
+            if let Some(p) = v.get(queue) {
+                p.store(UNKNOWN, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn avail_seen(&self, queue: usize) -> Option<u16> {
+        match self.avail_seen.get(queue)?.load(Ordering::Relaxed) {
+            UNKNOWN => None,
+            v => Some(v as u16),
+        }
+    }
+
+    pub fn set_avail_seen(&self, queue: usize, idx: u16) {
+        if let Some(p) = self.avail_seen.get(queue) {
+            p.store(u32::from(idx), Ordering::Relaxed);
         }
     }
 
