@@ -178,6 +178,14 @@ impl VhostUserBackend for NetDevice {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // A TX batch in flight has advanced next_avail but not yet written its used entries;
+        // the frontend is about to read the ring state, so wait for that batch to complete.
+        // (The worker holds this queue's scratch for the whole of process_tx.)
+        let idx = queue_index as usize;
+        let _tx_idle = (idx % 2 == 1)
+            .then(|| self.inner.scratch.get(idx / 2))
+            .flatten()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
         self.inner.partition.on_rings_stopped();
         if let Some(s) = self.inner.partition.session() {
             // The frontend reads the ring state next: nothing written may stay unpublished.
