@@ -154,17 +154,11 @@ fn serve_one(
     }
     part.on_connect();
     log::info!("{name}: frontend connected");
-    let pump_name = name.clone();
-    let pump = thread::Builder::new()
-        .name(format!("pump-{name}"))
-        .spawn(move || {
-            if let Err(e) = shim::run(frontend, framework_side) {
-                log::warn!("{pump_name}: vhost-user stream error: {e}");
-            }
-        })
-        .map_err(|e| format!("cannot start message pump: {e}"))?;
+    // This thread pumps the connection itself until either side closes it.
+    if let Err(e) = shim::run(frontend, framework_side) {
+        log::warn!("{name}: vhost-user stream error: {e}");
+    }
     let result = daemon.wait();
-    let _ = pump.join();
     session.stop_worker();
     part.on_disconnect();
     use vhost::vhost_user::Error as Proto;
