@@ -9,7 +9,6 @@ mod server;
 mod shim;
 
 use std::io::Write;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -220,34 +219,31 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
-    // The control socket is served by std's listener; vhost's Listener only reserved the path.
-    drop(listeners.pop());
-    let control = match UnixListener::bind(&control_path) {
-        Ok(l) => l,
-        Err(e) => {
-            return fail(
-                EXIT_BAD_INPUT,
-                &format!("cannot listen on {}: {e}", control_path.display()),
-            )
-        }
+    // From here on, a failed start takes its sockets with it.
+    let abort = |code: u8, msg: &dyn std::fmt::Display| {
+        server::remove_all(&paths);
+        fail(code, msg)
+    };
+    let Some(control) = listeners.pop() else {
+        return abort(1, &"no control socket bound");
     };
 
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
-        Err(e) => return fail(1, &format!("cannot install signal handlers: {e}")),
+        Err(e) => return abort(1, &format!("cannot install signal handlers: {e}")),
     };
+    let poll = std::time::Duration::from_micros(u64::from(cfg.poll_us));
     for (p, l) in switch.partitions().iter().zip(listeners) {
-        let poll = std::time::Duration::from_micros(u64::from(cfg.poll_us));
         if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), poll, l) {
-            return fail(1, &format!("cannot start thread for {}: {e}", p.name()));
+            return abort(1, &format!("cannot start thread for {}: {e}", p.name()));
         }
     }
     if let Err(e) = control::spawn(control, switch.clone()) {
-        return fail(1, &format!("cannot start control server: {e}"));
+        return abort(1, &format!("cannot start control server: {e}"));
     }
     if let Some(f) = ready_file {
         if let Err(e) = write_ready_file(f) {
-            return fail(
+            return abort(
                 EXIT_BAD_INPUT,
                 &format!("cannot write ready file {}: {e}", f.display()),
             );
@@ -262,9 +258,7 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
 
     let sig = signals.forever().next();
     log::info!("signal {sig:?}: shutting down");
-    for p in &paths {
-        let _ = std::fs::remove_file(p);
-    }
+    server::remove_all(&paths);
     if let Some(f) = ready_file {
         let _ = std::fs::remove_file(f);
     }

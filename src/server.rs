@@ -74,20 +74,31 @@ pub fn claim_path(path: &Path) -> Result<(), SetupError> {
 }
 
 /// Claims every path first, then binds them all; on any failure removes what it bound.
-pub fn bind_all(paths: &[PathBuf]) -> Result<Vec<Listener>, SetupError> {
+pub fn bind_all(paths: &[PathBuf]) -> Result<Vec<UnixListener>, SetupError> {
     for p in paths {
         claim_path(p)?;
     }
     let mut out = Vec::with_capacity(paths.len());
     for p in paths {
-        // Listener unlinks its path on drop, so an early return cleans up what was bound.
-        let l = Listener::new(p, false).map_err(|e| SetupError::Bind {
-            path: p.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
-        out.push(l);
+        match UnixListener::bind(p) {
+            Ok(l) => out.push(l),
+            Err(source) => {
+                remove_all(&paths[..out.len()]);
+                return Err(SetupError::Bind {
+                    path: p.clone(),
+                    source,
+                });
+            }
+        }
     }
     Ok(out)
+}
+
+/// Removes socket files this daemon bound (on shutdown, or when start-up fails after binding).
+pub fn remove_all(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Serves one partition on `listener` forever: one frontend at a time, any number in turn.
@@ -95,8 +106,9 @@ pub fn spawn_partition(
     partition: Arc<Partition>,
     switch: Arc<Switch>,
     poll: Duration,
-    listener: Listener,
+    listener: UnixListener,
 ) -> io::Result<thread::JoinHandle<()>> {
+    let listener = Listener::from(listener);
     let name = partition.name();
     // The framework accepts from a private abstract-namespace socket (no file on disk); the
     // public socket's connections reach it through the message pump (see shim.rs).

@@ -38,10 +38,6 @@ impl MacAddr {
         let b = v.to_be_bytes();
         Some(MacAddr([self.0[0], self.0[1], self.0[2], b[1], b[2], b[3]]))
     }
-
-    pub fn from_slice(b: &[u8]) -> Option<MacAddr> {
-        <[u8; 6]>::try_from(b).ok().map(MacAddr)
-    }
 }
 
 impl FromStr for MacAddr {
