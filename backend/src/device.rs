@@ -240,12 +240,7 @@ mod tests {
 
     #[test]
     fn offers_mq_only_with_several_pairs() {
-        let mut cfg = PartitionConfig {
-            mac: "02:00:00:00:00:01".parse().unwrap(),
-            queue_pairs: 1,
-            queue_size: 256,
-            mtu: 1500,
-        };
+        let mut cfg = crate::testutil::config("02:00:00:00:00:01", 1);
         let f = offered_features(&cfg);
         assert_eq!(f & (1 << VIRTIO_NET_F_MQ), 0);
         for b in [

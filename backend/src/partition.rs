@@ -206,12 +206,7 @@ mod tests {
         Partition::new(
             1,
             Role::Vf(0),
-            PartitionConfig {
-                mac: "02:00:00:00:00:01".parse().unwrap(),
-                queue_pairs: 2,
-                queue_size: 256,
-                mtu: 1500,
-            },
+            crate::testutil::config("02:00:00:00:00:01", 2),
         )
     }
 

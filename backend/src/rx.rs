@@ -206,7 +206,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::partition::{PartitionConfig, Role};
+    use crate::partition::Role;
     use crate::testutil::{Driver, AVAIL, DESC, F_WRITE, USED};
     use vhost_user_backend::VringRwLock;
     use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
@@ -219,12 +219,7 @@ mod tests {
         let p = Partition::new(
             1,
             Role::Vf(0),
-            PartitionConfig {
-                mac: "02:00:00:00:00:01".parse().unwrap(),
-                queue_pairs: 1,
-                queue_size: 256,
-                mtu: 1500,
-            },
+            crate::testutil::config("02:00:00:00:00:01", 1),
         );
         let s = Arc::new(Session::new("vf0".into(), 2).unwrap());
         s.mem.lock().unwrap().replace(d.mem.clone());

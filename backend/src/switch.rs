@@ -229,7 +229,7 @@ impl Switch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partition::{PartitionConfig, Role};
+    use crate::partition::Role;
 
     fn part(id: usize, mac: &str) -> Arc<Partition> {
         let role = if id == 0 {
@@ -237,16 +237,7 @@ mod tests {
         } else {
             Role::Vf(id as u16 - 1)
         };
-        Arc::new(Partition::new(
-            id,
-            role,
-            PartitionConfig {
-                mac: mac.parse().unwrap(),
-                queue_pairs: 1,
-                queue_size: 256,
-                mtu: 1500,
-            },
-        ))
+        Arc::new(Partition::new(id, role, crate::testutil::config(mac, 1)))
     }
 
     fn sw() -> Switch {

@@ -7,7 +7,18 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::partition::PartitionConfig;
 use crate::ring::{self, ChainError, Dir, Seg, Table};
+
+/// A partition shape for tests: `mac`, `queue_pairs`, queue size 256, MTU 1500.
+pub fn config(mac: &str, queue_pairs: u16) -> PartitionConfig {
+    PartitionConfig {
+        mac: mac.parse().unwrap(),
+        queue_pairs,
+        queue_size: 256,
+        mtu: 1500,
+    }
+}
 
 pub const DESC: u64 = 0x0;
 pub const AVAIL: u64 = 0x1000;
