@@ -187,10 +187,8 @@ impl VhostUserBackend for NetDevice {
             .flatten()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
         self.inner.partition.on_rings_stopped();
+        // RX runs publish before they release the ring lock, so nothing is left unpublished.
         if let Some(s) = self.inner.partition.session() {
-            // The frontend reads the ring state next: nothing written may stay unpublished.
-            crate::rx::flush(&s, queue_index as usize);
-            s.forget_published(queue_index as usize);
             s.clear_broken(queue_index as usize);
         }
         Ok(())

@@ -136,8 +136,9 @@ impl Table {
     }
 }
 
-/// Walks the chain starting at `head`, appending its buffers to `out` (cleared first).
-/// Returns the total byte count. `max_len` bounds the bytes a chain may carry.
+/// Walks the chain starting at `head`, appending its buffers to `out` (so a batch's chains can
+/// share one list). Returns the total byte count; on error `out` is left as it was. `max_len`
+/// bounds the bytes a chain may carry.
 pub fn walk_chain(
     mem: &Mem,
     t: Table,
@@ -147,7 +148,23 @@ pub fn walk_chain(
     max_len: u32,
     out: &mut Vec<Seg>,
 ) -> Result<u32, ChainError> {
-    out.clear();
+    let start = out.len();
+    let r = walk(mem, t, head, dir, indirect_ok, max_len, out);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn walk(
+    mem: &Mem,
+    t: Table,
+    head: u16,
+    dir: Dir,
+    indirect_ok: bool,
+    max_len: u32,
+    out: &mut Vec<Seg>,
+) -> Result<u32, ChainError> {
     let mut table = t.addr;
     let mut size = t.size;
     let mut index = head;

@@ -1,33 +1,30 @@
-//! Delivery into a partition's RX queue: the receiving half of the data path. Runs on the
-//! sender's thread under the receiver's RX vring lock, so a receiver with no buffers costs the
-//! sender one failed check, never a wait.
+//! Delivery into a partition's RX queue: the receiving half of the data path. A sender opens the
+//! receiver's RX queue once per run of frames for it: one vring lock, one guest-memory snapshot,
+//! one read of avail.idx while buffers last. Closing publishes the run with one used.idx store
+//! and at most one notification. A receiver with no buffers costs the sender one failed check,
+//! never a wait.
+
+use std::sync::RwLockWriteGuard;
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
+use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::GuestAddressSpace;
 
-use crate::counters::{Cast, DropReason};
+use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
-use crate::partition::{Partition, PartitionId};
+use crate::offload::RxOffloads;
+use crate::partition::Partition;
 use crate::ring::{self, Dir, Seg, Table};
-use crate::session::{GuestMem, Session};
+use crate::session::{GuestMem, Session, Warn};
+use crate::Mem;
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
 pub struct RxScratch {
     segs: Vec<Seg>,
-    chain: Vec<Seg>,
     chains: Vec<(u16, u32)>,
-    /// RX queues written since the last flush: (partition, queue index).
-    dirty: Vec<(PartitionId, usize)>,
-}
-
-impl RxScratch {
-    /// RX queues this sender wrote to and has not published yet.
-    pub fn take_dirty(&mut self) -> impl Iterator<Item = (PartitionId, usize)> + '_ {
-        self.dirty.drain(..)
-    }
 }
 
 /// One frame on its way into a receiver.
@@ -42,162 +39,197 @@ pub struct Outgoing<'a> {
     pub cast: Cast,
 }
 
-/// Writes the virtio-net header and the frame into `dest`'s RX buffers, as one or (mergeable)
-/// several chains. The used entries become visible to the driver at the next [`flush`] of that
-/// queue, which the sender does once per TX batch. Receiver-side drops are counted on `dest`.
-pub fn deliver(
-    dest: &Partition,
-    session: &Session,
-    pair_hint: usize,
-    out: &Outgoing<'_>,
-    scratch: &mut RxScratch,
-) -> Result<(), DropReason> {
-    let len = out.len;
-    let vrings = session.vrings().ok_or(DropReason::DestinationDown)?;
-    let pairs = vrings.len() / 2;
-    if pairs == 0 {
-        return Err(DropReason::DestinationDown);
-    }
-    // The sender's pair index spread over the receiver's pairs, falling back to pair 0 when that
-    // ring is not running (the driver enabled fewer pairs). Checked under the ring's own lock.
-    let running = |p: usize, g: &VringState<GuestMem>| {
-        g.is_enabled() && g.get_queue().ready() && !session.is_broken(2 * p)
-    };
-    let mut pair = pair_hint % pairs;
-    let mut guard = vrings[2 * pair].get_mut();
-    if !running(pair, &guard) {
-        drop(guard);
-        if pair == 0 {
-            return Err(DropReason::DestinationDown);
-        }
-        pair = 0;
-        guard = vrings[0].get_mut();
-        if !running(0, &guard) {
-            return Err(DropReason::DestinationDown);
-        }
-    }
-    let qidx = 2 * pair;
-    let mem = session.mem.memory();
-    let mergeable = session.mergeable();
-    let indirect = session.indirect();
-    let need = NET_HDR_LEN + len;
-    let q = guard.get_queue_mut();
-    // Buffers the driver had posted when we last looked; avail.idx (a line the driver's core
-    // writes) is only read again when those run out.
-    let reload = |q: &virtio_queue::Queue| match ring::pending(&mem, q) {
-        Ok(n) => {
-            session.set_avail_seen(qidx, q.next_avail().wrapping_add(n));
-            Ok(n)
-        }
-        Err(ring::RingError::NotReady) => Err(DropReason::DestinationDown),
-        Err(e) => {
-            session.mark_broken(qidx, &e);
-            Err(DropReason::DestinationDown)
-        }
-    };
-    let mut avail = match session.avail_seen(qidx) {
-        Some(seen) if seen.wrapping_sub(q.next_avail()) <= q.size() => {
-            seen.wrapping_sub(q.next_avail())
-        }
-        _ => reload(q)?,
-    };
-    let table = Table::of(q);
-    scratch.segs.clear();
-    scratch.chains.clear();
-    let mut cap: usize = 0;
-    while cap < need {
-        let k = scratch.chains.len() as u16;
-        if k >= avail && (mergeable || k == 0) {
-            avail = reload(q)?;
-        }
-        if k >= avail || (!mergeable && k == 1) {
-            // Nothing consumed: next_avail only moves once the frame is written.
-            dest.queue_counters(pair).drop(DropReason::NoRxBuffer);
-            return Err(DropReason::NoRxBuffer);
-        }
-        let head = ring::avail_head(&mem, q, k).map_err(|e| {
-            session.mark_broken(qidx, &e);
-            DropReason::DestinationDown
-        })?;
-        let c = match ring::walk_chain(
-            &mem,
-            table,
-            head,
-            Dir::Writable,
-            indirect,
-            u32::MAX,
-            &mut scratch.chain,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                // The receiver's own driver posted garbage: isolate its RX queue.
-                dest.queue_counters(pair).drop(DropReason::MalformedChain);
-                session.mark_broken(qidx, &e);
-                return Err(DropReason::DestinationDown);
-            }
-        };
-        scratch.segs.extend_from_slice(&scratch.chain);
-        scratch.chains.push((head, c));
-        cap += c as usize;
-    }
-
-    let mut h = out.hdr;
-    h.num_buffers = scratch.chains.len() as u16;
-    let written = frame::copy(
-        &Source::Bytes(&h.to_bytes()),
-        0,
-        &mem,
-        &scratch.segs,
-        0,
-        NET_HDR_LEN,
-    )
-    .and_then(|_| frame::copy(&out.src, out.skip, &mem, &scratch.segs, NET_HDR_LEN, len));
-    if let Err(e) = written {
-        // Destination buffers were checked by walk_chain, so the sender's memory went away
-        // under us (e.g. its memory table changed). The frame is lost, the buffers are not.
-        session.warn_once(crate::session::Warn::SenderMemory, &e);
-        return Err(DropReason::MalformedChain);
-    }
-    let mut left = need;
-    for (k, (head, c)) in scratch.chains.iter().enumerate() {
-        let n = left.min(*c as usize);
-        left -= n;
-        if let Err(e) = ring::write_used(&mem, q, k as u16, *head, n as u32) {
-            session.mark_broken(qidx, &e);
-            return Err(DropReason::DestinationDown);
-        }
-    }
-    let used = scratch.chains.len() as u16;
-    // First entries since a (re)start: what the driver has seen is where the ring stands now.
-    session.published_or(qidx, q.next_used());
-    q.set_next_avail(q.next_avail().wrapping_add(used));
-    q.set_next_used(q.next_used().wrapping_add(used));
-    if !scratch.dirty.contains(&(dest.id, qidx)) {
-        scratch.dirty.push((dest.id, qidx));
-    }
-    dest.queue_counters(pair).rx(len, out.cast);
-    Ok(())
+/// A receiver's RX queue, held by one sender for a run of frames. Dropping it publishes what was
+/// written and adds the receiver-side counts to the receiver's counters.
+pub struct RxQueue<'a> {
+    dest: &'a Partition,
+    session: &'a Session,
+    ring: RwLockWriteGuard<'a, VringState<GuestMem>>,
+    mem: GuestMemoryLoadGuard<Mem>,
+    scratch: &'a mut RxScratch,
+    pair: usize,
+    qidx: usize,
+    mergeable: bool,
+    indirect: bool,
+    offloads: RxOffloads,
+    /// Chains the driver had posted beyond next_avail when avail.idx was last read. avail.idx is
+    /// a line the driver's core writes, so it is only read again when these run out.
+    avail: u16,
+    /// next_used at open: what the driver has been shown.
+    published: u16,
+    tally: Tally,
 }
 
-/// Shows the driver every used entry written to queue `qidx` so far: one used.idx store, one
-/// fence and at most one notification for however many frames senders delivered since.
-pub fn flush(session: &Session, qidx: usize) {
-    let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
-        return;
-    };
-    let mem = session.mem.memory();
-    let guard = vring.get_mut();
-    let published = session.published_or(qidx, guard.get_queue().next_used());
-    match ring::publish_pending(&mem, guard.get_queue(), published) {
-        Ok(notify) => {
-            session.set_published(qidx, guard.get_queue().next_used());
-            if notify {
-                if let Err(e) = guard.signal_used_queue() {
-                    log::debug!("{}: notify on queue {qidx} failed: {e}", session.name);
-                }
+impl<'a> RxQueue<'a> {
+    /// Locks `dest`'s RX queue for the sender's pair `pair_hint` spread over the receiver's
+    /// pairs, falling back to pair 0 when that ring is not running (the driver enabled fewer
+    /// pairs).
+    pub fn open(
+        dest: &'a Partition,
+        session: &'a Session,
+        pair_hint: usize,
+        scratch: &'a mut RxScratch,
+    ) -> Result<Self, DropReason> {
+        let vrings = session.vrings().ok_or(DropReason::DestinationDown)?;
+        let pairs = vrings.len() / 2;
+        if pairs == 0 {
+            return Err(DropReason::DestinationDown);
+        }
+        let running = |p: usize, g: &VringState<GuestMem>| {
+            g.is_enabled() && g.get_queue().ready() && !session.is_broken(2 * p)
+        };
+        let mut pair = pair_hint % pairs;
+        let mut ring = vrings[2 * pair].get_mut();
+        if !running(pair, &ring) {
+            drop(ring);
+            if pair == 0 {
+                return Err(DropReason::DestinationDown);
+            }
+            pair = 0;
+            ring = vrings[0].get_mut();
+            if !running(0, &ring) {
+                return Err(DropReason::DestinationDown);
             }
         }
-        Err(e) => session.mark_broken(qidx, &e),
+        let published = ring.get_queue().next_used();
+        Ok(RxQueue {
+            dest,
+            session,
+            ring,
+            mem: session.mem.memory(),
+            scratch,
+            pair,
+            qidx: 2 * pair,
+            mergeable: session.mergeable(),
+            indirect: session.indirect(),
+            offloads: session.rx_offloads(),
+            avail: 0,
+            published,
+            tally: Tally::default(),
+        })
+    }
+
+    /// What the receiver's driver accepts in the virtio-net header.
+    pub fn offloads(&self) -> RxOffloads {
+        self.offloads
+    }
+
+    fn reload(&mut self) -> Result<u16, DropReason> {
+        match ring::pending(&self.mem, self.ring.get_queue()) {
+            Ok(n) => {
+                self.avail = n;
+                Ok(n)
+            }
+            Err(ring::RingError::NotReady) => Err(DropReason::DestinationDown),
+            Err(e) => Err(self.isolate(&e)),
+        }
+    }
+
+    /// The receiver's own driver broke its RX ring: stop using it until it is restarted.
+    fn isolate(&self, why: &dyn std::fmt::Display) -> DropReason {
+        self.session.mark_broken(self.qidx, why);
+        DropReason::DestinationDown
+    }
+
+    /// Writes the virtio-net header and the frame into the receiver's RX buffers, as one or
+    /// (mergeable) several chains. Receiver-side drops are counted on the receiver.
+    pub fn put(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
+        if self.session.is_broken(self.qidx) {
+            return Err(DropReason::DestinationDown);
+        }
+        let len = out.len;
+        let need = NET_HDR_LEN + len;
+        let table = Table::of(self.ring.get_queue());
+        self.scratch.segs.clear();
+        self.scratch.chains.clear();
+        let mut cap: usize = 0;
+        while cap < need {
+            let k = self.scratch.chains.len() as u16;
+            if k >= self.avail && (self.mergeable || k == 0) {
+                self.reload()?;
+            }
+            if k >= self.avail || (!self.mergeable && k == 1) {
+                // Nothing consumed: next_avail only moves once the frame is written.
+                self.tally.drop(DropReason::NoRxBuffer);
+                return Err(DropReason::NoRxBuffer);
+            }
+            let q = self.ring.get_queue();
+            let head = ring::avail_head(&self.mem, q, k).map_err(|e| self.isolate(&e))?;
+            let walked = ring::walk_chain(
+                &self.mem,
+                table,
+                head,
+                Dir::Writable,
+                self.indirect,
+                u32::MAX,
+                &mut self.scratch.segs,
+            );
+            let c = match walked {
+                Ok(c) => c,
+                Err(e) => {
+                    self.tally.drop(DropReason::MalformedChain);
+                    return Err(self.isolate(&e));
+                }
+            };
+            self.scratch.chains.push((head, c));
+            cap += c as usize;
+        }
+
+        let mut h = out.hdr;
+        h.num_buffers = self.scratch.chains.len() as u16;
+        let segs = &self.scratch.segs;
+        let written = frame::copy(
+            &Source::Bytes(&h.to_bytes()),
+            0,
+            &self.mem,
+            segs,
+            0,
+            NET_HDR_LEN,
+        )
+        .and_then(|_| frame::copy(&out.src, out.skip, &self.mem, segs, NET_HDR_LEN, len));
+        if let Err(e) = written {
+            // Destination buffers were checked by walk_chain, so the sender's memory went away
+            // under us (e.g. its memory table changed). The frame is lost, the buffers are not.
+            self.session.warn_once(Warn::SenderMemory, &e);
+            return Err(DropReason::MalformedChain);
+        }
+        let q = self.ring.get_queue_mut();
+        let mut left = need;
+        for (k, (head, c)) in self.scratch.chains.iter().enumerate() {
+            let n = left.min(*c as usize);
+            left -= n;
+            if let Err(e) = ring::write_used(&self.mem, q, k as u16, *head, n as u32) {
+                self.session.mark_broken(self.qidx, &e);
+                return Err(DropReason::DestinationDown);
+            }
+        }
+        let used = self.scratch.chains.len() as u16;
+        q.set_next_avail(q.next_avail().wrapping_add(used));
+        q.set_next_used(q.next_used().wrapping_add(used));
+        self.avail -= used;
+        self.tally.count(len, out.cast);
+        Ok(())
+    }
+}
+
+impl Drop for RxQueue<'_> {
+    /// Shows the driver every frame of the run: one used.idx store, one fence and at most one
+    /// notification, before the ring lock is released (so a stop never sees unpublished entries).
+    fn drop(&mut self) {
+        match ring::publish_pending(&self.mem, self.ring.get_queue(), self.published) {
+            Ok(true) => {
+                if let Err(e) = self.ring.signal_used_queue() {
+                    log::debug!(
+                        "{}: notify on queue {} failed: {e}",
+                        self.session.name,
+                        self.qidx
+                    );
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.session.mark_broken(self.qidx, &e),
+        }
+        self.dest.queue_counters(self.pair).add_rx(&self.tally);
     }
 }
 
@@ -247,6 +279,13 @@ mod tests {
         (0..len).map(|i| (i * 13) as u8).collect()
     }
 
+    /// One frame as a run of its own: opened, put, published.
+    fn deliver(p: &Partition, s: &Session, o: &Outgoing<'_>) -> Result<(), DropReason> {
+        let mut scratch = RxScratch::default();
+        let r = RxQueue::open(p, s, 0, &mut scratch)?.put(o);
+        r
+    }
+
     fn out(f: &[u8]) -> Outgoing<'_> {
         Outgoing {
             hdr: NetHdr::default(),
@@ -266,10 +305,10 @@ mod tests {
         }
         let f = frame(250); // 12 + 250 = 262 bytes: 3 chains of 100
         let mut scratch = RxScratch::default();
-        deliver(&p, &s, 0, &out(&f), &mut scratch).unwrap();
-        assert_eq!(d.used_idx(), 0, "nothing visible before the flush");
-        assert_eq!(scratch.take_dirty().collect::<Vec<_>>(), vec![(1, 0)]);
-        flush(&s, 0);
+        let mut q = RxQueue::open(&p, &s, 0, &mut scratch).unwrap();
+        q.put(&out(&f)).unwrap();
+        assert_eq!(d.used_idx(), 0, "nothing visible before the run ends");
+        drop(q);
         assert_eq!(d.used_idx(), 3);
         assert_eq!(
             [d.used(0), d.used(1), d.used(2)],
@@ -298,7 +337,7 @@ mod tests {
         let (p, s) = receiver(&d, true);
         post(&mut d, 0, 100);
         let f = frame(200);
-        let r = deliver(&p, &s, 0, &out(&f), &mut RxScratch::default());
+        let r = deliver(&p, &s, &out(&f));
         assert_eq!(r, Err(DropReason::NoRxBuffer));
         assert_eq!(d.used_idx(), 0);
         assert_eq!(p.totals().dropped(DropReason::NoRxBuffer), 1);
@@ -306,8 +345,7 @@ mod tests {
         // buffers complete the big one.
         post(&mut d, 1, 100);
         post(&mut d, 2, 100);
-        deliver(&p, &s, 0, &out(&f), &mut RxScratch::default()).unwrap();
-        flush(&s, 0);
+        deliver(&p, &s, &out(&f)).unwrap();
         assert_eq!(d.used_idx(), 3);
         assert_eq!(d.used(0).0, 0, "the oldest buffer is used first");
     }
@@ -318,10 +356,9 @@ mod tests {
         let (p, s) = receiver(&d, false);
         post(&mut d, 0, 100);
         post(&mut d, 1, 100);
-        let r = deliver(&p, &s, 0, &out(&frame(150)), &mut RxScratch::default());
+        let r = deliver(&p, &s, &out(&frame(150)));
         assert_eq!(r, Err(DropReason::NoRxBuffer));
-        deliver(&p, &s, 0, &out(&frame(80)), &mut RxScratch::default()).unwrap();
-        flush(&s, 0);
+        deliver(&p, &s, &out(&frame(80))).unwrap();
         let mut hb = [0u8; NET_HDR_LEN];
         d.mem.read_slice(&mut hb, GuestAddress(BUF)).unwrap();
         assert_eq!(NetHdr::parse(&hb).num_buffers, 1);
@@ -329,30 +366,46 @@ mod tests {
     }
 
     #[test]
-    fn one_flush_publishes_frames_from_several_deliveries() {
+    fn a_run_is_published_once_when_it_ends() {
         let (mut d, _) = Driver::new(16);
         let (p, s) = receiver(&d, true);
         for id in 0..4 {
             post(&mut d, id, 200);
         }
-        let mut a = RxScratch::default();
-        let mut b = RxScratch::default();
-        deliver(&p, &s, 0, &out(&frame(60)), &mut a).unwrap();
-        deliver(&p, &s, 0, &out(&frame(70)), &mut b).unwrap();
-        deliver(&p, &s, 0, &out(&frame(80)), &mut a).unwrap();
-        assert_eq!(
-            a.take_dirty().count(),
-            1,
-            "a queue is listed once per batch"
-        );
-        flush(&s, 0);
+        let mut scratch = RxScratch::default();
+        let mut q = RxQueue::open(&p, &s, 0, &mut scratch).unwrap();
+        for len in [60, 70, 80] {
+            q.put(&out(&frame(len))).unwrap();
+        }
+        assert_eq!(d.used_idx(), 0);
+        assert_eq!(p.totals().rx_packets, 0, "counted when the run ends");
+        drop(q);
         assert_eq!(d.used_idx(), 3);
         assert_eq!(
             [d.used(0), d.used(1), d.used(2)],
             [(0, 72), (1, 82), (2, 92)]
         );
-        flush(&s, 0);
-        assert_eq!(d.used_idx(), 3, "flushing again changes nothing");
+        assert_eq!((p.totals().rx_packets, p.totals().rx_bytes), (3, 210));
+        // The next run starts where this one ended.
+        deliver(&p, &s, &out(&frame(50))).unwrap();
+        assert_eq!(d.used_idx(), 4);
+        assert_eq!(d.used(3), (3, 62));
+    }
+
+    #[test]
+    fn a_run_sees_buffers_posted_while_it_is_open() {
+        let (mut d, _) = Driver::new(16);
+        let (p, s) = receiver(&d, true);
+        post(&mut d, 0, 200);
+        let mut scratch = RxScratch::default();
+        let mut q = RxQueue::open(&p, &s, 0, &mut scratch).unwrap();
+        q.put(&out(&frame(60))).unwrap();
+        assert_eq!(q.put(&out(&frame(60))), Err(DropReason::NoRxBuffer));
+        post(&mut d, 1, 200);
+        q.put(&out(&frame(60))).unwrap();
+        drop(q);
+        assert_eq!(d.used_idx(), 2);
+        assert_eq!(p.totals().dropped(DropReason::NoRxBuffer), 1);
     }
 
     #[test]
@@ -361,14 +414,14 @@ mod tests {
         let (p, s) = receiver(&d, true);
         d.desc(DESC, 0, BUF, 100, 0, 0); // readable: not an RX buffer
         d.offer(0);
-        let r = deliver(&p, &s, 0, &out(&frame(50)), &mut RxScratch::default());
+        let r = deliver(&p, &s, &out(&frame(50)));
         assert_eq!(r, Err(DropReason::DestinationDown));
         assert!(s.is_broken(0));
         assert_eq!(p.totals().dropped(DropReason::MalformedChain), 1);
         assert_eq!(d.used_idx(), 0);
         // Isolated until restarted: later frames are refused without touching the ring.
         post(&mut d, 1, 100);
-        let r = deliver(&p, &s, 0, &out(&frame(50)), &mut RxScratch::default());
+        let r = deliver(&p, &s, &out(&frame(50)));
         assert_eq!(r, Err(DropReason::DestinationDown));
         s.clear_broken(0);
     }

@@ -22,7 +22,6 @@ use crate::Mem;
 
 pub type GuestMem = GuestMemoryAtomic<Mem>;
 
-const UNKNOWN: u32 = u32::MAX;
 pub type Vring = VringRwLock<GuestMem>;
 
 /// Things logged once per session rather than per packet.
@@ -39,12 +38,6 @@ pub struct Session {
     vrings: OnceLock<Vec<Vring>>,
     features: AtomicU64,
     broken: Vec<AtomicBool>,
-    /// Per queue: the used index the driver has been shown, or UNKNOWN after a stop (a restart
-    /// reloads next_used from the rings). RX entries are written per frame but published once
-    /// per sender batch; only touched under that queue's vring lock.
-    published: Vec<AtomicU32>,
-    /// Per queue: the avail index last read from the ring, or UNKNOWN. Under the vring lock.
-    avail_seen: Vec<AtomicU32>,
     warned: AtomicU32,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
@@ -59,8 +52,6 @@ impl Session {
             vrings: OnceLock::new(),
             features: AtomicU64::new(0),
             broken: (0..num_queues).map(|_| AtomicBool::new(false)).collect(),
-            published: (0..num_queues).map(|_| AtomicU32::new(UNKNOWN)).collect(),
-            avail_seen: (0..num_queues).map(|_| AtomicU32::new(UNKNOWN)).collect(),
             warned: AtomicU32::new(0),
             exit_consumer,
             exit_notifier,
@@ -131,46 +122,6 @@ impl Session {
     pub fn clear_broken(&self, queue: usize) {
         if let Some(b) = self.broken.get(queue) {
             b.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// The used index the driver has seen on `queue`; `current` (the queue's next_used before
-    /// new entries) when unknown, i.e. on a fresh or restarted ring.
-    pub fn published_or(&self, queue: usize, current: u16) -> u16 {
-        match self.published.get(queue).map(|p| p.load(Ordering::Relaxed)) {
-            Some(v) if v != UNKNOWN => v as u16,
-            _ => {
-                self.set_published(queue, current);
-                current
-            }
-        }
-    }
-
-    pub fn set_published(&self, queue: usize, idx: u16) {
-        if let Some(p) = self.published.get(queue) {
-            p.store(u32::from(idx), Ordering::Relaxed);
-        }
-    }
-
-    /// Forget the published and seen indices: the ring is stopped and may come back with others.
-    pub fn forget_published(&self, queue: usize) {
-        for v in [&self.published, &self.avail_seen] {
-            if let Some(p) = v.get(queue) {
-                p.store(UNKNOWN, Ordering::Relaxed);
-            }
-        }
-    }
-
-    pub fn avail_seen(&self, queue: usize) -> Option<u16> {
-        match self.avail_seen.get(queue)?.load(Ordering::Relaxed) {
-            UNKNOWN => None,
-            v => Some(v as u16),
-        }
-    }
-
-    pub fn set_avail_seen(&self, queue: usize, idx: u16) {
-        if let Some(p) = self.avail_seen.get(queue) {
-            p.store(u32::from(idx), Ordering::Relaxed);
         }
     }
 

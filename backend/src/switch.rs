@@ -8,14 +8,16 @@ use std::sync::Arc;
 // (MACs come from the config), so a fast non-keyed hash is fine.
 use rustc_hash::FxHashMap;
 
-use crate::counters::{Cast, DropReason};
+use std::ops::Range;
+
+use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, FLAG_NEEDS_CSUM, NET_HDR_LEN};
 use crate::offload;
 use crate::partition::{Partition, PartitionId};
 use crate::ring::Seg;
-use crate::rx::{self, Outgoing, RxScratch};
+use crate::rx::{Outgoing, RxQueue, RxScratch};
 use crate::session::Warn;
 use crate::Mem;
 
@@ -43,20 +45,34 @@ pub enum Decision {
 }
 
 /// A frame taken from a TX queue, still in the sender's guest memory.
-pub struct TxFrame<'a> {
+#[derive(Clone, Debug)]
+pub struct TxFrame {
     pub hdr: NetHdr,
-    pub mem: &'a Mem,
-    /// The whole chain, starting with the virtio-net header.
-    pub segs: &'a [Seg],
+    /// The whole chain, starting with the virtio-net header: a range of [`TxBatch::segs`].
+    pub segs: Range<usize>,
     /// Bytes after the virtio-net header.
     pub len: usize,
     pub dst: MacAddr,
     pub src: MacAddr,
 }
 
-/// Scratch owned by one TX queue's worker; reused for every frame.
+/// The frames of one TX batch of one queue, in ring order.
+pub struct TxBatch<'a> {
+    pub mem: &'a Mem,
+    pub segs: &'a [Seg],
+    pub frames: &'a [TxFrame],
+}
+
+impl TxBatch<'_> {
+    fn segs_of(&self, f: &TxFrame) -> &[Seg] {
+        self.segs.get(f.segs.clone()).unwrap_or(&[])
+    }
+}
+
+/// Scratch owned by one TX queue's worker; reused for every batch.
 #[derive(Default)]
 pub struct FwdScratch {
+    decisions: Vec<Decision>,
     linear: Vec<u8>,
     segments: Vec<u8>,
     rx: RxScratch,
@@ -110,120 +126,180 @@ impl Switch {
         }
     }
 
-    /// Forwards one frame from `from`'s TX pair `pair`, counting it on both ends.
-    pub fn forward(&self, from: &Partition, pair: usize, f: &TxFrame<'_>, s: &mut FwdScratch) {
-        let counters = from.queue_counters(pair);
-        match self.decide(from, f.src, f.dst) {
-            Decision::Drop(r) => counters.drop(r),
-            Decision::Unicast(id) => {
-                counters.tx(f.len, Cast::Unicast);
-                if let Some(dest) = self.partitions.get(id) {
-                    if let Err(r) = self.deliver(from, dest, pair, f, Cast::Unicast, s) {
-                        counters.drop(r);
-                    }
+    /// Forwards a batch from `from`'s TX pair `pair`, counting every frame on both ends.
+    /// Consecutive frames for the same partition are delivered as one run: the receiver's RX
+    /// queue is locked, read and published once per run, not per frame.
+    pub fn forward(&self, from: &Partition, pair: usize, batch: &TxBatch<'_>, s: &mut FwdScratch) {
+        let FwdScratch {
+            decisions,
+            linear,
+            segments,
+            rx,
+        } = s;
+        decisions.clear();
+        decisions.extend(batch.frames.iter().map(|f| self.decide(from, f.src, f.dst)));
+        let mut tx = Tally::default();
+        let mut i = 0;
+        while i < batch.frames.len() {
+            let f = &batch.frames[i];
+            match decisions[i] {
+                Decision::Drop(r) => {
+                    tx.drop(r);
+                    i += 1;
                 }
-            }
-            Decision::Flood(cast) => {
-                counters.tx(f.len, cast);
-                for dest in self.partitions.iter().filter(|p| p.id != from.id) {
-                    match self.deliver(from, dest, pair, f, cast, s) {
+                Decision::Flood(cast) => {
+                    tx.count(f.len, cast);
+                    for dest in self.partitions.iter().filter(|p| p.id != from.id) {
+                        let run = std::slice::from_ref(f);
                         // A partition that is not running is not a member of the flood.
-                        Ok(()) | Err(DropReason::DestinationDown) => {}
-                        Err(r) => counters.drop(r),
+                        if let RunResult::Done(t) =
+                            self.deliver(from, dest, pair, batch, run, cast, linear, segments, rx)
+                        {
+                            tx.merge_drops(&t);
+                        }
                     }
+                    i += 1;
+                }
+                Decision::Unicast(id) => {
+                    let n = decisions[i..]
+                        .iter()
+                        .take_while(|d| **d == Decision::Unicast(id))
+                        .count();
+                    let run = &batch.frames[i..i + n];
+                    for f in run {
+                        tx.count(f.len, Cast::Unicast);
+                    }
+                    match self.partitions.get(id) {
+                        Some(dest) => {
+                            let r = self.deliver(
+                                from,
+                                dest,
+                                pair,
+                                batch,
+                                run,
+                                Cast::Unicast,
+                                linear,
+                                segments,
+                                rx,
+                            );
+                            match r {
+                                RunResult::Done(t) => tx.merge_drops(&t),
+                                RunResult::Down => tx.drop_n(DropReason::DestinationDown, n),
+                            }
+                        }
+                        None => tx.drop_n(DropReason::DestinationDown, n),
+                    }
+                    i += n;
                 }
             }
         }
+        from.queue_counters(pair).add_tx(&tx);
     }
 
-    /// Publishes every RX queue this sender delivered to since the last flush.
-    pub fn flush(&self, s: &mut FwdScratch) {
-        for (id, qidx) in s.rx.take_dirty() {
-            if let Some(dest) = self.partitions.get(id) {
-                if let Some(session) = dest.session_guard().as_ref() {
-                    rx::flush(session, qidx);
-                }
-            }
-        }
-    }
-
-    /// Delivers to one partition, fixing offloads up in software when its driver cannot take
-    /// them. Drops on the receiver's side are counted there; the returned reason is for the
-    /// sender's books (NoRxBuffer is never returned to be counted twice).
+    /// Delivers a run of frames to one partition, fixing offloads up in software when its
+    /// driver cannot take them. Drops on the receiver's side are counted there; the returned
+    /// counts are for the sender's books.
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &self,
         from: &Partition,
         dest: &Partition,
         pair: usize,
-        f: &TxFrame<'_>,
+        batch: &TxBatch<'_>,
+        run: &[TxFrame],
         cast: Cast,
-        s: &mut FwdScratch,
-    ) -> Result<(), DropReason> {
+        linear: &mut Vec<u8>,
+        segments: &mut Vec<u8>,
+        rx: &mut RxScratch,
+    ) -> RunResult {
         let guard = dest.session_guard();
-        let session = guard.as_ref().ok_or(DropReason::DestinationDown)?;
-        if session.vrings().is_none() {
-            return Err(DropReason::DestinationDown);
+        let Some(session) = guard.as_ref() else {
+            return RunResult::Down;
+        };
+        let mut q = match RxQueue::open(dest, session, pair, rx) {
+            Ok(q) => q,
+            Err(_) => return RunResult::Down,
+        };
+        let rxo = q.offloads();
+        let mut drops = Tally::default();
+        for f in run {
+            match Self::put(from, &mut q, batch, f, cast, rxo, linear, segments) {
+                // NoRxBuffer is the receiver's drop, counted there.
+                Ok(()) | Err(DropReason::NoRxBuffer) => {}
+                Err(r) => drops.drop(r),
+            }
         }
+        RunResult::Done(drops)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        from: &Partition,
+        q: &mut RxQueue<'_>,
+        batch: &TxBatch<'_>,
+        f: &TxFrame,
+        cast: Cast,
+        rxo: offload::RxOffloads,
+        linear: &mut Vec<u8>,
+        segments: &mut Vec<u8>,
+    ) -> Result<(), DropReason> {
         // Only these fields travel; DATA_VALID and num_buffers are the device's to set.
         let hdr = NetHdr {
             flags: f.hdr.flags & FLAG_NEEDS_CSUM,
             num_buffers: 0,
             ..f.hdr
         };
-        let rxo = session.rx_offloads();
-        let result = if offload::passes_as_is(&hdr, rxo) {
-            let out = Outgoing {
+        let segs = batch.segs_of(f);
+        if offload::passes_as_is(&hdr, rxo) {
+            return q.put(&Outgoing {
                 hdr,
                 src: Source::Guest {
-                    mem: f.mem,
-                    segs: f.segs,
+                    mem: batch.mem,
+                    segs,
                 },
                 skip: NET_HDR_LEN,
                 len: f.len,
                 cast,
-            };
-            rx::deliver(dest, session, pair, &out, &mut s.rx)
-        } else {
-            let FwdScratch {
-                linear,
-                segments,
-                rx: rxs,
-            } = s;
-            linear.resize(f.len, 0);
-            match frame::read(f.mem, f.segs, NET_HDR_LEN, linear) {
-                Ok(n) if n == f.len => {}
-                _ => return Err(DropReason::MalformedChain),
-            }
-            let mut first_err = Ok(());
-            let r = offload::resolve(&hdr, linear, rxo, segments, &mut |h, bytes| {
-                let seg = Outgoing {
-                    hdr: *h,
-                    src: Source::Bytes(bytes),
-                    skip: 0,
-                    len: bytes.len(),
-                    cast,
-                };
-                let res = rx::deliver(dest, session, pair, &seg, rxs);
-                if first_err.is_ok() {
-                    first_err = res;
-                }
             });
-            if let Err(e) = r {
-                if let Some(own) = from.session() {
-                    own.warn_once(
-                        Warn::BadTxHeader,
-                        &format_args!("offload header rejected: {e}"),
-                    );
-                }
-                return Err(DropReason::MalformedChain);
-            }
-            first_err
-        };
-        match result {
-            Err(DropReason::NoRxBuffer) => Ok(()),
-            r => r,
         }
+        linear.resize(f.len, 0);
+        match frame::read(batch.mem, segs, NET_HDR_LEN, linear) {
+            Ok(n) if n == f.len => {}
+            _ => return Err(DropReason::MalformedChain),
+        }
+        let mut first_err = Ok(());
+        let r = offload::resolve(&hdr, linear, rxo, segments, &mut |h, bytes| {
+            let seg = Outgoing {
+                hdr: *h,
+                src: Source::Bytes(bytes),
+                skip: 0,
+                len: bytes.len(),
+                cast,
+            };
+            let res = q.put(&seg);
+            if first_err.is_ok() {
+                first_err = res;
+            }
+        });
+        if let Err(e) = r {
+            if let Some(own) = from.session() {
+                own.warn_once(
+                    Warn::BadTxHeader,
+                    &format_args!("offload header rejected: {e}"),
+                );
+            }
+            return Err(DropReason::MalformedChain);
+        }
+        first_err
     }
+}
+
+/// What became of a run of frames, for the sender's counters.
+enum RunResult {
+    /// The receiver took the run; these are the sender-side drops among it.
+    Done(Tally),
+    /// The receiver is not running: none of the run was delivered.
+    Down,
 }
 
 #[cfg(test)]
@@ -323,24 +399,28 @@ mod tests {
         let m: Mem = vm_memory::GuestMemoryMmap::new();
         let f = TxFrame {
             hdr: NetHdr::default(),
-            mem: &m,
-            segs: &[],
+            segs: 0..0,
             len: 60,
             dst: mac("02:00:00:00:00:01"),
             src: pf.mac(),
         };
-        let mut scratch = FwdScratch::default();
-        s.forward(pf, 0, &f, &mut scratch);
-        let t = pf.totals();
-        assert_eq!(t.tx_packets, 1);
-        assert_eq!(t.dropped(DropReason::DestinationDown), 1);
-        // Broadcast with nobody running: sent, nothing dropped.
+        // A run of three unicast frames, then a broadcast, then one more unicast.
         let b = TxFrame {
             dst: MacAddr::BROADCAST,
-            ..f
+            ..f.clone()
         };
-        s.forward(pf, 0, &b, &mut scratch);
+        let frames = [f.clone(), f.clone(), f.clone(), b, f];
+        let batch = TxBatch {
+            mem: &m,
+            segs: &[],
+            frames: &frames,
+        };
+        let mut scratch = FwdScratch::default();
+        s.forward(pf, 0, &batch, &mut scratch);
         let t = pf.totals();
-        assert_eq!((t.tx_broadcast, t.total_drops()), (1, 1));
+        assert_eq!((t.tx_packets, t.tx_broadcast, t.tx_bytes), (5, 1, 300));
+        // Broadcast with nobody running: sent, nothing dropped.
+        assert_eq!(t.dropped(DropReason::DestinationDown), 4);
+        assert_eq!(t.total_drops(), 4);
     }
 }

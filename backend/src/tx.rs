@@ -1,6 +1,6 @@
 //! The sending half of the data path: takes chains from a partition's TX queue in batches, reads
-//! each frame's virtio-net and Ethernet headers, hands the frame to the switch and completes the
-//! chain. TX used length is always 0 (the device writes nothing into TX buffers).
+//! each frame's virtio-net and Ethernet headers, hands the batch to the switch and completes the
+//! chains. TX used length is always 0 (the device writes nothing into TX buffers).
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::partition::Partition;
 use crate::ring::{self, Dir, RingError, Seg, Table};
 use crate::session::{Session, Warn};
-use crate::switch::{FwdScratch, Switch, TxFrame};
+use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 
 /// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
 const TX_BATCH: u16 = 64;
@@ -26,8 +26,10 @@ pub const MAX_TX_CHAIN: u32 = (NET_HDR_LEN + 65535 + ETH_HLEN + 4) as u32;
 /// Per-TX-queue scratch, owned by that queue's worker.
 #[derive(Default)]
 pub struct TxScratch {
+    /// Buffers of every frame in the batch; frames refer to ranges of it.
     segs: Vec<Seg>,
     heads: Vec<u16>,
+    frames: Vec<TxFrame>,
     fwd: FwdScratch,
 }
 
@@ -103,12 +105,20 @@ pub fn process_tx(
             indirect,
             pair,
         };
+        s.segs.clear();
+        s.frames.clear();
         for i in 0..s.heads.len() {
             let head = s.heads[i];
-            send_one(sw, part, session, &view, head, s);
+            if let Some(f) = take_frame(part, session, &view, head, &mut s.segs) {
+                s.frames.push(f);
+            }
         }
-        // Receivers see this batch's frames now: one used.idx update per RX queue per batch.
-        sw.flush(&mut s.fwd);
+        let batch = TxBatch {
+            mem: &mem,
+            segs: &s.segs,
+            frames: &s.frames,
+        };
+        sw.forward(part, pair, &batch, &mut s.fwd);
 
         let mut g = vring.get_mut();
         let q = g.get_queue_mut();
@@ -137,14 +147,15 @@ struct TxQueue<'a> {
     pair: usize,
 }
 
-fn send_one(
-    sw: &Switch,
+/// Walks one chain and reads its headers. A malformed chain is counted and warned about (once
+/// per connection) here; it is completed like any other, carrying nothing.
+fn take_frame(
     part: &Partition,
     session: &Session,
     q: &TxQueue<'_>,
     head: u16,
-    s: &mut TxScratch,
-) {
+    segs: &mut Vec<Seg>,
+) -> Option<TxFrame> {
     let (mem, pair) = (q.mem, q.pair);
     let malformed = |why: &dyn std::fmt::Display| {
         part.queue_counters(pair).drop(DropReason::MalformedChain);
@@ -152,7 +163,9 @@ fn send_one(
             Warn::MalformedTxChain,
             &format_args!("TX chain {head} on pair {pair}: {why}"),
         );
+        None
     };
+    let start = segs.len();
     let total = match ring::walk_chain(
         mem,
         q.table,
@@ -160,21 +173,29 @@ fn send_one(
         Dir::Readable,
         q.indirect,
         MAX_TX_CHAIN,
-        &mut s.segs,
+        segs,
     ) {
         Ok(t) => t as usize,
         Err(e) => return malformed(&e),
     };
+    let range = start..segs.len();
     let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
     if total < h.len() {
+        segs.truncate(start);
         return malformed(&format_args!(
             "{total} bytes is shorter than the virtio-net and Ethernet headers"
         ));
     }
-    match frame::read(mem, &s.segs, 0, &mut h) {
+    match frame::read(mem, &segs[range.clone()], 0, &mut h) {
         Ok(n) if n == h.len() => {}
-        Ok(_) => return malformed(&"short read"),
-        Err(e) => return malformed(&e),
+        Ok(_) => {
+            segs.truncate(start);
+            return malformed(&"short read");
+        }
+        Err(e) => {
+            segs.truncate(start);
+            return malformed(&e);
+        }
     }
     let mut hb = [0u8; NET_HDR_LEN];
     hb.copy_from_slice(&h[..NET_HDR_LEN]);
@@ -182,13 +203,11 @@ fn send_one(
     dst.copy_from_slice(&h[NET_HDR_LEN..NET_HDR_LEN + 6]);
     let mut src = [0u8; 6];
     src.copy_from_slice(&h[NET_HDR_LEN + 6..NET_HDR_LEN + 12]);
-    let f = TxFrame {
+    Some(TxFrame {
         hdr: NetHdr::parse(&hb),
-        mem,
-        segs: &s.segs,
+        segs: range,
         len: total - NET_HDR_LEN,
         dst: MacAddr(dst),
         src: MacAddr(src),
-    };
-    sw.forward(part, pair, &f, &mut s.fwd);
+    })
 }
