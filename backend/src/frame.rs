@@ -1,12 +1,8 @@
 //! Moving frame bytes between guest buffers: gather reads of headers, and the single copy from a
 //! sender's TX buffers (or a software-built frame) straight into a receiver's RX buffers.
 
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice,
-};
-
+use crate::hostmem::HostMem;
 use crate::ring::Seg;
-use crate::Mem;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CopyError {
@@ -19,7 +15,10 @@ pub enum CopyError {
 /// Where a frame's bytes come from.
 pub enum Source<'a> {
     /// A sender's TX chain, in its own guest memory.
-    Guest { mem: &'a Mem, segs: &'a [Seg] },
+    Guest {
+        mem: &'a HostMem<'a>,
+        segs: &'a [Seg],
+    },
     /// A frame built by the device (software offload fallback).
     Bytes(&'a [u8]),
 }
@@ -59,28 +58,29 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A slice at `addr` of at most `max` bytes, cut at the end of the memory region it lies in.
-fn slice_at(mem: &Mem, addr: u64, max: usize) -> Result<VolatileSlice<'_>, CopyError> {
-    let region = mem
-        .find_region(GuestAddress(addr))
-        .ok_or(CopyError::Unmapped(addr))?;
-    let off = addr - region.start_addr().0;
-    let room = (region.len() - off) as usize;
-    region
-        .get_slice(MemoryRegionAddress(off), max.min(room))
-        .map_err(|_| CopyError::Unmapped(addr))
+/// Host pointer and length of at most `max` bytes at `addr`, cut at the end of its region.
+fn span(mem: &HostMem<'_>, addr: u64, max: usize) -> Result<(*mut u8, usize), CopyError> {
+    let (p, room) = mem.span(addr).ok_or(CopyError::Unmapped(addr))?;
+    Ok((p, max.min(room)))
 }
 
 /// Gathers up to `buf.len()` bytes starting `skip` bytes into the chain. Returns bytes read.
-pub fn read(mem: &Mem, segs: &[Seg], skip: usize, buf: &mut [u8]) -> Result<usize, CopyError> {
+pub fn read(
+    mem: &HostMem<'_>,
+    segs: &[Seg],
+    skip: usize,
+    buf: &mut [u8],
+) -> Result<usize, CopyError> {
     let mut cur = Cursor::new(segs, skip);
     let mut done = 0;
     while done < buf.len() {
         let Some((addr, n)) = cur.next(buf.len() - done) else {
             break;
         };
-        let s = slice_at(mem, addr, n)?;
-        done += s.copy_to(&mut buf[done..done + s.len()]);
+        let (p, n) = span(mem, addr, n)?;
+        // SAFETY: `span` bounds `n` to the mapping; `buf` has room for it.
+        unsafe { std::ptr::copy_nonoverlapping(p, buf[done..].as_mut_ptr(), n) };
+        done += n;
     }
     Ok(done)
 }
@@ -90,7 +90,7 @@ pub fn read(mem: &Mem, segs: &[Seg], skip: usize, buf: &mut [u8]) -> Result<usiz
 pub fn copy(
     src: &Source<'_>,
     src_skip: usize,
-    dst_mem: &Mem,
+    dst_mem: &HostMem<'_>,
     dst: &[Seg],
     dst_skip: usize,
     len: usize,
@@ -102,10 +102,10 @@ pub fn copy(
             let mut pos = src_skip;
             while left > 0 {
                 let (addr, n) = out.next(left).ok_or(CopyError::Short)?;
-                let d = slice_at(dst_mem, addr, n)?;
-                let n = d.len();
+                let (d, n) = span(dst_mem, addr, n)?;
                 let chunk = bytes.get(pos..pos + n).ok_or(CopyError::Short)?;
-                d.copy_from(chunk);
+                // SAFETY: `d` has `n` bytes inside the destination mapping.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), d, n) };
                 pos += n;
                 left -= n;
             }
@@ -124,10 +124,12 @@ pub fn copy(
                     Some(p) => p,
                     None => out.next(left).ok_or(CopyError::Short)?,
                 };
-                let s = slice_at(mem, ia, il.min(ol))?;
-                let d = slice_at(dst_mem, oa, s.len())?;
-                let n = d.len();
-                s.copy_to_volatile_slice(d);
+                let (s, n) = span(mem, ia, il.min(ol))?;
+                let (d, n) = span(dst_mem, oa, n)?;
+                // SAFETY: both pointers have `n` bytes inside their mappings. Sender and
+                // receiver memories are separate mappings (even of one file), so `copy` (not
+                // `copy_nonoverlapping`) keeps a frontend that aliases them from causing UB.
+                unsafe { std::ptr::copy(s, d, n) };
                 if n < il {
                     pend_in = Some((ia + n as u64, il - n));
                 }
@@ -144,7 +146,7 @@ pub fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn two_region_mem() -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
@@ -191,11 +193,11 @@ mod tests {
         ];
         copy(
             &Source::Guest {
-                mem: &a,
+                mem: &HostMem::new(&a),
                 segs: &src,
             },
             12,
-            &b,
+            &HostMem::new(&b),
             &dst,
             3,
             200,
@@ -214,14 +216,14 @@ mod tests {
         a.write_slice(&[4, 5], GuestAddress(0x20)).unwrap();
         let segs = [Seg { addr: 0x10, len: 3 }, Seg { addr: 0x20, len: 2 }];
         let mut buf = [0u8; 8];
-        assert_eq!(read(&a, &segs, 1, &mut buf).unwrap(), 4);
+        assert_eq!(read(&HostMem::new(&a), &segs, 1, &mut buf).unwrap(), 4);
         assert_eq!(buf[..4], [2, 3, 4, 5]);
         let dst = [Seg {
             addr: 0x100,
             len: 3,
         }];
         assert_eq!(
-            copy(&Source::Bytes(&[9; 10]), 0, &a, &dst, 0, 10),
+            copy(&Source::Bytes(&[9; 10]), 0, &HostMem::new(&a), &dst, 0, 10),
             Err(CopyError::Short)
         );
     }
@@ -235,7 +237,7 @@ mod tests {
         }];
         let mut buf = [0u8; 4];
         assert_eq!(
-            read(&a, &segs, 0, &mut buf),
+            read(&HostMem::new(&a), &segs, 0, &mut buf),
             Err(CopyError::Unmapped(0x9000))
         );
     }

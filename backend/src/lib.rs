@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod device;
 pub mod frame;
+pub mod hostmem;
 pub mod mac;
 pub mod net_hdr;
 pub mod offload;

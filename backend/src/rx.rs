@@ -8,17 +8,15 @@ use std::sync::RwLockWriteGuard;
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
-use vm_memory::atomic::GuestMemoryLoadGuard;
-use vm_memory::GuestAddressSpace;
 
 use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
+use crate::hostmem::HostMem;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Seg, Table};
 use crate::session::{GuestMem, Session, Warn};
-use crate::Mem;
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
@@ -45,7 +43,7 @@ pub struct RxQueue<'a> {
     dest: &'a Partition,
     session: &'a Session,
     ring: RwLockWriteGuard<'a, VringState<GuestMem>>,
-    mem: GuestMemoryLoadGuard<Mem>,
+    mem: &'a HostMem<'a>,
     scratch: &'a mut RxScratch,
     pair: usize,
     qidx: usize,
@@ -61,12 +59,13 @@ pub struct RxQueue<'a> {
 }
 
 impl<'a> RxQueue<'a> {
-    /// Locks `dest`'s RX queue for the sender's pair `pair_hint` spread over the receiver's
+    /// Locks `dest`'s RX queue (in `mem`, a view of `session`'s memory) for the sender's pair `pair_hint` spread over the receiver's
     /// pairs, falling back to pair 0 when that ring is not running (the driver enabled fewer
     /// pairs).
     pub fn open(
         dest: &'a Partition,
         session: &'a Session,
+        mem: &'a HostMem<'a>,
         pair_hint: usize,
         scratch: &'a mut RxScratch,
     ) -> Result<Self, DropReason> {
@@ -96,7 +95,7 @@ impl<'a> RxQueue<'a> {
             dest,
             session,
             ring,
-            mem: session.mem.memory(),
+            mem,
             scratch,
             pair,
             qidx: 2 * pair,
@@ -115,7 +114,7 @@ impl<'a> RxQueue<'a> {
     }
 
     fn reload(&mut self) -> Result<u16, DropReason> {
-        match ring::pending(&self.mem, self.ring.get_queue()) {
+        match ring::pending(self.mem, self.ring.get_queue()) {
             Ok(n) => {
                 self.avail = n;
                 Ok(n)
@@ -154,9 +153,9 @@ impl<'a> RxQueue<'a> {
                 return Err(DropReason::NoRxBuffer);
             }
             let q = self.ring.get_queue();
-            let head = ring::avail_head(&self.mem, q, k).map_err(|e| self.isolate(&e))?;
+            let head = ring::avail_head(self.mem, q, k).map_err(|e| self.isolate(&e))?;
             let walked = ring::walk_chain(
-                &self.mem,
+                self.mem,
                 table,
                 head,
                 Dir::Writable,
@@ -181,12 +180,12 @@ impl<'a> RxQueue<'a> {
         let written = frame::copy(
             &Source::Bytes(&h.to_bytes()),
             0,
-            &self.mem,
+            self.mem,
             segs,
             0,
             NET_HDR_LEN,
         )
-        .and_then(|_| frame::copy(&out.src, out.skip, &self.mem, segs, NET_HDR_LEN, len));
+        .and_then(|_| frame::copy(&out.src, out.skip, self.mem, segs, NET_HDR_LEN, len));
         if let Err(e) = written {
             // Destination buffers were checked by walk_chain, so the sender's memory went away
             // under us (e.g. its memory table changed). The frame is lost, the buffers are not.
@@ -198,7 +197,7 @@ impl<'a> RxQueue<'a> {
         for (k, (head, c)) in self.scratch.chains.iter().enumerate() {
             let n = left.min(*c as usize);
             left -= n;
-            if let Err(e) = ring::write_used(&self.mem, q, k as u16, *head, n as u32) {
+            if let Err(e) = ring::write_used(self.mem, q, k as u16, *head, n as u32) {
                 self.session.mark_broken(self.qidx, &e);
                 return Err(DropReason::DestinationDown);
             }
@@ -216,7 +215,7 @@ impl Drop for RxQueue<'_> {
     /// Shows the driver every frame of the run: one used.idx store, one fence and at most one
     /// notification, before the ring lock is released (so a stop never sees unpublished entries).
     fn drop(&mut self) {
-        match ring::publish_pending(&self.mem, self.ring.get_queue(), self.published) {
+        match ring::publish_pending(self.mem, self.ring.get_queue(), self.published) {
             Ok(true) => {
                 if let Err(e) = self.ring.signal_used_queue() {
                     log::debug!(
@@ -242,7 +241,7 @@ mod tests {
     use crate::testutil::{Driver, AVAIL, DESC, F_WRITE, USED};
     use vhost_user_backend::VringRwLock;
     use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
     const BUF: u64 = 0x8000;
 
@@ -282,7 +281,9 @@ mod tests {
     /// One frame as a run of its own: opened, put, published.
     fn deliver(p: &Partition, s: &Session, o: &Outgoing<'_>) -> Result<(), DropReason> {
         let mut scratch = RxScratch::default();
-        let r = RxQueue::open(p, s, 0, &mut scratch)?.put(o);
+        let mem = s.mem.memory();
+        let host = HostMem::new(&mem);
+        let r = RxQueue::open(p, s, &host, 0, &mut scratch)?.put(o);
         r
     }
 
@@ -305,7 +306,9 @@ mod tests {
         }
         let f = frame(250); // 12 + 250 = 262 bytes: 3 chains of 100
         let mut scratch = RxScratch::default();
-        let mut q = RxQueue::open(&p, &s, 0, &mut scratch).unwrap();
+        let mem = s.mem.memory();
+        let host = HostMem::new(&mem);
+        let mut q = RxQueue::open(&p, &s, &host, 0, &mut scratch).unwrap();
         q.put(&out(&f)).unwrap();
         assert_eq!(d.used_idx(), 0, "nothing visible before the run ends");
         drop(q);
@@ -373,7 +376,9 @@ mod tests {
             post(&mut d, id, 200);
         }
         let mut scratch = RxScratch::default();
-        let mut q = RxQueue::open(&p, &s, 0, &mut scratch).unwrap();
+        let mem = s.mem.memory();
+        let host = HostMem::new(&mem);
+        let mut q = RxQueue::open(&p, &s, &host, 0, &mut scratch).unwrap();
         for len in [60, 70, 80] {
             q.put(&out(&frame(len))).unwrap();
         }
@@ -398,7 +403,9 @@ mod tests {
         let (p, s) = receiver(&d, true);
         post(&mut d, 0, 200);
         let mut scratch = RxScratch::default();
-        let mut q = RxQueue::open(&p, &s, 0, &mut scratch).unwrap();
+        let mem = s.mem.memory();
+        let host = HostMem::new(&mem);
+        let mut q = RxQueue::open(&p, &s, &host, 0, &mut scratch).unwrap();
         q.put(&out(&frame(60))).unwrap();
         assert_eq!(q.put(&out(&frame(60))), Err(DropReason::NoRxBuffer));
         post(&mut d, 1, 200);

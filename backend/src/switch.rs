@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use vm_memory::GuestAddressSpace;
+
 // SipHash showed in per-packet profiles; the table is small and its keys are not attacker-chosen
 // (MACs come from the config), so a fast non-keyed hash is fine.
 use rustc_hash::FxHashMap;
@@ -12,6 +14,7 @@ use std::ops::Range;
 
 use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
+use crate::hostmem::HostMem;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, FLAG_NEEDS_CSUM, NET_HDR_LEN};
 use crate::offload;
@@ -19,7 +22,6 @@ use crate::partition::{Partition, PartitionId};
 use crate::ring::Seg;
 use crate::rx::{Outgoing, RxQueue, RxScratch};
 use crate::session::Warn;
-use crate::Mem;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SwitchError {
@@ -58,7 +60,7 @@ pub struct TxFrame {
 
 /// The frames of one TX batch of one queue, in ring order.
 pub struct TxBatch<'a> {
-    pub mem: &'a Mem,
+    pub mem: &'a HostMem<'a>,
     pub segs: &'a [Seg],
     pub frames: &'a [TxFrame],
 }
@@ -216,7 +218,9 @@ impl Switch {
         let Some(session) = guard.as_ref() else {
             return RunResult::Down;
         };
-        let mut q = match RxQueue::open(dest, session, pair, rx) {
+        let mem = session.mem.memory();
+        let host = HostMem::new(&mem);
+        let mut q = match RxQueue::open(dest, session, &host, pair, rx) {
             Ok(q) => q,
             Err(_) => return RunResult::Down,
         };
@@ -396,7 +400,8 @@ mod tests {
     fn forwarding_to_a_stopped_partition_counts_destination_down() {
         let s = sw();
         let pf = &s.partitions()[0];
-        let m: Mem = vm_memory::GuestMemoryMmap::new();
+        let m: crate::Mem = vm_memory::GuestMemoryMmap::new();
+        let m = HostMem::new(&m);
         let f = TxFrame {
             hdr: NetHdr::default(),
             segs: 0..0,

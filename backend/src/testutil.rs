@@ -7,6 +7,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::hostmem::HostMem;
 use crate::partition::PartitionConfig;
 use crate::ring::{self, ChainError, Dir, Seg, Table};
 
@@ -76,19 +77,16 @@ impl Driver {
             .unwrap();
     }
 
+    pub fn host(&self) -> HostMem<'_> {
+        HostMem::new(&self.mem)
+    }
+
     pub fn walk(&self, q: &Queue, dir: Dir, indirect: bool) -> Result<(u32, Vec<Seg>), ChainError> {
-        let head = ring::avail_head(&self.mem, q, 0).unwrap();
+        let host = self.host();
+        let head = ring::avail_head(&host, q, 0).unwrap();
         let mut segs = Vec::new();
-        ring::walk_chain(
-            &self.mem,
-            Table::of(q),
-            head,
-            dir,
-            indirect,
-            65562,
-            &mut segs,
-        )
-        .map(|t| (t, segs))
+        ring::walk_chain(&host, Table::of(q), head, dir, indirect, 65562, &mut segs)
+            .map(|t| (t, segs))
     }
 
     pub fn used_idx(&self) -> u16 {

@@ -10,6 +10,7 @@ use vm_memory::GuestAddressSpace;
 
 use crate::counters::DropReason;
 use crate::frame;
+use crate::hostmem::HostMem;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::partition::Partition;
@@ -55,7 +56,8 @@ pub fn process_tx(
             return;
         }
         // Per batch, so a memory table change takes effect while traffic keeps flowing.
-        let mem = session.mem.memory();
+        let snapshot = session.mem.memory();
+        let mem = HostMem::new(&snapshot);
         let table = {
             let mut g = vring.get_mut();
             if !g.is_enabled() {
@@ -77,16 +79,16 @@ pub fn process_tx(
             }
             if n == 0 {
                 // Re-arm the kick; if the driver added chains meanwhile, keep going.
-                match q.enable_notification(&*mem) {
+                match q.enable_notification(&*snapshot) {
                     Ok(true) => {
-                        let _ = q.disable_notification(&*mem);
+                        let _ = q.disable_notification(&*snapshot);
                         continue;
                     }
                     Ok(false) => return,
                     Err(e) => return session.mark_broken(qidx, &e),
                 }
             }
-            let _ = q.disable_notification(&*mem);
+            let _ = q.disable_notification(&*snapshot);
             idle_since = None;
             s.heads.clear();
             for k in 0..n.min(TX_BATCH) {
@@ -141,7 +143,7 @@ pub fn process_tx(
 
 /// What a batch needs to know about the TX queue, read once under the ring lock.
 struct TxQueue<'a> {
-    mem: &'a crate::Mem,
+    mem: &'a HostMem<'a>,
     table: Table,
     indirect: bool,
     pair: usize,
