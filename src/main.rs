@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use backend::mac::MacAddr;
 use backend::partition::Partition;
+use backend::poller::Poller;
 use backend::switch::Switch;
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -62,8 +63,9 @@ struct ConfigArgs {
     /// MTU offered to the drivers [default: 1500]
     #[arg(long)]
     mtu: Option<u16>,
-    /// Keep polling a TX queue this many microseconds after it runs dry (0..=10000) [default: 0,
-    /// event-driven: idle partitions cost nothing]
+    /// Busy-poll: one polling thread serves every TX queue with traffic and keeps polling a queue
+    /// this many microseconds after it runs dry (0..=10000) [default: 0, event-driven: each
+    /// kick wakes the partition's worker; idle partitions cost nothing either way]
     #[arg(long, value_name = "US")]
     poll_us: Option<u32>,
 }
@@ -232,9 +234,15 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return abort(1, &format!("cannot install signal handlers: {e}")),
     };
-    let poll = std::time::Duration::from_micros(u64::from(cfg.poll_us));
+    let poller = match cfg.poll_us {
+        0 => None,
+        us => match Poller::spawn(std::time::Duration::from_micros(u64::from(us))) {
+            Ok(p) => Some(p),
+            Err(e) => return abort(1, &format!("cannot start the polling thread: {e}")),
+        },
+    };
     for (p, l) in switch.partitions().iter().zip(listeners) {
-        if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), poll, l) {
+        if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), poller.clone(), l) {
             return abort(1, &format!("cannot start thread for {}: {e}", p.name()));
         }
     }

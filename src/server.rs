@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use backend::device::NetDevice;
 use backend::partition::Partition;
+use backend::poller::Poller;
 use backend::switch::Switch;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -105,7 +106,7 @@ pub fn remove_all(paths: &[PathBuf]) {
 pub fn spawn_partition(
     partition: Arc<Partition>,
     switch: Arc<Switch>,
-    poll: Duration,
+    poller: Option<Arc<Poller>>,
     listener: UnixListener,
 ) -> io::Result<thread::JoinHandle<()>> {
     let listener = Listener::from(listener);
@@ -121,7 +122,7 @@ pub fn spawn_partition(
     thread::Builder::new()
         .name(format!("serve-{name}"))
         .spawn(move || {
-            let device = NetDevice::new(partition, switch, poll);
+            let device = NetDevice::new(partition, switch, poller);
             loop {
                 if let Err(e) = serve_one(&device, &listener, &mut internal, &addr) {
                     log::error!("{name}: {e}; retrying");

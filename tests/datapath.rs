@@ -354,4 +354,30 @@ fn busy_poll_mode_forwards_like_event_mode() {
     assert_eq!(got, frames, "in order, intact");
     pf.wait_tx_done(0, 50);
     assert_eq!(d.counter("pf", "tx_packets"), 50);
+
+    // Well past the poll window the queues are back on kicks and the poller sleeps; a kick
+    // must hand them over again, for both senders at once.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    pf.post_rx(0, 16, 2048);
+    let to_vf0: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| test_frame(d.mac("vf0"), d.mac("pf"), 100 + i, 70))
+        .collect();
+    let to_pf: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| test_frame(d.mac("pf"), d.mac("vf0"), 200 + i, 80))
+        .collect();
+    for (a, b) in to_vf0.iter().zip(&to_pf) {
+        pf.send(0, a);
+        vf0.send(0, b);
+    }
+    let got: Vec<Vec<u8>> = vf0.recv_n(0, 8).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got, to_vf0);
+    let got: Vec<Vec<u8>> = pf.recv_n(0, 8).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got, to_pf);
+    assert_eq!(d.counter("vf0", "tx_packets"), 8);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "poller")
+        .count();
+    assert_eq!(threads, 1, "one polling thread serves every partition");
 }

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
@@ -21,6 +20,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::partition::{Partition, PartitionConfig};
+use crate::poller::{Job, Poller};
 use crate::session::{GuestMem, Session, Vring};
 use crate::switch::Switch;
 use crate::tx::{self, TxScratch};
@@ -86,23 +86,31 @@ pub struct NetDevice {
 struct Inner {
     partition: Arc<Partition>,
     switch: Arc<Switch>,
-    /// Busy-poll window after a TX queue runs dry (zero: purely event-driven).
-    poll: Duration,
-    /// One per TX queue; only that queue's worker takes it, so it is never contended.
-    scratch: Vec<Mutex<TxScratch>>,
+    /// Busy-polling thread TX queues are handed to on a kick; None: event-driven, the kick's
+    /// worker drains the queue itself.
+    poller: Option<Arc<Poller>>,
+    /// One per TX queue pair.
+    jobs: Vec<Arc<Job>>,
 }
 
 impl NetDevice {
-    pub fn new(partition: Arc<Partition>, switch: Arc<Switch>, poll: Duration) -> Self {
-        let scratch = (0..partition.config.queue_pairs)
-            .map(|_| Mutex::new(TxScratch::default()))
+    pub fn new(
+        partition: Arc<Partition>,
+        switch: Arc<Switch>,
+        poller: Option<Arc<Poller>>,
+    ) -> Self {
+        let jobs = (0..usize::from(partition.config.queue_pairs))
+            .map(|pair| {
+                let scratch = Arc::new(Mutex::new(TxScratch::default()));
+                Job::new(partition.clone(), switch.clone(), pair, scratch)
+            })
             .collect();
         NetDevice {
             inner: Arc::new(Inner {
                 partition,
                 switch,
-                poll,
-                scratch,
+                poller,
+                jobs,
             }),
         }
     }
@@ -180,12 +188,12 @@ impl VhostUserBackend for NetDevice {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // A TX batch in flight has advanced next_avail but not yet written its used entries;
         // the frontend is about to read the ring state, so wait for that batch to complete.
-        // (The worker holds this queue's scratch for the whole of process_tx.)
+        // (Whoever runs a batch, worker or poller, holds that queue's scratch throughout.)
         let idx = queue_index as usize;
         let _tx_idle = (idx % 2 == 1)
-            .then(|| self.inner.scratch.get(idx / 2))
+            .then(|| self.inner.jobs.get(idx / 2))
             .flatten()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+            .map(|j| j.scratch.lock().unwrap_or_else(|e| e.into_inner()));
         self.inner.partition.on_rings_stopped();
         // RX runs publish before they release the ring lock, so nothing is left unpublished.
         if let Some(s) = self.inner.partition.session() {
@@ -215,17 +223,15 @@ impl VhostUserBackend for NetDevice {
         }
         // RX kicks need no work: delivery never waits for them.
         if ev % 2 == 1 {
-            let pair = ev / 2;
-            if let Some(m) = self.inner.scratch.get(pair) {
-                let mut scratch = m.lock().unwrap_or_else(|e| e.into_inner());
-                tx::process_tx(
-                    &self.inner.switch,
-                    p,
-                    &session,
-                    pair,
-                    self.inner.poll,
-                    &mut scratch,
-                );
+            let Some(job) = self.inner.jobs.get(ev / 2) else {
+                return Ok(());
+            };
+            match &self.inner.poller {
+                Some(poller) => poller.kick(job),
+                None => {
+                    let mut scratch = job.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                    tx::process_tx(&self.inner.switch, p, &session, job.pair, &mut scratch);
+                }
             }
         }
         Ok(())

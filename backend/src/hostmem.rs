@@ -141,20 +141,6 @@ impl<'a> HostMem<'a> {
     pub fn store_u16(&self, addr: u64, v: u16, order: Ordering) -> Option<()> {
         self.atomic_u16(addr).map(|a| a.store(v.to_le(), order))
     }
-
-    /// Hints the CPU to fetch the line at `addr` (no effect when it is not guest memory).
-    #[inline]
-    pub fn prefetch(&self, addr: u64) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some((p, _)) = self.span(addr) {
-            // SAFETY: a prefetch never faults and has no architectural effect.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = addr;
-    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod mac;
 pub mod net_hdr;
 pub mod offload;
 pub mod partition;
+pub mod poller;
 pub mod ring;
 pub mod rx;
 pub mod session;

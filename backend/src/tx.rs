@@ -2,8 +2,6 @@
 //! each frame's virtio-net and Ethernet headers, hands the batch to the switch and completes the
 //! chains. TX used length is always 0 (the device writes nothing into TX buffers).
 
-use std::time::{Duration, Instant};
-
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
@@ -34,111 +32,149 @@ pub struct TxScratch {
     fwd: FwdScratch,
 }
 
-/// Drains TX queue pair `pair` of `part` until the driver has nothing more to send. With a
-/// non-zero `poll`, an empty ring is re-checked for that long before notifications are re-armed:
-/// CPU traded for fewer kicks and lower latency under load.
+/// What one call of [`tx_batch`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// This many chains were taken, forwarded and completed.
+    Sent(u16),
+    /// The ring is running but the driver has nothing more to send.
+    Empty,
+    /// The ring is not running (not set up, disabled, or broken).
+    Stopped,
+}
+
+/// Drains TX queue pair `pair` of `part` until the driver has nothing more to send, then re-arms
+/// the driver's kick. The event-driven path: a kick calls this on the partition's worker.
 pub fn process_tx(
     sw: &Switch,
     part: &Partition,
     session: &Session,
     pair: usize,
-    poll: Duration,
     s: &mut TxScratch,
 ) {
-    let qidx = 2 * pair + 1;
-    let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
-        return;
-    };
-    let indirect = session.indirect();
-    let mut idle_since: Option<Instant> = None;
     loop {
-        if session.is_broken(qidx) {
-            return;
-        }
-        // Per batch, so a memory table change takes effect while traffic keeps flowing.
-        let snapshot = session.mem.memory();
-        let mem = HostMem::new(&snapshot);
-        let table = {
-            let mut g = vring.get_mut();
-            if !g.is_enabled() {
-                return;
-            }
-            let q = g.get_queue_mut();
-            let n = match ring::pending(&mem, q) {
-                Ok(n) => n,
-                Err(RingError::NotReady) => return,
-                Err(e) => return session.mark_broken(qidx, &e),
-            };
-            if n == 0
-                && !poll.is_zero()
-                && idle_since.get_or_insert_with(Instant::now).elapsed() < poll
-            {
-                drop(g);
-                std::hint::spin_loop();
-                continue;
-            }
-            if n == 0 {
-                // Re-arm the kick; if the driver added chains meanwhile, keep going.
-                match q.enable_notification(&*snapshot) {
-                    Ok(true) => {
-                        let _ = q.disable_notification(&*snapshot);
-                        continue;
-                    }
-                    Ok(false) => return,
-                    Err(e) => return session.mark_broken(qidx, &e),
+        match tx_batch(sw, part, session, pair, s) {
+            Batch::Sent(_) => {}
+            Batch::Stopped => return,
+            // If the driver added chains meanwhile, keep going.
+            Batch::Empty => {
+                if rearm(session, pair) != Some(true) {
+                    return;
                 }
             }
-            let _ = q.disable_notification(&*snapshot);
-            idle_since = None;
-            s.heads.clear();
-            for k in 0..n.min(TX_BATCH) {
-                match ring::avail_head(&mem, q, k) {
-                    Ok(h) => s.heads.push(h),
-                    Err(e) => return session.mark_broken(qidx, &e),
-                }
-            }
-            q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
-            Table::of(q)
-        };
-
-        let view = TxQueue {
-            mem: &mem,
-            table,
-            indirect,
-            pair,
-        };
-        s.segs.clear();
-        s.frames.clear();
-        for i in 0..s.heads.len() {
-            let head = s.heads[i];
-            if let Some(f) = take_frame(part, session, &view, head, &mut s.segs) {
-                s.frames.push(f);
-            }
-        }
-        let batch = TxBatch {
-            mem: &mem,
-            segs: &s.segs,
-            frames: &s.frames,
-        };
-        sw.forward(part, pair, &batch, &mut s.fwd);
-
-        let mut g = vring.get_mut();
-        let q = g.get_queue_mut();
-        for (k, head) in s.heads.iter().enumerate() {
-            if let Err(e) = ring::write_used(&mem, q, k as u16, *head, 0) {
-                return session.mark_broken(qidx, &e);
-            }
-        }
-        match ring::publish_used(&mem, q, s.heads.len() as u16) {
-            Ok(true) => {
-                if let Err(e) = g.signal_used_queue() {
-                    log::debug!("{}: TX notify failed: {e}", session.name);
-                }
-            }
-            Ok(false) => {}
-            Err(e) => return session.mark_broken(qidx, &e),
         }
     }
+}
+
+/// Re-enables the driver's kick on TX pair `pair` now that its ring is empty. Returns whether
+/// chains arrived meanwhile (notifications are then suppressed again: the caller goes on), or
+/// None when the ring is not running.
+pub fn rearm(session: &Session, pair: usize) -> Option<bool> {
+    let qidx = 2 * pair + 1;
+    let vring = session.vrings()?.get(qidx)?;
+    let mem = session.mem.memory();
+    let mut g = vring.get_mut();
+    if !g.is_enabled() || !g.get_queue().ready() || session.is_broken(qidx) {
+        return None;
+    }
+    let q = g.get_queue_mut();
+    match q.enable_notification(&*mem) {
+        Ok(true) => {
+            let _ = q.disable_notification(&*mem);
+            Some(true)
+        }
+        Ok(false) => Some(false),
+        Err(e) => {
+            session.mark_broken(qidx, &e);
+            None
+        }
+    }
+}
+
+/// Takes at most one batch of chains from TX pair `pair`, forwards them and completes them.
+pub fn tx_batch(
+    sw: &Switch,
+    part: &Partition,
+    session: &Session,
+    pair: usize,
+    s: &mut TxScratch,
+) -> Batch {
+    let qidx = 2 * pair + 1;
+    let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
+        return Batch::Stopped;
+    };
+    if session.is_broken(qidx) {
+        return Batch::Stopped;
+    }
+    let broken = |e: &dyn std::fmt::Display| {
+        session.mark_broken(qidx, e);
+        Batch::Stopped
+    };
+    // Per batch, so a memory table change takes effect while traffic keeps flowing.
+    let snapshot = session.mem.memory();
+    let mem = HostMem::new(&snapshot);
+    let table = {
+        let mut g = vring.get_mut();
+        if !g.is_enabled() {
+            return Batch::Stopped;
+        }
+        let q = g.get_queue_mut();
+        let n = match ring::pending(&mem, q) {
+            Ok(0) => return Batch::Empty,
+            Ok(n) => n,
+            Err(RingError::NotReady) => return Batch::Stopped,
+            Err(e) => return broken(&e),
+        };
+        let _ = q.disable_notification(&*snapshot);
+        s.heads.clear();
+        for k in 0..n.min(TX_BATCH) {
+            match ring::avail_head(&mem, q, k) {
+                Ok(h) => s.heads.push(h),
+                Err(e) => return broken(&e),
+            }
+        }
+        q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
+        Table::of(q)
+    };
+
+    let view = TxQueue {
+        mem: &mem,
+        table,
+        indirect: session.indirect(),
+        pair,
+    };
+    s.segs.clear();
+    s.frames.clear();
+    for i in 0..s.heads.len() {
+        let head = s.heads[i];
+        if let Some(f) = take_frame(part, session, &view, head, &mut s.segs) {
+            s.frames.push(f);
+        }
+    }
+    let batch = TxBatch {
+        mem: &mem,
+        segs: &s.segs,
+        frames: &s.frames,
+    };
+    sw.forward(part, pair, &batch, &mut s.fwd);
+
+    let mut g = vring.get_mut();
+    let q = g.get_queue_mut();
+    for (k, head) in s.heads.iter().enumerate() {
+        if let Err(e) = ring::write_used(&mem, q, k as u16, *head, 0) {
+            return broken(&e);
+        }
+    }
+    match ring::publish_used(&mem, q, s.heads.len() as u16) {
+        Ok(true) => {
+            if let Err(e) = g.signal_used_queue() {
+                log::debug!("{}: TX notify failed: {e}", session.name);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => return broken(&e),
+    }
+    Batch::Sent(s.heads.len() as u16)
 }
 
 /// What a batch needs to know about the TX queue, read once under the ring lock.
