@@ -3,6 +3,7 @@
 //! table: vm-memory's per-access region lookup and slice checks were a fifth of the per-frame
 //! cost. Every access is bounds-checked against one region; nothing here trusts a guest address.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -28,6 +29,8 @@ pub struct HostMem<'a> {
     n: usize,
     /// More regions than fit inline: every lookup goes to `mem`.
     overflow: bool,
+    /// Index of the region the last lookup hit (an empty one when there is none).
+    last: Cell<usize>,
 }
 
 impl<'a> HostMem<'a> {
@@ -42,7 +45,10 @@ impl<'a> HostMem<'a> {
             regions: [empty; INLINE],
             n: 0,
             overflow: false,
+            last: Cell::new(0),
         };
+        // With too many regions the inline table is not used at all, so the fast path in `span`
+        // must never match: it looks at an empty region (len 0) then.
         for r in mem.iter() {
             let Ok(host) = r.get_host_address(MemoryRegionAddress(0)) else {
                 continue;
@@ -58,6 +64,9 @@ impl<'a> HostMem<'a> {
             };
             h.n += 1;
         }
+        if h.overflow {
+            h.regions[0].len = 0;
+        }
         h
     }
 
@@ -69,13 +78,25 @@ impl<'a> HostMem<'a> {
     /// Host pointer to `addr` and the bytes from there to the end of its region.
     #[inline]
     pub fn span(&self, addr: u64) -> Option<(*mut u8, usize)> {
+        // Nearly every access of a batch falls in the region the previous one did.
+        let r = &self.regions[self.last.get()];
+        let off = addr.wrapping_sub(r.start);
+        if off < r.len {
+            // SAFETY: off < len, so the pointer stays inside the region's mapping.
+            return Some((unsafe { r.host.add(off as usize) }, (r.len - off) as usize));
+        }
+        self.span_slow(addr)
+    }
+
+    #[cold]
+    fn span_slow(&self, addr: u64) -> Option<(*mut u8, usize)> {
         if !self.overflow {
-            for r in &self.regions[..self.n] {
+            for (i, r) in self.regions[..self.n].iter().enumerate() {
                 let off = addr.wrapping_sub(r.start);
                 if off < r.len {
-                    // SAFETY: off < len, so the pointer stays inside the region's mapping.
-                    let p = unsafe { r.host.add(off as usize) };
-                    return Some((p, (r.len - off) as usize));
+                    self.last.set(i);
+                    // SAFETY: as in `span`.
+                    return Some((unsafe { r.host.add(off as usize) }, (r.len - off) as usize));
                 }
             }
             return None;
@@ -96,9 +117,14 @@ impl<'a> HostMem<'a> {
     }
 
     /// True when `len` bytes at `addr` are guest memory (possibly across adjacent regions).
+    #[inline]
     pub fn check_range(&self, addr: u64, len: usize) -> bool {
-        self.ptr(addr, len).is_some()
-            || GuestMemoryBackend::check_range(self.mem, GuestAddress(addr), len)
+        self.ptr(addr, len).is_some() || self.check_range_slow(addr, len)
+    }
+
+    #[cold]
+    fn check_range_slow(&self, addr: u64, len: usize) -> bool {
+        GuestMemoryBackend::check_range(self.mem, GuestAddress(addr), len)
     }
 
     /// Copies `buf.len()` bytes out of one region.

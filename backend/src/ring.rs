@@ -83,6 +83,13 @@ fn ready(q: &Queue) -> Result<(), RingError> {
     }
 }
 
+/// Ring position of free-running index `idx`. Split-ring sizes are powers of two (the queue
+/// refuses any other size), so this is a mask, not a division: four per frame showed.
+fn slot(q: &Queue, idx: u16) -> u16 {
+    debug_assert!(q.size().is_power_of_two());
+    idx & q.size().wrapping_sub(1)
+}
+
 /// Number of chains the driver has made available beyond `next_avail`.
 pub fn pending(mem: &HostMem<'_>, q: &Queue) -> Result<u16, RingError> {
     ready(q)?;
@@ -100,7 +107,7 @@ pub fn pending(mem: &HostMem<'_>, q: &Queue) -> Result<u16, RingError> {
 
 /// Head descriptor index of the chain at ring position `next_avail + k`.
 pub fn avail_head(mem: &HostMem<'_>, q: &Queue, k: u16) -> Result<u16, RingError> {
-    let pos = q.next_avail().wrapping_add(k) % q.size();
+    let pos = slot(q, q.next_avail().wrapping_add(k));
     load_u16(
         mem,
         q.avail_ring() + 4 + 2 * u64::from(pos),
@@ -260,7 +267,7 @@ pub fn write_used(
     id: u16,
     len: u32,
 ) -> Result<(), RingError> {
-    let pos = q.next_used().wrapping_add(k) % q.size();
+    let pos = slot(q, q.next_used().wrapping_add(k));
     let at = q.used_ring() + 4 + 8 * u64::from(pos);
     let mut elem = [0u8; 8];
     elem[..4].copy_from_slice(&u32::from(id).to_le_bytes());

@@ -176,16 +176,14 @@ impl<'a> RxQueue<'a> {
 
         let mut h = out.hdr;
         h.num_buffers = self.scratch.chains.len() as u16;
-        let segs = &self.scratch.segs;
-        let written = frame::copy(
-            &Source::Bytes(&h.to_bytes()),
-            0,
+        let written = frame::copy_with_header(
+            &h.to_bytes(),
+            &out.src,
+            out.skip,
             self.mem,
-            segs,
-            0,
-            NET_HDR_LEN,
-        )
-        .and_then(|_| frame::copy(&out.src, out.skip, self.mem, segs, NET_HDR_LEN, len));
+            &self.scratch.segs,
+            len,
+        );
         if let Err(e) = written {
             // Destination buffers were checked by walk_chain, so the sender's memory went away
             // under us (e.g. its memory table changed). The frame is lost, the buffers are not.
