@@ -168,6 +168,9 @@ impl VhostUserBackend for NetDevice {
         // The handler has already installed the new table. A region reaching past the end of
         // its file would SIGBUS the whole daemon on first touch, so such a table is replaced by
         // an empty one (every access then fails cleanly) and refused.
+        if let Some(s) = self.inner.partition.session() {
+            s.bump_generation();
+        }
         let bad = check_regions(&mem.memory());
         if let Err(e) = &bad {
             if let Ok(guard) = mem.lock() {
@@ -199,6 +202,7 @@ impl VhostUserBackend for NetDevice {
         // RX runs publish before they release the ring lock, so nothing is left unpublished.
         if let Some(s) = self.inner.partition.session() {
             s.clear_broken(queue_index as usize);
+            s.bump_generation();
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::partition::Partition;
 use crate::switch::Switch;
-use crate::tx::{self, Batch, TxScratch};
+use crate::tx::{self, Batch, IdleProbe, TxScratch};
 
 /// One TX queue pair of one partition, as the poller sees it.
 pub struct Job {
@@ -106,38 +106,73 @@ impl Poller {
     }
 }
 
+/// A queue in the poller's hands.
+struct Entry {
+    job: Arc<Job>,
+    /// When it was first seen empty in the current idle stretch.
+    idle_since: Option<Instant>,
+    /// Set while it is idle: the cheap re-check.
+    probe: Option<IdleProbe>,
+}
+
+/// Idle rounds between clock reads: a round of idle probes takes nanoseconds, a clock read
+/// tens of them, and the window is tens of microseconds.
+const CLOCK_EVERY: u32 = 32;
+
 fn run(shared: &Shared, window: Duration) {
-    // (job, when it was first seen empty in the current idle stretch)
-    let mut active: Vec<(Arc<Job>, Option<Instant>)> = Vec::new();
+    let mut active: Vec<Entry> = Vec::new();
+    let mut round: u32 = 0;
     loop {
         if active.is_empty() || shared.pending.load(Ordering::Acquire) {
             let mut inbox = shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
             while inbox.is_empty() && active.is_empty() {
                 inbox = shared.wake.wait(inbox).unwrap_or_else(|e| e.into_inner());
             }
-            active.extend(inbox.drain(..).map(|j| (j, None)));
+            active.extend(inbox.drain(..).map(|job| Entry {
+                job,
+                idle_since: None,
+                probe: None,
+            }));
             shared.pending.store(false, Ordering::Release);
         }
-        let mut now: Option<Instant> = None;
-        active.retain_mut(|(job, idle_since)| match job.batch() {
-            Batch::Sent(_) => {
-                *idle_since = None;
-                true
-            }
-            Batch::Empty => {
-                let t = *now.get_or_insert_with(Instant::now);
-                let since = *idle_since.get_or_insert(t);
-                if t.duration_since(since) < window {
-                    return true;
+        round = round.wrapping_add(1);
+        let now = (round % CLOCK_EVERY == 0).then(Instant::now);
+        active.retain_mut(|e| {
+            let idle = match &e.probe {
+                Some(p) if p.still_idle() => true,
+                _ => {
+                    e.probe = None;
+                    match e.job.batch() {
+                        Batch::Sent(_) => {
+                            e.idle_since = None;
+                            return true;
+                        }
+                        Batch::Empty => {
+                            e.probe = e
+                                .job
+                                .partition
+                                .session()
+                                .and_then(|s| IdleProbe::new(s, e.job.pair));
+                            true
+                        }
+                        // Not running: back to kicks (a restarted ring kicks, or re-arming finds
+                        // its work).
+                        Batch::Stopped => false,
+                    }
                 }
-                *idle_since = None;
-                job.release()
+            };
+            if !idle {
+                e.idle_since = None;
+                e.probe = None;
+                return e.job.release();
             }
-            // Not running: back to kicks (a restarted ring kicks, or re-arming finds its work).
-            Batch::Stopped => {
-                *idle_since = None;
-                job.release()
+            let Some(t) = now else { return true };
+            if t.duration_since(*e.idle_since.get_or_insert(t)) < window {
+                return true;
             }
+            e.idle_since = None;
+            e.probe = None;
+            e.job.release()
         });
         std::hint::spin_loop();
     }

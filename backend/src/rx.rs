@@ -236,8 +236,7 @@ mod tests {
 
     use super::*;
     use crate::partition::Role;
-    use crate::testutil::{Driver, AVAIL, DESC, F_WRITE, USED};
-    use vhost_user_backend::VringRwLock;
+    use crate::testutil::{Driver, DESC, F_WRITE};
     use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
     use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
@@ -250,16 +249,7 @@ mod tests {
             Role::Vf(0),
             crate::testutil::config("02:00:00:00:00:01", 1),
         );
-        let s = Arc::new(Session::new("vf0".into(), 2).unwrap());
-        s.mem.lock().unwrap().replace(d.mem.clone());
-        let vrings: Vec<VringRwLock<_>> = (0..2)
-            .map(|_| VringRwLock::new(s.mem.clone(), 256).unwrap())
-            .collect();
-        vrings[0].set_queue_size(d.size);
-        vrings[0].set_queue_info(DESC, AVAIL, USED).unwrap();
-        vrings[0].set_queue_ready(true);
-        vrings[0].set_enabled(true);
-        s.attach_vrings(&vrings);
+        let s = crate::testutil::session_on(d, 0);
         if mergeable {
             s.set_features(1 << VIRTIO_NET_F_MRG_RXBUF);
         }

@@ -39,6 +39,9 @@ pub struct Session {
     features: AtomicU64,
     broken: Vec<AtomicBool>,
     warned: AtomicU32,
+    /// Bumped whenever rings or memory may have changed under a lock-free observer (memory
+    /// table, ring stop, end of the connection); see `tx::IdleProbe`.
+    generation: AtomicU64,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
 }
@@ -53,6 +56,7 @@ impl Session {
             features: AtomicU64::new(0),
             broken: (0..num_queues).map(|_| AtomicBool::new(false)).collect(),
             warned: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
             exit_consumer,
             exit_notifier,
         })
@@ -125,6 +129,14 @@ impl Session {
         }
     }
 
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Logs the first occurrence of `w` in this session; later ones only show in counters.
     pub fn warn_once(&self, w: Warn, why: &dyn std::fmt::Display) {
         let bit = 1u32 << (w as u32);
@@ -142,6 +154,7 @@ impl Session {
     }
 
     pub fn stop_worker(&self) {
+        self.bump_generation();
         if let Err(e) = self.exit_notifier.notify() {
             log::error!("{}: cannot stop vring worker: {e}", self.name);
         }

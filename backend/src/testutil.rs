@@ -11,6 +11,23 @@ use crate::hostmem::HostMem;
 use crate::partition::PartitionConfig;
 use crate::ring::{self, ChainError, Dir, Seg, Table};
 
+/// A session of two queues (one pair) whose queue `qidx` is `d`'s ring, set up and enabled as a
+/// frontend would leave it; the other queue is never started.
+pub fn session_on(d: &Driver, qidx: usize) -> std::sync::Arc<crate::session::Session> {
+    use vhost_user_backend::{VringRwLock, VringT};
+    let s = std::sync::Arc::new(crate::session::Session::new("vf0".into(), 2).unwrap());
+    s.mem.lock().unwrap().replace(d.mem.clone());
+    let vrings: Vec<VringRwLock<_>> = (0..2)
+        .map(|_| VringRwLock::new(s.mem.clone(), 256).unwrap())
+        .collect();
+    vrings[qidx].set_queue_size(d.size);
+    vrings[qidx].set_queue_info(DESC, AVAIL, USED).unwrap();
+    vrings[qidx].set_queue_ready(true);
+    vrings[qidx].set_enabled(true);
+    s.attach_vrings(&vrings);
+    s
+}
+
 /// A partition shape for tests: `mac`, `queue_pairs`, queue size 256, MTU 1500.
 pub fn config(mac: &str, queue_pairs: u16) -> PartitionConfig {
     PartitionConfig {
