@@ -241,7 +241,13 @@ impl VhostUserBackend for NetDevice {
                 Some(poller) => poller.kick(job),
                 None => {
                     let mut scratch = job.scratch.lock().unwrap_or_else(|e| e.into_inner());
-                    tx::process_tx(&self.inner.switch, p, &session, job.pair, &mut scratch);
+                    tx::process_tx(
+                        &self.inner.switch,
+                        p,
+                        session.clone(),
+                        job.pair,
+                        &mut scratch,
+                    );
                 }
             }
         }

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::partition::Partition;
+use crate::session::Held;
 use crate::switch::Switch;
 use crate::tx::{self, Batch, IdleProbe, TxScratch};
 
@@ -45,17 +46,18 @@ impl Job {
         self.scratch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn batch(&self) -> Batch {
-        let Some(session) = self.partition.session() else {
+    fn batch(&self, held: &mut Option<Held>) -> Batch {
+        let Some(h) = Held::refresh(held, &self.partition) else {
             return Batch::Stopped;
         };
         let mut s = self.lock_scratch();
-        tx::tx_batch(&self.switch, &self.partition, &session, self.pair, &mut s)
+        tx::tx_batch(&self.switch, &self.partition, h, self.pair, &mut s)
     }
 
     /// Gives the queue back to kicks. True when it must stay with the poller after all: chains
     /// arrived while re-arming and no kick has handed it over again meanwhile.
     fn release(&self) -> bool {
+        self.lock_scratch().release();
         self.scheduled.store(false, Ordering::SeqCst);
         let arrived = self
             .partition
@@ -113,6 +115,8 @@ struct Entry {
     idle_since: Option<Instant>,
     /// Set while it is idle: the cheap re-check.
     probe: Option<IdleProbe>,
+    /// Its partition's session and memory, kept across batches.
+    held: Option<Held>,
 }
 
 /// Idle rounds between clock reads: a round of idle probes takes nanoseconds, a clock read
@@ -132,6 +136,7 @@ fn run(shared: &Shared, window: Duration) {
                 job,
                 idle_since: None,
                 probe: None,
+                held: None,
             }));
             shared.pending.store(false, Ordering::Release);
         }
@@ -141,18 +146,18 @@ fn run(shared: &Shared, window: Duration) {
             let idle = match &e.probe {
                 Some(p) if p.still_idle() => true,
                 _ => {
-                    e.probe = None;
-                    match e.job.batch() {
+                    // The probe is kept (not dropped) so going idle again re-arms it cheaply.
+                    match e.job.batch(&mut e.held) {
                         Batch::Sent(_) => {
                             e.idle_since = None;
                             return true;
                         }
                         Batch::Empty => {
+                            let (probe, pair) = (e.probe.take(), e.job.pair);
                             e.probe = e
-                                .job
-                                .partition
-                                .session()
-                                .and_then(|s| IdleProbe::new(s, e.job.pair));
+                                .held
+                                .as_ref()
+                                .and_then(|h| IdleProbe::renew(probe, h, pair));
                             true
                         }
                         // Not running: back to kicks (a restarted ring kicks, or re-arming finds
@@ -164,6 +169,7 @@ fn run(shared: &Shared, window: Duration) {
             if !idle {
                 e.idle_since = None;
                 e.probe = None;
+                e.held = None;
                 return e.job.release();
             }
             let Some(t) = now else { return true };
@@ -172,6 +178,7 @@ fn run(shared: &Shared, window: Duration) {
             }
             e.idle_since = None;
             e.probe = None;
+            e.held = None;
             e.job.release()
         });
         std::hint::spin_loop();

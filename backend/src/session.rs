@@ -4,7 +4,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_net::{
@@ -18,6 +18,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::offload::RxOffloads;
+use crate::partition::Partition;
 use crate::Mem;
 
 pub type GuestMem = GuestMemoryAtomic<Mem>;
@@ -153,10 +154,55 @@ impl Session {
         ))
     }
 
+    /// The connection is over: stop its worker and unmap its guest memory (once every data-path
+    /// thread has dropped its snapshot, which the generation change makes them do).
     pub fn stop_worker(&self) {
+        if let Ok(g) = self.mem.lock() {
+            g.replace(Mem::new());
+        }
         self.bump_generation();
         if let Err(e) = self.exit_notifier.notify() {
             log::error!("{}: cannot stop vring worker: {e}", self.name);
         }
+    }
+}
+
+/// A session and a snapshot of its memory, held across batches by a data-path thread and
+/// refreshed only when the session's generation moves (memory table, ring stop, end of the
+/// connection). Loading both per batch cost two atomic swaps, each a full fence, which is most
+/// of what one frame costs when frames come one at a time.
+pub struct Held {
+    pub session: Arc<Session>,
+    pub mem: Arc<Mem>,
+    generation: u64,
+}
+
+impl Held {
+    pub fn of(session: Arc<Session>) -> Self {
+        // Generation first: a change after this read is noticed by `current`.
+        let generation = session.generation();
+        let mem = vm_memory::GuestAddressSpace::memory(&session.mem).into_inner();
+        Held {
+            session,
+            mem,
+            generation,
+        }
+    }
+
+    pub fn current(&self) -> bool {
+        self.session.generation() == self.generation
+    }
+
+    /// The session generation this hold was taken at.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `slot` made current for `part`'s session (None when it has none).
+    pub fn refresh<'a>(slot: &'a mut Option<Held>, part: &Partition) -> Option<&'a Held> {
+        if !slot.as_ref().is_some_and(Held::current) {
+            *slot = part.session().map(Held::of);
+        }
+        slot.as_ref()
     }
 }

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use vm_memory::GuestAddressSpace;
-
 // SipHash showed in per-packet profiles; the table is small and its keys are not attacker-chosen
 // (MACs come from the config), so a fast non-keyed hash is fine.
 use rustc_hash::FxHashMap;
@@ -21,7 +19,7 @@ use crate::offload;
 use crate::partition::{Partition, PartitionId};
 use crate::ring::Seg;
 use crate::rx::{Outgoing, RxQueue, RxScratch};
-use crate::session::Warn;
+use crate::session::{Held, Warn};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SwitchError {
@@ -75,9 +73,25 @@ impl TxBatch<'_> {
 #[derive(Default)]
 pub struct FwdScratch {
     decisions: Vec<Decision>,
+    runs: RunScratch,
+}
+
+impl FwdScratch {
+    /// Lets go of every destination's session and memory. Called when the sending queue goes
+    /// idle, so a departed receiver's guest memory is never kept mapped by an idle sender.
+    pub fn release(&mut self) {
+        self.runs.held.clear();
+    }
+}
+
+/// What delivering a run needs besides the frames.
+#[derive(Default)]
+struct RunScratch {
     linear: Vec<u8>,
     segments: Vec<u8>,
     rx: RxScratch,
+    /// Per destination partition (by id): its session and memory, kept across batches.
+    held: Vec<Option<Held>>,
 }
 
 pub struct Switch {
@@ -132,12 +146,7 @@ impl Switch {
     /// Consecutive frames for the same partition are delivered as one run: the receiver's RX
     /// queue is locked, read and published once per run, not per frame.
     pub fn forward(&self, from: &Partition, pair: usize, batch: &TxBatch<'_>, s: &mut FwdScratch) {
-        let FwdScratch {
-            decisions,
-            linear,
-            segments,
-            rx,
-        } = s;
+        let FwdScratch { decisions, runs } = s;
         decisions.clear();
         decisions.extend(batch.frames.iter().map(|f| self.decide(from, f.src, f.dst)));
         let mut tx = Tally::default();
@@ -155,7 +164,7 @@ impl Switch {
                         let run = std::slice::from_ref(f);
                         // A partition that is not running is not a member of the flood.
                         if let RunResult::Done(t) =
-                            self.deliver(from, dest, pair, batch, run, cast, linear, segments, rx)
+                            self.deliver(from, dest, pair, batch, run, cast, runs)
                         {
                             tx.merge_drops(&t);
                         }
@@ -173,17 +182,7 @@ impl Switch {
                     }
                     match self.partitions.get(id) {
                         Some(dest) => {
-                            let r = self.deliver(
-                                from,
-                                dest,
-                                pair,
-                                batch,
-                                run,
-                                Cast::Unicast,
-                                linear,
-                                segments,
-                                rx,
-                            );
+                            let r = self.deliver(from, dest, pair, batch, run, Cast::Unicast, runs);
                             match r {
                                 RunResult::Done(t) => tx.merge_drops(&t),
                                 RunResult::Down => tx.drop_n(DropReason::DestinationDown, n),
@@ -210,17 +209,22 @@ impl Switch {
         batch: &TxBatch<'_>,
         run: &[TxFrame],
         cast: Cast,
-        linear: &mut Vec<u8>,
-        segments: &mut Vec<u8>,
-        rx: &mut RxScratch,
+        runs: &mut RunScratch,
     ) -> RunResult {
-        let guard = dest.session_guard();
-        let Some(session) = guard.as_ref() else {
+        let RunScratch {
+            linear,
+            segments,
+            rx,
+            held,
+        } = runs;
+        if held.len() <= dest.id {
+            held.resize_with(dest.id + 1, || None);
+        }
+        let Some(h) = Held::refresh(&mut held[dest.id], dest) else {
             return RunResult::Down;
         };
-        let mem = session.mem.memory();
-        let host = HostMem::new(&mem);
-        let mut q = match RxQueue::open(dest, session, &host, pair, rx) {
+        let host = HostMem::new(&h.mem);
+        let mut q = match RxQueue::open(dest, &h.session, &host, pair, rx) {
             Ok(q) => q,
             Err(_) => return RunResult::Down,
         };

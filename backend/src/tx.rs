@@ -16,7 +16,7 @@ use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::partition::Partition;
 use crate::ring::{self, Dir, RingError, Seg, Table};
-use crate::session::{Session, Warn};
+use crate::session::{Held, Session, Warn};
 use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 use crate::Mem;
 
@@ -47,27 +47,36 @@ pub enum Batch {
     Stopped,
 }
 
+impl TxScratch {
+    /// The queue went idle: drop what was kept across batches (receivers' sessions and memory).
+    pub fn release(&mut self) {
+        self.fwd.release();
+    }
+}
+
 /// Drains TX queue pair `pair` of `part` until the driver has nothing more to send, then re-arms
 /// the driver's kick. The event-driven path: a kick calls this on the partition's worker.
 pub fn process_tx(
     sw: &Switch,
     part: &Partition,
-    session: &Session,
+    session: Arc<Session>,
     pair: usize,
     s: &mut TxScratch,
 ) {
-    loop {
-        match tx_batch(sw, part, session, pair, s) {
+    let mut held = Some(Held::of(session));
+    while let Some(h) = Held::refresh(&mut held, part) {
+        match tx_batch(sw, part, h, pair, s) {
             Batch::Sent(_) => {}
-            Batch::Stopped => return,
+            Batch::Stopped => break,
             // If the driver added chains meanwhile, keep going.
             Batch::Empty => {
-                if rearm(session, pair) != Some(true) {
-                    return;
+                if rearm(&h.session, pair) != Some(true) {
+                    break;
                 }
             }
         }
     }
+    s.release();
 }
 
 /// Re-enables the driver's kick on TX pair `pair` now that its ring is empty. Returns whether
@@ -111,27 +120,47 @@ pub struct IdleProbe {
 }
 
 impl IdleProbe {
-    pub fn new(session: Arc<Session>, pair: usize) -> Option<Self> {
-        // Read before the ring state, so a change after this point is always noticed.
-        let generation = session.generation();
-        let mem = session.mem.memory().into_inner();
-        let vring = session.vrings()?.get(2 * pair + 1)?;
-        let (avail_ring, next_avail) = {
-            let g = vring.get_ref();
-            let q = g.get_queue();
-            if !g.is_enabled() || !q.ready() {
-                return None;
-            }
-            (q.avail_ring(), q.next_avail())
-        };
-        let avail_idx = HostMem::new(&mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
+    pub fn new(held: &Held, pair: usize) -> Option<Self> {
+        let (avail_ring, next_avail) = Self::ring_state(held, pair)?;
+        let avail_idx = HostMem::new(&held.mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
         Some(IdleProbe {
-            session,
-            _mem: mem,
+            session: held.session.clone(),
+            _mem: held.mem.clone(),
             avail_idx,
             next_avail,
-            generation,
+            generation: held.generation(),
         })
+    }
+
+    /// Re-arms this probe for the ring's current position when it was made from the same hold
+    /// (no reference counts touched); otherwise a new one. None when the ring is not running.
+    pub fn renew(probe: Option<Self>, held: &Held, pair: usize) -> Option<Self> {
+        match probe {
+            Some(mut p)
+                if Arc::ptr_eq(&p.session, &held.session)
+                    && Arc::ptr_eq(&p._mem, &held.mem)
+                    && p.generation == held.generation() =>
+            {
+                let (avail_ring, next_avail) = Self::ring_state(held, pair)?;
+                let at = HostMem::new(&held.mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
+                if at != p.avail_idx {
+                    return Self::new(held, pair);
+                }
+                p.next_avail = next_avail;
+                Some(p)
+            }
+            _ => Self::new(held, pair),
+        }
+    }
+
+    fn ring_state(held: &Held, pair: usize) -> Option<(u64, u16)> {
+        let vring = held.session.vrings()?.get(2 * pair + 1)?;
+        let g = vring.get_ref();
+        let q = g.get_queue();
+        if !g.is_enabled() || !q.ready() {
+            return None;
+        }
+        Some((q.avail_ring(), q.next_avail()))
     }
 
     /// True while the driver has added nothing and nothing was reconfigured.
@@ -147,10 +176,11 @@ impl IdleProbe {
 pub fn tx_batch(
     sw: &Switch,
     part: &Partition,
-    session: &Session,
+    held: &Held,
     pair: usize,
     s: &mut TxScratch,
 ) -> Batch {
+    let session = &*held.session;
     let qidx = 2 * pair + 1;
     let Some(vring) = session.vrings().and_then(|v| v.get(qidx)) else {
         return Batch::Stopped;
@@ -162,32 +192,31 @@ pub fn tx_batch(
         session.mark_broken(qidx, e);
         Batch::Stopped
     };
-    // Per batch, so a memory table change takes effect while traffic keeps flowing.
-    let snapshot = session.mem.memory();
-    let mem = HostMem::new(&snapshot);
-    let table = {
-        let mut g = vring.get_mut();
-        if !g.is_enabled() {
-            return Batch::Stopped;
-        }
-        let q = g.get_queue_mut();
-        let n = match ring::pending(&mem, q) {
-            Ok(0) => return Batch::Empty,
-            Ok(n) => n,
-            Err(RingError::NotReady) => return Batch::Stopped,
-            Err(e) => return broken(&e),
-        };
-        let _ = q.disable_notification(&*snapshot);
-        s.heads.clear();
-        for k in 0..n.min(TX_BATCH) {
-            match ring::avail_head(&mem, q, k) {
-                Ok(h) => s.heads.push(h),
-                Err(e) => return broken(&e),
-            }
-        }
-        q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
-        Table::of(q)
+    let mem = HostMem::new(&held.mem);
+    // Held for the whole batch: a stop (GET_VRING_BASE) then reads a ring state from before or
+    // after the batch, never one with chains taken but not completed. Taking RX ring locks
+    // inside is deadlock-free: no thread holds an RX ring lock while taking another lock.
+    let mut g = vring.get_mut();
+    if !g.is_enabled() {
+        return Batch::Stopped;
+    }
+    let q = g.get_queue_mut();
+    let n = match ring::pending(&mem, q) {
+        Ok(0) => return Batch::Empty,
+        Ok(n) => n,
+        Err(RingError::NotReady) => return Batch::Stopped,
+        Err(e) => return broken(&e),
     };
+    let _ = q.disable_notification(&*held.mem);
+    s.heads.clear();
+    for k in 0..n.min(TX_BATCH) {
+        match ring::avail_head(&mem, q, k) {
+            Ok(h) => s.heads.push(h),
+            Err(e) => return broken(&e),
+        }
+    }
+    q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
+    let table = Table::of(q);
 
     let view = TxQueue {
         mem: &mem,
@@ -210,7 +239,6 @@ pub fn tx_batch(
     };
     sw.forward(part, pair, &batch, &mut s.fwd);
 
-    let mut g = vring.get_mut();
     let q = g.get_queue_mut();
     for (k, head) in s.heads.iter().enumerate() {
         if let Err(e) = ring::write_used(&mem, q, k as u16, *head, 0) {
@@ -311,21 +339,28 @@ mod tests {
     fn an_idle_probe_sees_new_chains_and_reconfiguration() {
         let (mut d, _) = Driver::new(16);
         let s = session_on(&d, 1);
-        let p = IdleProbe::new(s.clone(), 0).unwrap();
+        let p = IdleProbe::new(&Held::of(s.clone()), 0).unwrap();
         assert!(p.still_idle());
         d.desc(DESC, 0, 0x8000, 60, 0, 0);
         d.offer(0);
         assert!(!p.still_idle(), "a chain was added");
-        let p = IdleProbe::new(s.clone(), 0).unwrap();
+        let p = IdleProbe::new(&Held::of(s.clone()), 0).unwrap();
         assert!(!p.still_idle(), "next_avail has not moved past it");
+        {
+            let mut g = s.vrings().unwrap()[1].get_mut();
+            let q = g.get_queue_mut();
+            q.set_next_avail(q.next_avail().wrapping_add(1));
+        }
+        let p = IdleProbe::renew(Some(p), &Held::of(s.clone()), 0).unwrap();
+        assert!(p.still_idle(), "renewed at the ring's new position");
 
         let (d, _) = Driver::new(16);
         let s = session_on(&d, 1);
-        let p = IdleProbe::new(s.clone(), 0).unwrap();
+        let p = IdleProbe::new(&Held::of(s.clone()), 0).unwrap();
         assert!(p.still_idle());
         s.bump_generation();
         assert!(!p.still_idle(), "memory or rings may have changed");
         // A queue that is not running has no probe.
-        assert!(IdleProbe::new(s, 1).is_none());
+        assert!(IdleProbe::new(&Held::of(s), 1).is_none());
     }
 }
