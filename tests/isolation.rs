@@ -164,9 +164,12 @@ fn disconnect_resets_the_partition_and_the_socket_takes_the_next_frontend() {
     let d = Daemon::start(&["--vfs", "2"]);
     let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
     let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    assert_eq!(d.mapped_guest_memories(), 2);
     for round in 1..=3u8 {
         let mut vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
         d.wait_state("vf1", "started");
+        assert_eq!(d.mapped_guest_memories(), 3);
         vf1.post_rx(0, 1, 2048);
         let f = test_frame(d.mac("vf1"), d.mac("pf"), round, 64);
         pf.send(0, &f);
@@ -174,6 +177,12 @@ fn disconnect_resets_the_partition_and_the_socket_takes_the_next_frontend() {
         drop(vf1);
         d.wait_state("vf1", "waiting");
         ping(&d, &mut pf, &mut vf0, round);
+        // The departed frontend's memory is unmapped, though the PF sent into it last round.
+        wait_for(
+            Duration::from_secs(5),
+            || d.mapped_guest_memories() == 2,
+            "vf1 memory unmapped",
+        );
     }
     let p = d.partition("vf1");
     assert_eq!(

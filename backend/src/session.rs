@@ -154,12 +154,9 @@ impl Session {
         ))
     }
 
-    /// The connection is over: stop its worker and unmap its guest memory (once every data-path
-    /// thread has dropped its snapshot, which the generation change makes them do).
+    /// The connection is over: stop its worker, and tell data-path threads holding the session
+    /// (the generation change) to let go of it and its memory.
     pub fn stop_worker(&self) {
-        if let Ok(g) = self.mem.lock() {
-            g.replace(Mem::new());
-        }
         self.bump_generation();
         if let Err(e) = self.exit_notifier.notify() {
             log::error!("{}: cannot stop vring worker: {e}", self.name);

@@ -43,6 +43,17 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Distinct test-driver memfds the daemon has mapped (guest memory it holds on to).
+    pub fn mapped_guest_memories(&self) -> usize {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap();
+        let inodes: std::collections::HashSet<&str> = maps
+            .lines()
+            .filter(|l| l.contains("memfd:sriov-net-test"))
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect();
+        inodes.len()
+    }
+
     pub fn start(args: &[&str]) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
