@@ -2,7 +2,7 @@
 //! handler drives. Every partition, PF or VF, is served by this same type.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
@@ -24,7 +24,7 @@ use crate::partition::{Partition, PartitionConfig};
 use crate::poller::{Job, Poller};
 use crate::session::{GuestMem, Session, Vring};
 use crate::switch::Switch;
-use crate::tx::{self, TxScratch};
+use crate::tx;
 
 /// Virtio features a partition offers its driver.
 pub fn offered_features(cfg: &PartitionConfig) -> u64 {
@@ -101,10 +101,7 @@ impl NetDevice {
         poller: Option<Arc<Poller>>,
     ) -> Self {
         let jobs = (0..usize::from(partition.config.queue_pairs))
-            .map(|pair| {
-                let scratch = Arc::new(Mutex::new(TxScratch::default()));
-                Job::new(partition.clone(), switch.clone(), pair, scratch)
-            })
+            .map(|pair| Job::new(partition.clone(), switch.clone(), pair))
             .collect();
         NetDevice {
             inner: Arc::new(Inner {
@@ -197,7 +194,7 @@ impl VhostUserBackend for NetDevice {
         let _tx_idle = (idx % 2 == 1)
             .then(|| self.inner.jobs.get(idx / 2))
             .flatten()
-            .map(|j| j.scratch.lock().unwrap_or_else(|e| e.into_inner()));
+            .map(|j| j.lock_scratch());
         self.inner.partition.on_rings_stopped();
         // RX runs publish before they release the ring lock, so nothing is left unpublished.
         if let Some(s) = self.inner.partition.session() {
@@ -240,7 +237,7 @@ impl VhostUserBackend for NetDevice {
             match &self.inner.poller {
                 Some(poller) => poller.kick(job),
                 None => {
-                    let mut scratch = job.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut scratch = job.lock_scratch();
                     tx::process_tx(
                         &self.inner.switch,
                         p,

@@ -19,30 +19,25 @@ pub struct Job {
     pub partition: Arc<Partition>,
     pub switch: Arc<Switch>,
     pub pair: usize,
-    /// Shared with the device, whose stop_vring waits on it for a batch in flight.
-    pub scratch: Arc<Mutex<TxScratch>>,
+    /// Held by whoever runs a batch (worker or poller); the device's stop_vring waits on it.
+    pub scratch: Mutex<TxScratch>,
     /// True while the queue is in the poller's hands (its inbox or its active list). A kick
     /// hands the queue over only when it flips this from false.
     scheduled: AtomicBool,
 }
 
 impl Job {
-    pub fn new(
-        partition: Arc<Partition>,
-        switch: Arc<Switch>,
-        pair: usize,
-        scratch: Arc<Mutex<TxScratch>>,
-    ) -> Arc<Self> {
+    pub fn new(partition: Arc<Partition>, switch: Arc<Switch>, pair: usize) -> Arc<Self> {
         Arc::new(Job {
             partition,
             switch,
             pair,
-            scratch,
+            scratch: Mutex::new(TxScratch::default()),
             scheduled: AtomicBool::new(false),
         })
     }
 
-    fn lock_scratch(&self) -> MutexGuard<'_, TxScratch> {
+    pub fn lock_scratch(&self) -> MutexGuard<'_, TxScratch> {
         self.scratch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
