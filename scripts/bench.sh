@@ -33,6 +33,9 @@
 #                   least 256 2 MiB pages are free, else 0
 #   SCALE_VFS="64 255" SCALE_STARTS=3 SCALE_PAIRS=8 SCALE_SIZE=64 SCALE_SECONDS=SECONDS_PER_ROUND
 #   DAEMON=path     use this daemon binary instead of `cargo build --release`
+#   DAEMON_B=path   a second daemon build to compare in the same run: adds variants b-event (and
+#                   b-poll when ours-poll is listed), measured exactly like ours-event/ours-poll
+#                   and interleaved with them, so two builds are compared on the same machine state
 #   RESULTS=dir     where raw.json, table.txt, events.jsonl and the logs go
 #                   (default results/bench-<mode>-<timestamp>)
 #   RUST_LOG=info   the daemon's log level (its log is kept in RESULTS/logs)
@@ -77,6 +80,7 @@ SCALE_PAIRS=${SCALE_PAIRS:-8}
 SCALE_SIZE=${SCALE_SIZE:-64}
 SCALE_SECONDS=${SCALE_SECONDS:-$SECONDS_PER_ROUND}
 DAEMON=${DAEMON:-}
+DAEMON_B=${DAEMON_B:-}
 RESULTS=${RESULTS:-$ROOT/results/bench-$MODE-$(date +%Y%m%d-%H%M%S)}
 export RUST_LOG=${RUST_LOG:-info}
 export PYTHONDONTWRITEBYTECODE=1
@@ -177,6 +181,25 @@ build_daemon() {
     cp "$DAEMON" "$WORK/daemon"
     DAEMON_SRC=$DAEMON
     DAEMON=$WORK/daemon
+    if [[ -n $DAEMON_B ]]; then
+        [[ -x $DAEMON_B ]] || die "no daemon binary at DAEMON_B=$DAEMON_B"
+        cp "$DAEMON_B" "$WORK/daemon-b"
+        DAEMON_B_SRC=$DAEMON_B
+        DAEMON_B=$WORK/daemon-b
+        VARIANTS="$VARIANTS b-event"
+        [[ " $VARIANTS " == *" ours-poll "* ]] && VARIANTS="$VARIANTS b-poll"
+    fi
+}
+
+# The binary and busy-poll setting of one of our variants.
+variant_daemon() { # variant -> BIN, POLL
+    case "$1" in
+    ours-event) BIN=$DAEMON POLL=0 ;;
+    ours-poll) BIN=$DAEMON POLL=$POLL_US ;;
+    b-event) BIN=$DAEMON_B POLL=0 ;;
+    b-poll) BIN=$DAEMON_B POLL=$POLL_US ;;
+    *) die "unknown variant $1" ;;
+    esac
 }
 
 setup_memory() {
@@ -308,8 +331,8 @@ fe_links_up() { # nports timeout_s
 
 DAEMON_PID=
 N_DAEMON=0
-daemon_start() { # vfs poll_us -> DAEMON_PID, SOCKDIR
-    local vfs=$1 poll=$2 i args=()
+daemon_start() { # vfs poll_us [binary] -> DAEMON_PID, SOCKDIR
+    local vfs=$1 poll=$2 bin=${3:-$DAEMON} i args=()
     N_DAEMON=$((N_DAEMON + 1))
     SOCKDIR=$WORK/d$N_DAEMON
     mkdir -p "$SOCKDIR"
@@ -321,7 +344,7 @@ daemon_start() { # vfs poll_us -> DAEMON_PID, SOCKDIR
         args+=(--poll-us "$poll")
     fi
     DAEMON_LOG=$RESULTS/logs/$(printf 'daemon-%03d' "$N_DAEMON")-vfs$vfs-poll$poll.log
-    taskset -c "$BACKEND_CPU" "$DAEMON" "${args[@]}" >"$DAEMON_LOG" 2>&1 &
+    taskset -c "$BACKEND_CPU" "$bin" "${args[@]}" >"$DAEMON_LOG" 2>&1 &
     DAEMON_PID=$!
     PIDS[$DAEMON_PID]=1
     for ((i = 0; i < 600; i++)); do
@@ -442,11 +465,10 @@ measure_latency() { # variant round
 run_variant() { # variant round
     local v=$1 r=$2 macs m0 m1
     case "$v" in
-    ours-event | ours-poll)
+    ours-event | ours-poll | b-event | b-poll)
         BE_KIND=ours
-        local poll=0
-        [[ $v == ours-poll ]] && poll=$POLL_US
-        daemon_start 2 "$poll"
+        variant_daemon "$v"
+        daemon_start 2 "$POLL" "$BIN"
         BE_PID=$DAEMON_PID
         ctl_json "$WORK/show.json"
         read -r m0 m1 < <(python3 "$HELPER" macs "$WORK/show.json" vf0 vf1)
@@ -549,9 +571,8 @@ EOF
         read -ra V <<<"$VARIANTS"
         for v in "${V[@]}"; do
             [[ $v == dpdk ]] && continue
-            poll=0
-            [[ $v == ours-poll ]] && poll=$POLL_US
-            daemon_start "$vfs" "$poll"
+            variant_daemon "$v"
+            daemon_start "$vfs" "$POLL" "$BIN"
             BE_PID=$DAEMON_PID
             sleep 1
             local idle
@@ -598,6 +619,9 @@ if ! "$DAEMON" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; then
     VARIANTS=$(tr ' ' '\n' <<<"$VARIANTS" | grep -vx ours-poll | tr '\n' ' ')
     log "busy-poll: $HAVE_POLL"
 fi
+if [[ -n $DAEMON_B ]] && ! "$DAEMON_B" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; then
+    VARIANTS=$(tr ' ' '\n' <<<"$VARIANTS" | grep -vx b-poll | tr '\n' ' ')
+fi
 
 python3 "$HELPER" env --out "$EVENTS" \
     --tag mode="$MODE" --tag rounds="$ROUNDS" --tag seconds_per_round="$SECONDS_PER_ROUND" \
@@ -608,6 +632,7 @@ python3 "$HELPER" env --out "$EVENTS" \
     --tag memory="$([[ $HUGE == 1 ]] && echo "hugetlbfs 2M private mount, --single-file-segments" || echo "--no-huge -m 1024")" \
     --tag eal_mem="${EAL_MEM[*]}" \
     --tag daemon="$DAEMON_SRC" --tag daemon_sha256="$(sha256sum "$DAEMON" | cut -c1-16)" \
+    --tag daemon_b="${DAEMON_B_SRC:-}" \
     --tag worktree_git_head="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)" \
     --tag worktree_dirty_files="$(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l)" \
     --tag scale_vfs="$SCALE_VFS" --tag scale_pairs="$SCALE_PAIRS" --tag scale_size="$SCALE_SIZE" \

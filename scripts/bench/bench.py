@@ -498,7 +498,8 @@ def interval(b, e, nports=None):
 
 
 WAIT_RULE = "others"
-LABELS = {"ours-event": "ours event-driven", "ours-poll": "ours busy-poll", "dpdk": "DPDK vhost"}
+LABELS = {"ours-event": "ours event-driven", "ours-poll": "ours busy-poll", "dpdk": "DPDK vhost",
+          "b-event": "B (DAEMON_B) event-driven", "b-poll": "B (DAEMON_B) busy-poll"}
 
 
 def lab(v):
@@ -930,6 +931,7 @@ def cmd_report(a):
     env = next((e for e in evs if e.get("type") == "env"), {})
     LABELS["ours-poll"] = f"ours busy-poll {env.get('poll_us', '?')}us" + (
         " (TOML)" if env.get("poll_via") == "config" else "")
+    LABELS["b-poll"] = f"B (DAEMON_B) busy-poll {env.get('poll_us', '?')}us"
     if a.mode == "scale":
         res, text = report_scale(evs, a.dir)
     else:
