@@ -187,7 +187,9 @@ build_daemon() {
         DAEMON_B_SRC=$DAEMON_B
         DAEMON_B=$WORK/daemon-b
         VARIANTS="$VARIANTS b-event"
-        [[ " $VARIANTS " == *" ours-poll "* ]] && VARIANTS="$VARIANTS b-poll"
+        if [[ " $VARIANTS " == *" ours-poll "* ]]; then
+            VARIANTS="$VARIANTS b-poll"
+        fi
     fi
 }
 
