@@ -92,6 +92,24 @@ struct RunScratch {
     rx: RxScratch,
     /// Per destination partition (by id): its session and memory, kept across batches.
     held: Vec<Option<Held>>,
+    /// Next entry of `held` to look at for staleness.
+    sweep: usize,
+}
+
+impl RunScratch {
+    /// Looks at one held entry and lets it go if its session moved on. Once per batch, so a
+    /// departed receiver's memory is released within as many batches as there are partitions,
+    /// even while this sender never goes idle.
+    fn sweep(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.sweep = (self.sweep + 1) % self.held.len();
+        let slot = &mut self.held[self.sweep];
+        if slot.as_ref().is_some_and(|h| !h.current()) {
+            *slot = None;
+        }
+    }
 }
 
 pub struct Switch {
@@ -195,6 +213,7 @@ impl Switch {
             }
         }
         from.queue_counters(pair).add_tx(&tx);
+        runs.sweep();
     }
 
     /// Delivers a run of frames to one partition, fixing offloads up in software when its
@@ -216,6 +235,7 @@ impl Switch {
             segments,
             rx,
             held,
+            ..
         } = runs;
         if held.len() <= dest.id {
             held.resize_with(dest.id + 1, || None);
@@ -387,6 +407,25 @@ mod tests {
             s.decide(vf, mac("02:00:00:00:00:02"), mac("02:00:00:00:00:00")),
             Decision::Unicast(0)
         );
+    }
+
+    #[test]
+    fn a_stale_receiver_hold_is_let_go_by_the_sweep() {
+        let (d, _) = crate::testutil::Driver::new(16);
+        let (gone, live) = (
+            crate::testutil::session_on(&d, 0),
+            crate::testutil::session_on(&d, 0),
+        );
+        let mut r = RunScratch {
+            held: vec![None, Some(Held::of(gone.clone())), Some(Held::of(live))],
+            ..Default::default()
+        };
+        gone.stop_worker();
+        for _ in 0..3 {
+            r.sweep();
+        }
+        assert!(r.held[1].is_none(), "its session ended");
+        assert!(r.held[2].is_some(), "still current");
     }
 
     #[test]
