@@ -165,15 +165,17 @@ impl VhostUserBackend for NetDevice {
         // The handler has already installed the new table. A region reaching past the end of
         // its file would SIGBUS the whole daemon on first touch, so such a table is replaced by
         // an empty one (every access then fails cleanly) and refused.
-        if let Some(s) = self.inner.partition.session() {
-            s.bump_generation();
-        }
         let bad = check_regions(&mem.memory());
         if let Err(e) = &bad {
             if let Ok(guard) = mem.lock() {
                 guard.replace(crate::Mem::new());
             }
             log::warn!("{}: memory table refused: {e}", self.inner.partition.name());
+        }
+        // Only now, with the table final: a data-path thread that took a snapshot of the refused
+        // table before its replacement must see a generation change and drop it.
+        if let Some(s) = self.inner.partition.session() {
+            s.bump_generation();
         }
         bad
     }
