@@ -1,4 +1,5 @@
-//! Per-queue-pair counters. Writers are data-path threads (relaxed atomics, no locks); readers are
+//! Per-queue-pair counters. Writers are data-path threads, adding a batch's tally (relaxed atomics,
+//! no locks); readers are
 //! the control server, which sums queue pairs into partition totals.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -69,26 +70,6 @@ pub enum Cast {
 }
 
 impl QueueCounters {
-    pub fn rx(&self, bytes: usize, cast: Cast) {
-        self.rx_packets.fetch_add(1, Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Relaxed);
-        match cast {
-            Cast::Broadcast => self.rx_broadcast.fetch_add(1, Relaxed),
-            Cast::Multicast => self.rx_multicast.fetch_add(1, Relaxed),
-            Cast::Unicast => 0,
-        };
-    }
-
-    pub fn tx(&self, bytes: usize, cast: Cast) {
-        self.tx_packets.fetch_add(1, Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Relaxed);
-        match cast {
-            Cast::Broadcast => self.tx_broadcast.fetch_add(1, Relaxed),
-            Cast::Multicast => self.tx_multicast.fetch_add(1, Relaxed),
-            Cast::Unicast => 0,
-        };
-    }
-
     pub fn drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Relaxed);
     }
@@ -253,9 +234,12 @@ mod tests {
     #[test]
     fn counts_and_sums() {
         let q = QueueCounters::default();
-        q.rx(100, Cast::Broadcast);
-        q.rx(60, Cast::Unicast);
-        q.tx(42, Cast::Multicast);
+        let (mut rx, mut tx) = (Tally::default(), Tally::default());
+        rx.count(100, Cast::Broadcast);
+        rx.count(60, Cast::Unicast);
+        tx.count(42, Cast::Multicast);
+        q.add_rx(&rx);
+        q.add_tx(&tx);
         q.drop(DropReason::SpoofedSource);
         q.drop(DropReason::SpoofedSource);
         let s = q.snapshot();

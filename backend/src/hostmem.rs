@@ -70,11 +70,6 @@ impl<'a> HostMem<'a> {
         h
     }
 
-    /// The guest memory this view translates.
-    pub fn mem(&self) -> &'a Mem {
-        self.mem
-    }
-
     /// Host pointer to `addr` and the bytes from there to the end of its region.
     #[inline]
     pub fn span(&self, addr: u64) -> Option<(*mut u8, usize)> {

@@ -141,11 +141,6 @@ impl Partition {
         self.session.load_full()
     }
 
-    /// The session without touching its reference count: for the per-packet path.
-    pub fn session_guard(&self) -> arc_swap::Guard<Option<Arc<Session>>> {
-        self.session.load()
-    }
-
     pub fn lifecycle(&self) -> Lifecycle {
         *self.lock_life()
     }
@@ -235,7 +230,9 @@ mod tests {
         let p = part();
         assert_eq!(p.name(), "vf0");
         assert_eq!(Role::Pf.name(), "pf");
-        p.queue_counters(7).tx(10, crate::counters::Cast::Unicast);
+        let mut t = crate::counters::Tally::default();
+        t.count(10, crate::counters::Cast::Unicast);
+        p.queue_counters(7).add_tx(&t);
         assert_eq!(p.counter_snapshots()[1].tx_packets, 1);
         assert_eq!(p.totals().tx_bytes, 10);
     }
