@@ -1,6 +1,6 @@
-//! Per-queue-pair counters. Writers are data-path threads, adding a batch's tally (relaxed atomics,
-//! no locks); readers are
-//! the control server, which sums queue pairs into partition totals.
+//! Per-queue-pair counters. Writers are data-path threads, adding a batch's tally (relaxed
+//! atomics, no locks); readers are the control server, which sums queue pairs into partition
+//! totals.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
