@@ -164,26 +164,10 @@ impl Table {
 }
 
 /// Walks the chain starting at `head`, appending its buffers to `out` (so a batch's chains can
-/// share one list). Returns the total byte count; on error `out` is left as it was. `max_len`
-/// bounds the bytes a chain may carry.
+/// share one list). Returns the total byte count. On error `out` may end with some of the
+/// chain's buffers; callers drop the whole list or refer to chains by range. `max_len` bounds the
+/// bytes a chain may carry.
 pub fn walk_chain(
-    mem: &HostMem<'_>,
-    t: Table,
-    head: u16,
-    dir: Dir,
-    indirect_ok: bool,
-    max_len: u32,
-    out: &mut Vec<Seg>,
-) -> Result<u32, ChainError> {
-    let start = out.len();
-    let r = walk(mem, t, head, dir, indirect_ok, max_len, out);
-    if r.is_err() {
-        out.truncate(start);
-    }
-    r
-}
-
-fn walk(
     mem: &HostMem<'_>,
     t: Table,
     head: u16,

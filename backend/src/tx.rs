@@ -296,24 +296,18 @@ fn take_frame(
         Ok(t) => t as usize,
         Err(e) => return malformed(&e),
     };
+    // A frame refers to its chain by range, so a malformed chain's buffers can stay in `segs`.
     let range = start..segs.len();
     let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
     if total < h.len() {
-        segs.truncate(start);
         return malformed(&format_args!(
             "{total} bytes is shorter than the virtio-net and Ethernet headers"
         ));
     }
     match frame::read(mem, &segs[range.clone()], 0, &mut h) {
         Ok(n) if n == h.len() => {}
-        Ok(_) => {
-            segs.truncate(start);
-            return malformed(&"short read");
-        }
-        Err(e) => {
-            segs.truncate(start);
-            return malformed(&e);
-        }
+        Ok(_) => return malformed(&"short read"),
+        Err(e) => return malformed(&e),
     }
     let mut hb = [0u8; NET_HDR_LEN];
     hb.copy_from_slice(&h[..NET_HDR_LEN]);
