@@ -161,16 +161,13 @@ fn run(shared: &Shared, window: Duration) {
                     }
                 }
             };
-            if !idle {
-                e.idle_since = None;
-                e.probe = None;
-                e.held = None;
-                return e.job.release();
+            if idle {
+                let Some(t) = now else { return true };
+                if t.duration_since(*e.idle_since.get_or_insert(t)) < window {
+                    return true;
+                }
             }
-            let Some(t) = now else { return true };
-            if t.duration_since(*e.idle_since.get_or_insert(t)) < window {
-                return true;
-            }
+            // Stopped, or idle for the whole window: back to kicks.
             e.idle_since = None;
             e.probe = None;
             e.held = None;

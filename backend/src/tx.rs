@@ -121,35 +121,32 @@ pub struct IdleProbe {
 
 impl IdleProbe {
     pub fn new(held: &Held, pair: usize) -> Option<Self> {
-        let (avail_ring, next_avail) = Self::ring_state(held, pair)?;
-        let avail_idx = HostMem::new(&held.mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
-        Some(IdleProbe {
-            session: held.session.clone(),
-            _mem: held.mem.clone(),
-            avail_idx,
-            next_avail,
-            generation: held.generation(),
-        })
+        Self::renew(None, held, pair)
     }
 
-    /// Re-arms this probe for the ring's current position when it was made from the same hold
-    /// (no reference counts touched); otherwise a new one. None when the ring is not running.
+    /// A probe for the ring's current position. `probe`, when it was made from the same hold
+    /// for the same ring, is re-armed in place (no reference counts touched). None when the ring
+    /// is not running.
     pub fn renew(probe: Option<Self>, held: &Held, pair: usize) -> Option<Self> {
+        let (avail_ring, next_avail) = Self::ring_state(held, pair)?;
+        let avail_idx = HostMem::new(&held.mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
         match probe {
             Some(mut p)
                 if Arc::ptr_eq(&p.session, &held.session)
                     && Arc::ptr_eq(&p._mem, &held.mem)
-                    && p.generation == held.generation() =>
+                    && p.generation == held.generation()
+                    && p.avail_idx == avail_idx =>
             {
-                let (avail_ring, next_avail) = Self::ring_state(held, pair)?;
-                let at = HostMem::new(&held.mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
-                if at != p.avail_idx {
-                    return Self::new(held, pair);
-                }
                 p.next_avail = next_avail;
                 Some(p)
             }
-            _ => Self::new(held, pair),
+            _ => Some(IdleProbe {
+                session: held.session.clone(),
+                _mem: held.mem.clone(),
+                avail_idx,
+                next_avail,
+                generation: held.generation(),
+            }),
         }
     }
 
