@@ -59,9 +59,9 @@ pub struct RxQueue<'a> {
 }
 
 impl<'a> RxQueue<'a> {
-    /// Locks `dest`'s RX queue (in `mem`, a view of `session`'s memory) for the sender's pair `pair_hint` spread over the receiver's
-    /// pairs, falling back to pair 0 when that ring is not running (the driver enabled fewer
-    /// pairs).
+    /// Locks `dest`'s RX queue (in `mem`, a view of `session`'s memory) for the sender's pair
+    /// `pair_hint` spread over the receiver's pairs, falling back to pair 0 when that ring is not
+    /// running (the driver enabled fewer pairs).
     pub fn open(
         dest: &'a Partition,
         session: &'a Session,
@@ -113,11 +113,11 @@ impl<'a> RxQueue<'a> {
         self.offloads
     }
 
-    fn reload(&mut self) -> Result<u16, DropReason> {
+    fn reload(&mut self) -> Result<(), DropReason> {
         match ring::pending(self.mem, self.ring.get_queue()) {
             Ok(n) => {
                 self.avail = n;
-                Ok(n)
+                Ok(())
             }
             Err(ring::RingError::NotReady) => Err(DropReason::DestinationDown),
             Err(e) => Err(self.isolate(&e)),
@@ -190,17 +190,17 @@ impl<'a> RxQueue<'a> {
             self.session.warn_once(Warn::SenderMemory, &e);
             return Err(DropReason::MalformedChain);
         }
-        let q = self.ring.get_queue_mut();
         let mut left = need;
         for (k, (head, c)) in self.scratch.chains.iter().enumerate() {
             let n = left.min(*c as usize);
             left -= n;
+            let q = self.ring.get_queue();
             if let Err(e) = ring::write_used(self.mem, q, k as u16, *head, n as u32) {
-                self.session.mark_broken(self.qidx, &e);
-                return Err(DropReason::DestinationDown);
+                return Err(self.isolate(&e));
             }
         }
         let used = self.scratch.chains.len() as u16;
+        let q = self.ring.get_queue_mut();
         q.set_next_avail(q.next_avail().wrapping_add(used));
         q.set_next_used(q.next_used().wrapping_add(used));
         self.avail -= used;

@@ -248,10 +248,9 @@ impl Switch {
             Ok(q) => q,
             Err(_) => return RunResult::Down,
         };
-        let rxo = q.offloads();
         let mut drops = Tally::default();
         for f in run {
-            match Self::put(from, &mut q, batch, f, cast, rxo, linear, segments) {
+            match Self::put(from, &mut q, batch, f, cast, linear, segments) {
                 // NoRxBuffer is the receiver's drop, counted there.
                 Ok(()) | Err(DropReason::NoRxBuffer) => {}
                 Err(r) => drops.drop(r),
@@ -260,17 +259,16 @@ impl Switch {
         RunResult::Done(drops)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn put(
         from: &Partition,
         q: &mut RxQueue<'_>,
         batch: &TxBatch<'_>,
         f: &TxFrame,
         cast: Cast,
-        rxo: offload::RxOffloads,
         linear: &mut Vec<u8>,
         segments: &mut Vec<u8>,
     ) -> Result<(), DropReason> {
+        let rxo = q.offloads();
         // Only these fields travel; DATA_VALID and num_buffers are the device's to set.
         let hdr = NetHdr {
             flags: f.hdr.flags & FLAG_NEEDS_CSUM,
