@@ -1,8 +1,8 @@
 //! Moving frame bytes between guest buffers: gather reads of headers, and the single copy from a
 //! sender's TX buffers (or a software-built frame) straight into a receiver's RX buffers.
 
-use crate::hostmem::HostMem;
-use crate::ring::Seg;
+use crate::hostmem::{HostMem, HostPtr};
+use crate::ring::{Flat, Seg};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CopyError {
@@ -19,8 +19,28 @@ pub enum Source<'a> {
         mem: &'a HostMem<'a>,
         segs: &'a [Seg],
     },
+    /// A sender's TX chain that is one buffer in one region, already translated: `len` bytes at
+    /// `ptr`, valid while the sender's memory snapshot is held.
+    Host { ptr: HostPtr, len: usize },
     /// A frame built by the device (software offload fallback).
     Bytes(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// Host address of `len` bytes starting `skip` bytes in, when they are in one piece.
+    fn contiguous(&self, skip: usize, len: usize) -> Option<*const u8> {
+        let end = skip.checked_add(len)?;
+        match self {
+            Source::Guest { mem, segs } => {
+                contiguous(segs, skip, len).and_then(|a| mem.ptr(a, len).map(|p| p as *const u8))
+            }
+            // SAFETY: skip + len <= the bytes translated at `ptr`.
+            Source::Host { ptr, len: have } => {
+                (end <= *have).then(|| unsafe { ptr.0.add(skip) } as *const u8)
+            }
+            Source::Bytes(b) => b.get(skip..end).map(|s| s.as_ptr()),
+        }
+    }
 }
 
 /// Cursor over a list of guest buffers.
@@ -104,14 +124,15 @@ pub fn copy(
     let mut out = Cursor::new(dst, dst_skip);
     let mut left = len;
     match src {
-        Source::Bytes(bytes) => {
+        Source::Bytes(_) | Source::Host { .. } => {
             let mut pos = src_skip;
             while left > 0 {
                 let (addr, n) = out.next(left).ok_or(CopyError::Short)?;
                 let (d, n) = span(dst_mem, addr, n)?;
-                let chunk = bytes.get(pos..pos + n).ok_or(CopyError::Short)?;
-                // SAFETY: `d` has `n` bytes inside the destination mapping.
-                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), d, n) };
+                let s = src.contiguous(pos, n).ok_or(CopyError::Short)?;
+                // SAFETY: `d` has `n` bytes inside the destination mapping and `s` has `n`
+                // bytes; `copy` because a host source is guest memory too (see below).
+                unsafe { std::ptr::copy(s, d, n) };
                 pos += n;
                 left -= n;
             }
@@ -172,21 +193,53 @@ pub fn copy_with_header(
     dst: &[Seg],
     len: usize,
 ) -> Result<(), CopyError> {
-    if let Source::Guest { mem, segs } = src {
-        let d = contiguous(dst, 0, hdr.len() + len).and_then(|a| dst_mem.ptr(a, hdr.len() + len));
-        let s = contiguous(segs, src_skip, len).and_then(|a| mem.ptr(a, len));
-        if let (Some(d), Some(s)) = (d, s) {
-            // SAFETY: `d` has hdr.len() + len bytes and `s` has len bytes inside their
-            // mappings; `copy` as in `copy` below.
-            unsafe {
-                std::ptr::copy_nonoverlapping(hdr.as_ptr(), d, hdr.len());
-                std::ptr::copy(s, d.add(hdr.len()), len);
-            }
-            return Ok(());
-        }
+    let total = hdr.len() + len;
+    let d = contiguous(dst, 0, total).and_then(|a| dst_mem.ptr(a, total));
+    if let (Some(d), Some(s)) = (d, src.contiguous(src_skip, len)) {
+        // SAFETY: `d` has hdr.len() + len bytes inside the destination mapping, `s` has len.
+        unsafe { write_at(d, hdr, s, len) };
+        return Ok(());
     }
     copy(&Source::Bytes(hdr), 0, dst_mem, dst, 0, hdr.len())?;
     copy(src, src_skip, dst_mem, dst, hdr.len(), len)
+}
+
+/// [`copy_with_header`] into one buffer already translated by [`ring::flat`].
+pub fn copy_with_header_flat(
+    hdr: &[u8],
+    src: &Source<'_>,
+    src_skip: usize,
+    dst_mem: &HostMem<'_>,
+    dst: &Flat,
+    len: usize,
+) -> Result<(), CopyError> {
+    if (dst.seg.len as usize) < hdr.len() + len {
+        return Err(CopyError::Short);
+    }
+    match src.contiguous(src_skip, len) {
+        // SAFETY: `dst` was translated for seg.len bytes, checked above; `s` has len bytes.
+        Some(s) => unsafe { write_at(dst.host.0, hdr, s, len) },
+        None => copy_with_header(
+            hdr,
+            src,
+            src_skip,
+            dst_mem,
+            std::slice::from_ref(&dst.seg),
+            len,
+        )?,
+    }
+    Ok(())
+}
+
+/// Writes `hdr` and then `len` bytes from `s` at `d`.
+///
+/// # Safety
+/// `d` must have room for hdr.len() + len bytes and `s` must have `len` readable bytes. They may
+/// overlap (sender and receiver memories can be mappings of one file): `copy`, not
+/// `copy_nonoverlapping`, keeps a frontend that aliases them from causing UB.
+unsafe fn write_at(d: *mut u8, hdr: &[u8], s: *const u8, len: usize) {
+    std::ptr::copy_nonoverlapping(hdr.as_ptr(), d, hdr.len());
+    std::ptr::copy(s, d.add(hdr.len()), len);
 }
 
 #[cfg(test)]
@@ -318,6 +371,53 @@ mod tests {
         };
         assert_eq!(
             copy_with_header(&hdr, &s, 12, &HostMem::new(&b), &short, 100),
+            Err(CopyError::Short)
+        );
+    }
+
+    #[test]
+    fn a_translated_source_copies_like_a_guest_one_and_is_bounds_checked() {
+        let a = two_region_mem();
+        let b = two_region_mem();
+        let data: Vec<u8> = (0..100u8).collect();
+        a.write_slice(&data, GuestAddress(0x10c)).unwrap();
+        let ha = HostMem::new(&a);
+        let hb = HostMem::new(&b);
+        let ptr = HostPtr(ha.ptr(0x100, 112).unwrap());
+        let host = Source::Host { ptr, len: 112 };
+        let hdr = [0xee; 12];
+        // Into one translated buffer, and into a chain split inside the frame.
+        let dst = Flat {
+            seg: Seg {
+                addr: 0x800,
+                len: 112,
+            },
+            host: HostPtr(hb.ptr(0x800, 112).unwrap()),
+        };
+        copy_with_header_flat(&hdr, &host, 12, &hb, &dst, 100).unwrap();
+        let mut got = vec![0u8; 112];
+        read(&hb, &[dst.seg], 0, &mut got).unwrap();
+        assert_eq!((&got[..12], &got[12..]), (&hdr[..], &data[..]));
+        let split = [
+            Seg {
+                addr: 0x900,
+                len: 50,
+            },
+            Seg {
+                addr: 0x1100,
+                len: 62,
+            },
+        ];
+        copy_with_header(&hdr, &host, 12, &hb, &split, 100).unwrap();
+        read(&hb, &split, 0, &mut got).unwrap();
+        assert_eq!(&got[12..], &data[..]);
+        // Never past what was translated, nor past the destination.
+        assert_eq!(
+            copy_with_header(&hdr, &host, 13, &hb, &split, 100),
+            Err(CopyError::Short)
+        );
+        assert_eq!(
+            copy_with_header_flat(&hdr, &host, 12, &hb, &dst, 101),
             Err(CopyError::Short)
         );
     }

@@ -10,6 +10,16 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 
 use crate::Mem;
 
+/// A host address inside a guest-memory snapshot, kept in per-queue scratch lists. It is only
+/// dereferenced while the snapshot it was translated from is held (the batch that made it), and
+/// lists are cleared before reuse, so a stale one is never read. That makes it safe to send with
+/// the scratch it sits in, which a poller thread may take over between batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPtr(pub *mut u8);
+
+// SAFETY: a plain address; see above for when it is dereferenced.
+unsafe impl Send for HostPtr {}
+
 /// Regions kept inline; QEMU maps 1-3, DPDK one per memory segment file. More fall back to
 /// vm-memory's lookup.
 const INLINE: usize = 8;

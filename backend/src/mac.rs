@@ -26,6 +26,12 @@ impl MacAddr {
         self.is_group() && !self.is_broadcast()
     }
 
+    /// The address as an integer: a table key that hashes with one multiply.
+    pub fn key(&self) -> u64 {
+        let b = self.0;
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], 0, 0])
+    }
+
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
-use crate::hostmem::HostMem;
+use crate::hostmem::{HostMem, HostPtr};
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, FLAG_NEEDS_CSUM, NET_HDR_LEN};
 use crate::offload;
@@ -54,6 +54,8 @@ pub struct TxFrame {
     pub len: usize,
     pub dst: MacAddr,
     pub src: MacAddr,
+    /// Host address of the chain when it is one buffer in one region ([`crate::ring::Flat`]).
+    pub host: Option<HostPtr>,
 }
 
 /// The frames of one TX batch of one queue, in ring order.
@@ -114,12 +116,13 @@ impl RunScratch {
 
 pub struct Switch {
     partitions: Vec<Arc<Partition>>,
-    fdb: FxHashMap<MacAddr, PartitionId>,
+    /// Partition by MAC ([`MacAddr::key`]).
+    fdb: FxHashMap<u64, PartitionId>,
 }
 
 impl Switch {
     pub fn new(partitions: Vec<Arc<Partition>>) -> Result<Self, SwitchError> {
-        let mut fdb: FxHashMap<MacAddr, PartitionId> = FxHashMap::default();
+        let mut fdb: FxHashMap<u64, PartitionId> = FxHashMap::default();
         for (i, p) in partitions.iter().enumerate() {
             if p.id != i {
                 return Err(SwitchError::BadIndex(i, p.id));
@@ -128,7 +131,7 @@ impl Switch {
             if mac.is_group() || mac.is_zero() {
                 return Err(SwitchError::BadMac(p.name(), mac));
             }
-            if let Some(other) = fdb.insert(mac, p.id) {
+            if let Some(other) = fdb.insert(mac.key(), p.id) {
                 return Err(SwitchError::DuplicateMac {
                     mac,
                     first: partitions[other].name(),
@@ -153,7 +156,7 @@ impl Switch {
         if dst.is_multicast() {
             return Decision::Flood(Cast::Multicast);
         }
-        match self.fdb.get(&dst) {
+        match self.fdb.get(&dst.key()) {
             None => Decision::Drop(DropReason::UnknownDestination),
             Some(id) if *id == from.id => Decision::Drop(DropReason::Hairpin),
             Some(id) => Decision::Unicast(*id),
@@ -166,7 +169,17 @@ impl Switch {
     pub fn forward(&self, from: &Partition, pair: usize, batch: &TxBatch<'_>, s: &mut FwdScratch) {
         let FwdScratch { decisions, runs } = s;
         decisions.clear();
-        decisions.extend(batch.frames.iter().map(|f| self.decide(from, f.src, f.dst)));
+        // A batch is mostly one flow: a frame with the previous frame's addresses gets its
+        // decision without a table lookup.
+        let mut last: Option<(MacAddr, MacAddr, Decision)> = None;
+        decisions.extend(batch.frames.iter().map(|f| match last {
+            Some((src, dst, d)) if src == f.src && dst == f.dst => d,
+            _ => {
+                let d = self.decide(from, f.src, f.dst);
+                last = Some((f.src, f.dst, d));
+                d
+            }
+        }));
         let mut tx = Tally::default();
         let mut i = 0;
         while i < batch.frames.len() {
@@ -277,12 +290,19 @@ impl Switch {
         };
         let segs = batch.segs_of(f);
         if offload::passes_as_is(&hdr, rxo) {
-            return q.put(&Outgoing {
-                hdr,
-                src: Source::Guest {
+            let src = match f.host {
+                Some(ptr) => Source::Host {
+                    ptr,
+                    len: NET_HDR_LEN + f.len,
+                },
+                None => Source::Guest {
                     mem: batch.mem,
                     segs,
                 },
+            };
+            return q.put(&Outgoing {
+                hdr,
+                src,
                 skip: NET_HDR_LEN,
                 len: f.len,
                 cast,
@@ -427,6 +447,48 @@ mod tests {
     }
 
     #[test]
+    fn frames_of_one_batch_are_decided_on_their_own_addresses() {
+        let s = sw();
+        let vf0 = &s.partitions()[1];
+        let m: crate::Mem = vm_memory::GuestMemoryMmap::new();
+        let m = HostMem::new(&m);
+        let f = TxFrame {
+            hdr: NetHdr::default(),
+            segs: 0..0,
+            len: 60,
+            dst: mac("02:00:00:00:00:02"),
+            src: vf0.mac(),
+            host: None,
+        };
+        let spoofed = TxFrame {
+            src: mac("02:00:00:00:00:00"),
+            ..f.clone()
+        };
+        let unknown = TxFrame {
+            dst: mac("02:00:00:00:00:99"),
+            ..f.clone()
+        };
+        let frames = [f.clone(), spoofed, f.clone(), unknown, f];
+        let batch = TxBatch {
+            mem: &m,
+            segs: &[],
+            frames: &frames,
+        };
+        let mut scratch = FwdScratch::default();
+        s.forward(vf0, 0, &batch, &mut scratch);
+        assert_eq!(
+            scratch.decisions,
+            [
+                Decision::Unicast(2),
+                Decision::Drop(DropReason::SpoofedSource),
+                Decision::Unicast(2),
+                Decision::Drop(DropReason::UnknownDestination),
+                Decision::Unicast(2),
+            ]
+        );
+    }
+
+    #[test]
     fn rejects_duplicate_and_group_macs() {
         let dup = Switch::new(vec![
             part(0, "02:00:00:00:00:00"),
@@ -449,6 +511,7 @@ mod tests {
             len: 60,
             dst: mac("02:00:00:00:00:01"),
             src: pf.mac(),
+            host: None,
         };
         // A run of three unicast frames, then a broadcast, then one more unicast.
         let b = TxFrame {

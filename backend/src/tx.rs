@@ -262,8 +262,19 @@ struct TxQueue<'a> {
     pair: usize,
 }
 
+/// Why a TX chain carries nothing. It is completed like any other.
+#[derive(Debug, thiserror::Error)]
+enum BadTx {
+    #[error(transparent)]
+    Chain(#[from] ring::ChainError),
+    #[error("{0} bytes is shorter than the virtio-net and Ethernet headers")]
+    Short(usize),
+    #[error(transparent)]
+    Copy(#[from] frame::CopyError),
+}
+
 /// Walks one chain and reads its headers. A malformed chain is counted and warned about (once
-/// per connection) here; it is completed like any other, carrying nothing.
+/// per connection) here.
 fn take_frame(
     part: &Partition,
     session: &Session,
@@ -271,41 +282,29 @@ fn take_frame(
     head: u16,
     segs: &mut Vec<Seg>,
 ) -> Option<TxFrame> {
-    let (mem, pair) = (q.mem, q.pair);
-    let malformed = |why: &dyn std::fmt::Display| {
-        part.queue_counters(pair).drop(DropReason::MalformedChain);
-        session.warn_once(
-            Warn::MalformedTxChain,
-            &format_args!("TX chain {head} on pair {pair}: {why}"),
-        );
-        None
-    };
     let start = segs.len();
-    let total = match ring::walk_chain(
-        mem,
-        q.table,
-        head,
-        Dir::Readable,
-        q.indirect,
-        MAX_TX_CHAIN,
-        segs,
-    ) {
-        Ok(t) => t as usize,
-        Err(e) => return malformed(&e),
-    };
-    // A frame refers to its chain by range, so a malformed chain's buffers can stay in `segs`.
-    let range = start..segs.len();
     let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
-    if total < h.len() {
-        return malformed(&format_args!(
-            "{total} bytes is shorter than the virtio-net and Ethernet headers"
-        ));
-    }
-    match frame::read(mem, &segs[range.clone()], 0, &mut h) {
-        Ok(n) if n == h.len() => {}
-        Ok(_) => return malformed(&"short read"),
-        Err(e) => return malformed(&e),
-    }
+    let taken = match ring::flat(q.mem, q.table, head, Dir::Readable, MAX_TX_CHAIN) {
+        Some(f) if f.seg.len as usize >= h.len() => {
+            segs.push(f.seg);
+            // SAFETY: the buffer has at least h.len() bytes at `f.host`.
+            unsafe { std::ptr::copy_nonoverlapping(f.host.0, h.as_mut_ptr(), h.len()) };
+            Ok((f.seg.len as usize, Some(f.host)))
+        }
+        _ => take_chain(q, head, segs, &mut h).map(|total| (total, None)),
+    };
+    let (total, host) = match taken {
+        Ok(t) => t,
+        Err(why) => {
+            let pair = q.pair;
+            part.queue_counters(pair).drop(DropReason::MalformedChain);
+            session.warn_once(
+                Warn::MalformedTxChain,
+                &format_args!("TX chain {head} on pair {pair}: {why}"),
+            );
+            return None;
+        }
+    };
     let mut hb = [0u8; NET_HDR_LEN];
     hb.copy_from_slice(&h[..NET_HDR_LEN]);
     let mut dst = [0u8; 6];
@@ -314,11 +313,40 @@ fn take_frame(
     src.copy_from_slice(&h[NET_HDR_LEN + 6..NET_HDR_LEN + 12]);
     Some(TxFrame {
         hdr: NetHdr::parse(&hb),
-        segs: range,
+        segs: start..segs.len(),
         len: total - NET_HDR_LEN,
         dst: MacAddr(dst),
         src: MacAddr(src),
+        host,
     })
+}
+
+/// The general case of [`take_frame`]: walks any chain into `segs` and gathers its headers into
+/// `h`. Returns the chain's length. A malformed chain's buffers may stay in `segs`: frames refer
+/// to their chains by range.
+fn take_chain(
+    q: &TxQueue<'_>,
+    head: u16,
+    segs: &mut Vec<Seg>,
+    h: &mut [u8; NET_HDR_LEN + ETH_HLEN],
+) -> Result<usize, BadTx> {
+    let start = segs.len();
+    let total = ring::walk_chain(
+        q.mem,
+        q.table,
+        head,
+        Dir::Readable,
+        q.indirect,
+        MAX_TX_CHAIN,
+        segs,
+    )? as usize;
+    if total < h.len() {
+        return Err(BadTx::Short(total));
+    }
+    match frame::read(q.mem, &segs[start..], 0, h)? {
+        n if n == h.len() => Ok(total),
+        _ => Err(BadTx::Short(total)),
+    }
 }
 
 #[cfg(test)]
