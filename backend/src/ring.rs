@@ -4,8 +4,12 @@
 //! - malformed chains must be detected and reported (DescriptorChain's iterator just stops early);
 //! - a mergeable RX frame spans several used entries that must become visible with ONE used.idx
 //!   store, or the driver can see the head before its continuation buffers.
+//!
+//! A batch (or an RX run) maps the ring once ([`Ring::map`]) and then reaches its entries through
+//! host pointers, as QEMU's and DPDK's vhost do.
 
-use std::sync::atomic::{fence, Ordering};
+use std::marker::PhantomData;
+use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use virtio_queue::{Queue, QueueT};
 
@@ -67,12 +71,8 @@ pub enum RingError {
     NotReady,
     #[error("avail index jumped from {next} to {avail} on a queue of {size}")]
     AvailJump { avail: u16, next: u16, size: u16 },
-    #[error("ring memory at {0:#x} is not accessible")]
-    Memory(u64),
-}
-
-fn load_u16(mem: &HostMem<'_>, addr: u64, order: Ordering) -> Result<u16, RingError> {
-    mem.load_u16(addr, order).ok_or(RingError::Memory(addr))
+    #[error("{what} at {addr:#x} is not inside one memory region (or misaligned)")]
+    Unmapped { what: &'static str, addr: u64 },
 }
 
 fn ready(q: &Queue) -> Result<(), RingError> {
@@ -81,38 +81,6 @@ fn ready(q: &Queue) -> Result<(), RingError> {
     } else {
         Err(RingError::NotReady)
     }
-}
-
-/// Ring position of free-running index `idx`. Split-ring sizes are powers of two (the queue
-/// refuses any other size), so this is a mask, not a division: four per frame showed.
-fn slot(q: &Queue, idx: u16) -> u16 {
-    debug_assert!(q.size().is_power_of_two());
-    idx & q.size().wrapping_sub(1)
-}
-
-/// Number of chains the driver has made available beyond `next_avail`.
-pub fn pending(mem: &HostMem<'_>, q: &Queue) -> Result<u16, RingError> {
-    ready(q)?;
-    let avail = load_u16(mem, q.avail_ring() + 2, Ordering::Acquire)?;
-    let n = avail.wrapping_sub(q.next_avail());
-    if n > q.size() {
-        return Err(RingError::AvailJump {
-            avail,
-            next: q.next_avail(),
-            size: q.size(),
-        });
-    }
-    Ok(n)
-}
-
-/// Head descriptor index of the chain at ring position `next_avail + k`.
-pub fn avail_head(mem: &HostMem<'_>, q: &Queue, k: u16) -> Result<u16, RingError> {
-    let pos = slot(q, q.next_avail().wrapping_add(k));
-    load_u16(
-        mem,
-        q.avail_ring() + 4 + 2 * u64::from(pos),
-        Ordering::Acquire,
-    )
 }
 
 /// A split-ring descriptor as the driver wrote it (little-endian, possibly unaligned when it
@@ -170,40 +138,6 @@ impl Table {
 pub struct Flat {
     pub seg: Seg,
     pub host: HostPtr,
-}
-
-/// The chain at `head` when it is a [`Flat`] one that `walk_chain` would accept as it is (right
-/// direction, not empty, at most `max_len` bytes). None means "take the general walk", which
-/// also reports whatever is wrong with it.
-#[inline]
-pub fn flat(mem: &HostMem<'_>, t: Table, head: u16, dir: Dir, max_len: u32) -> Option<Flat> {
-    if head >= t.size {
-        return None;
-    }
-    let p = mem.ptr(t.addr + u64::from(head) * DESC_SIZE, DESC_SIZE as usize)?;
-    let mut raw = [0u8; DESC_SIZE as usize];
-    // SAFETY: `p` has 16 bytes inside a live mapping; a byte copy tolerates the driver
-    // changing them (as the general walk does).
-    unsafe { std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len()) };
-    let d = Desc::parse(&raw);
-    let want = match dir {
-        Dir::Readable => 0,
-        Dir::Writable => DESC_F_WRITE,
-    };
-    if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want
-        || d.len == 0
-        || d.len > max_len
-    {
-        return None;
-    }
-    let host = mem.ptr(d.addr, d.len as usize)?;
-    Some(Flat {
-        seg: Seg {
-            addr: d.addr,
-            len: d.len,
-        },
-        host: HostPtr(host),
-    })
 }
 
 /// Walks the chain starting at `head`, appending its buffers to `out` (so a batch's chains can
@@ -286,55 +220,163 @@ pub fn walk_chain(
     }
 }
 
-/// Writes the used element `k` positions after `next_used`, without publishing it.
-pub fn write_used(
-    mem: &HostMem<'_>,
-    q: &Queue,
-    k: u16,
-    id: u16,
-    len: u32,
-) -> Result<(), RingError> {
-    let pos = slot(q, q.next_used().wrapping_add(k));
-    let at = q.used_ring() + 4 + 8 * u64::from(pos);
-    let mut elem = [0u8; 8];
-    elem[..4].copy_from_slice(&u32::from(id).to_le_bytes());
-    elem[4..].copy_from_slice(&len.to_le_bytes());
-    mem.write(at, &elem).ok_or(RingError::Memory(at))
+/// A split ring mapped for one batch or RX run: host addresses of its descriptor table, avail
+/// ring and used ring, translated once instead of per access. Like QEMU's and DPDK's vhost, the
+/// device needs each area inside one memory region; a frontend that places one across regions has
+/// that queue stopped with an error. Positions (next_avail, next_used) stay in the `Queue`, whose
+/// ring lock the caller holds while it uses this.
+#[derive(Clone, Copy)]
+pub struct Ring<'m> {
+    desc: *const u8,
+    avail: *const u8,
+    used: *mut u8,
+    table: Table,
+    event_idx: bool,
+    /// The pointers are into the snapshot the `HostMem` views.
+    _mem: PhantomData<&'m ()>,
 }
 
-/// Publishes `count` used elements written with `write_used` in one used.idx store and says
-/// whether the driver asked to be notified (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT).
-pub fn publish_used(mem: &HostMem<'_>, q: &mut Queue, count: u16) -> Result<bool, RingError> {
-    if count == 0 {
-        return Ok(false);
+impl<'m> Ring<'m> {
+    pub fn map(mem: &'m HostMem<'_>, q: &Queue) -> Result<Self, RingError> {
+        ready(q)?;
+        let n = usize::from(q.size());
+        let event_idx = q.event_idx_enabled();
+        // used_event / avail_event trail the rings only with EVENT_IDX.
+        let ev = if event_idx { 2 } else { 0 };
+        let area = |what, addr: u64, len: usize, align: usize| {
+            mem.ptr(addr, len)
+                .filter(|p| (*p as usize) % align == 0)
+                .ok_or(RingError::Unmapped { what, addr })
+        };
+        Ok(Ring {
+            desc: area("descriptor table", q.desc_table(), 16 * n, 1)?,
+            avail: area("avail ring", q.avail_ring(), 4 + 2 * n + ev, 2)?,
+            used: area("used ring", q.used_ring(), 4 + 8 * n + ev, 4)?,
+            table: Table::of(q),
+            event_idx,
+            _mem: PhantomData,
+        })
     }
-    let old = q.next_used();
-    q.set_next_used(old.wrapping_add(count));
-    publish_pending(mem, q, old)
-}
 
-/// Stores used.idx = `next_used` for entries written (and counted into `next_used`) since the
-/// driver last saw `published`, and says whether the driver asked to be notified.
-pub fn publish_pending(mem: &HostMem<'_>, q: &Queue, published: u16) -> Result<bool, RingError> {
-    let new = q.next_used();
-    if new == published {
-        return Ok(false);
+    pub fn table(&self) -> Table {
+        self.table
     }
-    let at = q.used_ring() + 2;
-    mem.store_u16(at, new, Ordering::Release)
-        .ok_or(RingError::Memory(at))?;
-    // The idx store must be visible before we read the driver's suppression state.
-    fence(Ordering::SeqCst);
-    if q.event_idx_enabled() {
-        let used_event = load_u16(
-            mem,
-            q.avail_ring() + 4 + 2 * u64::from(q.size()),
-            Ordering::Relaxed,
-        )?;
-        Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(published))
-    } else {
-        let flags = load_u16(mem, q.avail_ring(), Ordering::Relaxed)?;
-        Ok(flags & AVAIL_F_NO_INTERRUPT == 0)
+
+    /// Ring position of free-running index `idx`. Split-ring sizes are powers of two (the queue
+    /// refuses any other size), so this is a mask, not a division; it stays in range regardless.
+    fn slot(&self, idx: u16) -> usize {
+        usize::from(idx & self.table.size.wrapping_sub(1))
+    }
+
+    /// The 16-bit avail-ring field `off` bytes in.
+    fn avail_u16(&self, off: usize) -> &AtomicU16 {
+        debug_assert!(off + 2 <= 6 + 2 * usize::from(self.table.size));
+        // SAFETY: every caller's `off` is inside the area `map` translated, and the area is
+        // 2-aligned; the driver writes these fields atomically too.
+        unsafe { &*(self.avail.add(off) as *const AtomicU16) }
+    }
+
+    /// Number of chains the driver has made available beyond `next_avail`.
+    pub fn pending(&self, q: &Queue) -> Result<u16, RingError> {
+        let avail = u16::from_le(self.avail_u16(2).load(Ordering::Acquire));
+        let n = avail.wrapping_sub(q.next_avail());
+        if n > self.table.size {
+            return Err(RingError::AvailJump {
+                avail,
+                next: q.next_avail(),
+                size: self.table.size,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Head descriptor index of the chain at ring position `next_avail + k`. Only meaningful for
+    /// `k` below what [`Ring::pending`] returned (its acquire load orders this read).
+    pub fn avail_head(&self, q: &Queue, k: u16) -> u16 {
+        let pos = self.slot(q.next_avail().wrapping_add(k));
+        u16::from_le(self.avail_u16(4 + 2 * pos).load(Ordering::Relaxed))
+    }
+
+    /// The chain at `head` when it is a [`Flat`] one that `walk_chain` would accept as it is
+    /// (right direction, not empty, at most `max_len` bytes). None means "take the general
+    /// walk", which also reports whatever is wrong with it.
+    #[inline]
+    pub fn flat(&self, mem: &HostMem<'_>, head: u16, dir: Dir, max_len: u32) -> Option<Flat> {
+        if head >= self.table.size {
+            return None;
+        }
+        let mut raw = [0u8; DESC_SIZE as usize];
+        // SAFETY: head < size, so the 16 bytes are inside the mapped table; a byte copy
+        // tolerates the driver changing them (as the general walk does).
+        unsafe {
+            let p = self.desc.add(usize::from(head) * DESC_SIZE as usize);
+            std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
+        }
+        let d = Desc::parse(&raw);
+        let want = match dir {
+            Dir::Readable => 0,
+            Dir::Writable => DESC_F_WRITE,
+        };
+        if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want
+            || d.len == 0
+            || d.len > max_len
+        {
+            return None;
+        }
+        let host = mem.ptr(d.addr, d.len as usize)?;
+        Some(Flat {
+            seg: Seg {
+                addr: d.addr,
+                len: d.len,
+            },
+            host: HostPtr(host),
+        })
+    }
+
+    /// Writes the used element `k` positions after `next_used`, without publishing it.
+    pub fn write_used(&self, q: &Queue, k: u16, id: u16, len: u32) {
+        let pos = self.slot(q.next_used().wrapping_add(k));
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(id).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        // SAFETY: pos < size, so the element is inside the mapped used ring.
+        unsafe {
+            let p = self.used.add(4 + 8 * pos);
+            std::ptr::copy_nonoverlapping(elem.as_ptr(), p, elem.len());
+        }
+    }
+
+    /// Publishes `count` used elements written with `write_used` in one used.idx store and says
+    /// whether the driver asked to be notified (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT).
+    pub fn publish_used(&self, q: &mut Queue, count: u16) -> bool {
+        if count == 0 {
+            return false;
+        }
+        let old = q.next_used();
+        q.set_next_used(old.wrapping_add(count));
+        self.publish_pending(q, old)
+    }
+
+    /// Stores used.idx = `next_used` for entries written (and counted into `next_used`) since
+    /// the driver last saw `published`, and says whether the driver asked to be notified.
+    pub fn publish_pending(&self, q: &Queue, published: u16) -> bool {
+        let new = q.next_used();
+        if new == published {
+            return false;
+        }
+        // SAFETY: used.idx is 2 bytes in, inside the mapped and 4-aligned used ring.
+        let used_idx = unsafe { &*(self.used.add(2) as *const AtomicU16) };
+        used_idx.store(new.to_le(), Ordering::Release);
+        // The idx store must be visible before we read the driver's suppression state.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let off = 4 + 2 * usize::from(self.table.size);
+            let used_event = u16::from_le(self.avail_u16(off).load(Ordering::Relaxed));
+            new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(published)
+        } else {
+            let flags = u16::from_le(self.avail_u16(0).load(Ordering::Relaxed));
+            flags & AVAIL_F_NO_INTERRUPT == 0
+        }
     }
 }
 
@@ -351,7 +393,7 @@ mod tests {
         d.desc(DESC, 3, 0x8000, 12, DESC_F_NEXT, 7);
         d.desc(DESC, 7, 0x9000, 100, 0, 0);
         d.offer(3);
-        assert_eq!(pending(&d.host(), &q).unwrap(), 1);
+        assert_eq!(Ring::map(&d.host(), &q).unwrap().pending(&q).unwrap(), 1);
         let (total, segs) = d.walk(&q, Dir::Readable, true).unwrap();
         assert_eq!(total, 112);
         assert_eq!(
@@ -480,8 +522,8 @@ mod tests {
     fn flat_takes_only_what_the_general_walk_would_take_as_one_buffer() {
         let (d, q) = Driver::new(8);
         let h = d.host();
-        let t = Table::of(&q);
-        let flat = |i: u16, dir: Dir, max: u32| flat(&h, t, i, dir, max).map(|f| f.seg);
+        let r = Ring::map(&h, &q).unwrap();
+        let flat = |i: u16, dir: Dir, max: u32| r.flat(&h, i, dir, max).map(|f| f.seg);
         d.desc(DESC, 0, 0x8000, 60, 0, 0);
         assert_eq!(
             flat(0, Dir::Readable, 1000),
@@ -490,7 +532,7 @@ mod tests {
                 len: 60
             })
         );
-        let f = super::flat(&h, t, 0, Dir::Readable, 1000).unwrap();
+        let f = r.flat(&h, 0, Dir::Readable, 1000).unwrap();
         assert_eq!(Some(f.host.0), h.ptr(0x8000, 60), "translated once, here");
         assert_eq!(flat(0, Dir::Writable, 1000), None, "wrong direction");
         assert_eq!(flat(0, Dir::Readable, 59), None, "longer than allowed");
@@ -526,7 +568,7 @@ mod tests {
             .store(100u16.to_le(), GuestAddress(AVAIL + 2), Ordering::Release)
             .unwrap();
         assert!(matches!(
-            pending(&d.host(), &q),
+            Ring::map(&d.host(), &q).unwrap().pending(&q),
             Err(RingError::AvailJump { avail: 100, .. })
         ));
     }
@@ -537,18 +579,19 @@ mod tests {
         let m = &d.mem;
         let h = &d.host();
         q.set_event_idx(true);
+        let r = Ring::map(h, &q).unwrap();
         let used_idx = || u16::from_le(m.load(GuestAddress(USED + 2), Ordering::Acquire).unwrap());
-        write_used(h, &q, 0, 3, 100).unwrap();
-        write_used(h, &q, 1, 5, 40).unwrap();
+        r.write_used(&q, 0, 3, 100);
+        r.write_used(&q, 1, 5, 40);
         assert_eq!(used_idx(), 0, "nothing visible before publishing");
         // used_event = 0: the driver wants a notification once entry 0 is used.
-        assert!(publish_used(h, &mut q, 2).unwrap());
+        assert!(r.publish_used(&mut q, 2));
         assert_eq!(used_idx(), 2);
         let e1: [u8; 8] = m.read_obj(GuestAddress(USED + 4 + 8)).unwrap();
         assert_eq!(e1, [5, 0, 0, 0, 40, 0, 0, 0]);
         // used_event 0 already passed: no new notification.
-        write_used(h, &q, 0, 1, 1).unwrap();
-        assert!(!publish_used(h, &mut q, 1).unwrap());
+        r.write_used(&q, 0, 1, 1);
+        assert!(!r.publish_used(&mut q, 1));
         // The driver moves used_event to 3: crossing it notifies.
         m.store(
             3u16.to_le(),
@@ -556,17 +599,44 @@ mod tests {
             Ordering::Release,
         )
         .unwrap();
-        write_used(h, &q, 0, 1, 1).unwrap();
-        assert!(publish_used(h, &mut q, 1).unwrap());
+        r.write_used(&q, 0, 1, 1);
+        assert!(r.publish_used(&mut q, 1));
         // Without EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT suppresses.
         q.set_event_idx(false);
+        let r = Ring::map(h, &q).unwrap();
         m.store(1u16.to_le(), GuestAddress(AVAIL), Ordering::Release)
             .unwrap();
-        write_used(h, &q, 0, 1, 1).unwrap();
-        assert!(!publish_used(h, &mut q, 1).unwrap());
+        r.write_used(&q, 0, 1, 1);
+        assert!(!r.publish_used(&mut q, 1));
         assert!(
-            !publish_used(h, &mut q, 0).unwrap(),
+            !r.publish_used(&mut q, 0),
             "publishing nothing never notifies"
         );
+        // Used entries wrap around the ring.
+        let slot = (q.next_used() + 9) % 8;
+        r.write_used(&q, 9, 7, 9);
+        let e: [u8; 8] = m
+            .read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot)))
+            .unwrap();
+        assert_eq!(e, [7, 0, 0, 0, 9, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_ring_outside_one_region_is_refused() {
+        let (d, mut q) = Driver::new(8);
+        let h = d.host();
+        // Memory is one 1 MiB region: a used ring starting 16 bytes before its end runs past it.
+        q.set_used_ring_address(Some(0xf_fff0), Some(0));
+        assert_eq!(
+            Ring::map(&h, &q).err(),
+            Some(RingError::Unmapped {
+                what: "used ring",
+                addr: 0xf_fff0
+            })
+        );
+        let (d, mut q) = Driver::new(8);
+        assert!(Ring::map(&d.host(), &q).is_ok());
+        q.set_ready(false);
+        assert_eq!(Ring::map(&d.host(), &q).err(), Some(RingError::NotReady));
     }
 }

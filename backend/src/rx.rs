@@ -15,7 +15,7 @@ use crate::hostmem::HostMem;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
-use crate::ring::{self, Dir, Flat, Seg, Table};
+use crate::ring::{self, Dir, Flat, Ring, Seg};
 use crate::session::{GuestMem, Session, Warn};
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
@@ -43,6 +43,8 @@ pub struct RxQueue<'a> {
     dest: &'a Partition,
     session: &'a Session,
     ring: RwLockWriteGuard<'a, VringState<GuestMem>>,
+    /// `ring`'s areas, mapped once for the run.
+    mapped: Ring<'a>,
     mem: &'a HostMem<'a>,
     scratch: &'a mut RxScratch,
     pair: usize,
@@ -91,10 +93,18 @@ impl<'a> RxQueue<'a> {
             }
         }
         let published = ring.get_queue().next_used();
+        let mapped = match Ring::map(mem, ring.get_queue()) {
+            Ok(m) => m,
+            Err(e) => {
+                session.mark_broken(2 * pair, &e);
+                return Err(DropReason::DestinationDown);
+            }
+        };
         Ok(RxQueue {
             dest,
             session,
             ring,
+            mapped,
             mem,
             scratch,
             pair,
@@ -114,12 +124,11 @@ impl<'a> RxQueue<'a> {
     }
 
     fn reload(&mut self) -> Result<(), DropReason> {
-        match ring::pending(self.mem, self.ring.get_queue()) {
+        match self.mapped.pending(self.ring.get_queue()) {
             Ok(n) => {
                 self.avail = n;
                 Ok(())
             }
-            Err(ring::RingError::NotReady) => Err(DropReason::DestinationDown),
             Err(e) => Err(self.isolate(&e)),
         }
     }
@@ -138,8 +147,7 @@ impl<'a> RxQueue<'a> {
         }
         let len = out.len;
         let need = NET_HDR_LEN + len;
-        let table = Table::of(self.ring.get_queue());
-        if let Some((head, dst)) = self.flat_chain(table, need)? {
+        if let Some((head, dst)) = self.flat_chain(need)? {
             let mut h = out.hdr;
             h.num_buffers = 1;
             let written = frame::copy_with_header_flat(
@@ -153,10 +161,8 @@ impl<'a> RxQueue<'a> {
             if let Err(e) = written {
                 return Err(self.sender_gone(&e));
             }
-            let q = self.ring.get_queue();
-            if let Err(e) = ring::write_used(self.mem, q, 0, head, need as u32) {
-                return Err(self.isolate(&e));
-            }
+            self.mapped
+                .write_used(self.ring.get_queue(), 0, head, need as u32);
             self.consume(1);
             self.tally.count(len, out.cast);
             return Ok(());
@@ -174,11 +180,10 @@ impl<'a> RxQueue<'a> {
                 self.tally.drop(DropReason::NoRxBuffer);
                 return Err(DropReason::NoRxBuffer);
             }
-            let q = self.ring.get_queue();
-            let head = ring::avail_head(self.mem, q, k).map_err(|e| self.isolate(&e))?;
+            let head = self.mapped.avail_head(self.ring.get_queue(), k);
             let walked = ring::walk_chain(
                 self.mem,
-                table,
+                self.mapped.table(),
                 head,
                 Dir::Writable,
                 self.indirect,
@@ -213,10 +218,8 @@ impl<'a> RxQueue<'a> {
         for (k, (head, c)) in self.scratch.chains.iter().enumerate() {
             let n = left.min(*c as usize);
             left -= n;
-            let q = self.ring.get_queue();
-            if let Err(e) = ring::write_used(self.mem, q, k as u16, *head, n as u32) {
-                return Err(self.isolate(&e));
-            }
+            self.mapped
+                .write_used(self.ring.get_queue(), k as u16, *head, n as u32);
         }
         self.consume(self.scratch.chains.len() as u16);
         self.tally.count(len, out.cast);
@@ -225,18 +228,15 @@ impl<'a> RxQueue<'a> {
 
     /// The first posted chain, when it is one buffer in one region with room for `need` bytes:
     /// nearly every frame, taken without the general walk. Nothing is consumed.
-    fn flat_chain(&mut self, table: Table, need: usize) -> Result<Option<(u16, Flat)>, DropReason> {
+    fn flat_chain(&mut self, need: usize) -> Result<Option<(u16, Flat)>, DropReason> {
         if self.avail == 0 {
             self.reload()?;
             if self.avail == 0 {
                 return Ok(None);
             }
         }
-        let head = match ring::avail_head(self.mem, self.ring.get_queue(), 0) {
-            Ok(h) => h,
-            Err(e) => return Err(self.isolate(&e)),
-        };
-        let f = ring::flat(self.mem, table, head, Dir::Writable, u32::MAX);
+        let head = self.mapped.avail_head(self.ring.get_queue(), 0);
+        let f = self.mapped.flat(self.mem, head, Dir::Writable, u32::MAX);
         Ok(f.filter(|f| f.seg.len as usize >= need).map(|f| (head, f)))
     }
 
@@ -260,18 +260,17 @@ impl Drop for RxQueue<'_> {
     /// Shows the driver every frame of the run: one used.idx store, one fence and at most one
     /// notification, before the ring lock is released (so a stop never sees unpublished entries).
     fn drop(&mut self) {
-        match ring::publish_pending(self.mem, self.ring.get_queue(), self.published) {
-            Ok(true) => {
-                if let Err(e) = self.ring.signal_used_queue() {
-                    log::debug!(
-                        "{}: notify on queue {} failed: {e}",
-                        self.session.name,
-                        self.qidx
-                    );
-                }
+        if self
+            .mapped
+            .publish_pending(self.ring.get_queue(), self.published)
+        {
+            if let Err(e) = self.ring.signal_used_queue() {
+                log::debug!(
+                    "{}: notify on queue {} failed: {e}",
+                    self.session.name,
+                    self.qidx
+                );
             }
-            Ok(false) => {}
-            Err(e) => self.session.mark_broken(self.qidx, &e),
         }
         self.dest.queue_counters(self.pair).add_rx(&self.tally);
     }

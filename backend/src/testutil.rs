@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::hostmem::HostMem;
 use crate::partition::PartitionConfig;
-use crate::ring::{self, ChainError, Dir, Seg, Table};
+use crate::ring::{self, ChainError, Dir, Ring, Seg};
 
 /// A session of two queues (one pair) whose queue `qidx` is `d`'s ring, set up and enabled as a
 /// frontend would leave it; the other queue is never started.
@@ -100,10 +100,10 @@ impl Driver {
 
     pub fn walk(&self, q: &Queue, dir: Dir, indirect: bool) -> Result<(u32, Vec<Seg>), ChainError> {
         let host = self.host();
-        let head = ring::avail_head(&host, q, 0).unwrap();
+        let r = Ring::map(&host, q).unwrap();
+        let head = r.avail_head(q, 0);
         let mut segs = Vec::new();
-        ring::walk_chain(&host, Table::of(q), head, dir, indirect, 65562, &mut segs)
-            .map(|t| (t, segs))
+        ring::walk_chain(&host, r.table(), head, dir, indirect, 65562, &mut segs).map(|t| (t, segs))
     }
 
     pub fn used_idx(&self) -> u16 {

@@ -15,7 +15,7 @@ use crate::hostmem::HostMem;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::partition::Partition;
-use crate::ring::{self, Dir, RingError, Seg, Table};
+use crate::ring::{self, Dir, Ring, RingError, Seg};
 use crate::session::{Held, Session, Warn};
 use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 use crate::Mem;
@@ -198,26 +198,25 @@ pub fn tx_batch(
         return Batch::Stopped;
     }
     let q = g.get_queue_mut();
-    let n = match ring::pending(&mem, q) {
+    let r = match Ring::map(&mem, q) {
+        Ok(r) => r,
+        Err(RingError::NotReady) => return Batch::Stopped,
+        Err(e) => return broken(&e),
+    };
+    let n = match r.pending(q) {
         Ok(0) => return Batch::Empty,
         Ok(n) => n,
-        Err(RingError::NotReady) => return Batch::Stopped,
         Err(e) => return broken(&e),
     };
     let _ = q.disable_notification(&*held.mem);
     s.heads.clear();
-    for k in 0..n.min(TX_BATCH) {
-        match ring::avail_head(&mem, q, k) {
-            Ok(h) => s.heads.push(h),
-            Err(e) => return broken(&e),
-        }
-    }
+    s.heads
+        .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
     q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
-    let table = Table::of(q);
 
     let view = TxQueue {
         mem: &mem,
-        table,
+        ring: r,
         indirect: session.indirect(),
         pair,
     };
@@ -238,18 +237,12 @@ pub fn tx_batch(
 
     let q = g.get_queue_mut();
     for (k, head) in s.heads.iter().enumerate() {
-        if let Err(e) = ring::write_used(&mem, q, k as u16, *head, 0) {
-            return broken(&e);
-        }
+        r.write_used(q, k as u16, *head, 0);
     }
-    match ring::publish_used(&mem, q, s.heads.len() as u16) {
-        Ok(true) => {
-            if let Err(e) = g.signal_used_queue() {
-                log::debug!("{}: TX notify failed: {e}", session.name);
-            }
+    if r.publish_used(q, s.heads.len() as u16) {
+        if let Err(e) = g.signal_used_queue() {
+            log::debug!("{}: TX notify failed: {e}", session.name);
         }
-        Ok(false) => {}
-        Err(e) => return broken(&e),
     }
     Batch::Sent(s.heads.len() as u16)
 }
@@ -257,7 +250,7 @@ pub fn tx_batch(
 /// What a batch needs to know about the TX queue, read once under the ring lock.
 struct TxQueue<'a> {
     mem: &'a HostMem<'a>,
-    table: Table,
+    ring: Ring<'a>,
     indirect: bool,
     pair: usize,
 }
@@ -284,7 +277,7 @@ fn take_frame(
 ) -> Option<TxFrame> {
     let start = segs.len();
     let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
-    let taken = match ring::flat(q.mem, q.table, head, Dir::Readable, MAX_TX_CHAIN) {
+    let taken = match q.ring.flat(q.mem, head, Dir::Readable, MAX_TX_CHAIN) {
         Some(f) if f.seg.len as usize >= h.len() => {
             segs.push(f.seg);
             // SAFETY: the buffer has at least h.len() bytes at `f.host`.
@@ -333,7 +326,7 @@ fn take_chain(
     let start = segs.len();
     let total = ring::walk_chain(
         q.mem,
-        q.table,
+        q.ring.table(),
         head,
         Dir::Readable,
         q.indirect,
