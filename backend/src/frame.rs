@@ -28,6 +28,7 @@ pub enum Source<'a> {
 
 impl Source<'_> {
     /// Host address of `len` bytes starting `skip` bytes in, when they are in one piece.
+    #[inline]
     fn contiguous(&self, skip: usize, len: usize) -> Option<*const u8> {
         let end = skip.checked_add(len)?;
         match self {
@@ -204,7 +205,8 @@ pub fn copy_with_header(
     copy(src, src_skip, dst_mem, dst, hdr.len(), len)
 }
 
-/// [`copy_with_header`] into one buffer already translated by [`ring::flat`].
+/// [`copy_with_header`] into one buffer already translated by [`Ring::flat`](crate::ring::Ring::flat).
+#[inline]
 pub fn copy_with_header_flat(
     hdr: &[u8],
     src: &Source<'_>,
@@ -232,6 +234,7 @@ pub fn copy_with_header_flat(
 }
 
 /// Writes `hdr` and then `len` bytes from `s` at `d`.
+#[inline]
 ///
 /// # Safety
 /// `d` must have room for hdr.len() + len bytes and `s` must have `len` readable bytes. They may
