@@ -345,7 +345,44 @@ fn take_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{session_on, Driver, DESC};
+    use crate::partition::Role;
+    use crate::testutil::{config, session_on, Driver, DESC, F_WRITE};
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// IN_ORDER is offered because of this: chains are completed in the order the driver made
+    /// them available, the ones that carry nothing included.
+    #[test]
+    fn chains_complete_in_ring_order_even_when_dropped() {
+        let (mut d, _) = Driver::new(16);
+        let s = session_on(&d, 1);
+        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
+        p.install_session(s.clone());
+        let sw = Switch::new(vec![p.clone()]).unwrap();
+        let mut frame = vec![0u8; NET_HDR_LEN + 60];
+        frame[NET_HDR_LEN..NET_HDR_LEN + 6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        frame[NET_HDR_LEN + 6..NET_HDR_LEN + 12].copy_from_slice(&p.mac().0);
+        d.mem.write_slice(&frame, GuestAddress(0x8000)).unwrap();
+        // To a MAC nobody owns; write-only; shorter than the headers; to nobody again.
+        for (head, len, flags) in [(5, 72, 0), (2, 72, F_WRITE), (9, 20, 0), (1, 72, 0)] {
+            d.desc(DESC, head, 0x8000, len, flags, 0);
+            d.offer(head);
+        }
+        let mut scratch = TxScratch::default();
+        let r = tx_batch(&sw, &p, &Held::of(s.clone()), 0, &mut scratch);
+        assert_eq!(r, Batch::Sent(4));
+        assert_eq!(d.used_idx(), 4);
+        assert_eq!(
+            [d.used(0), d.used(1), d.used(2), d.used(3)],
+            [(5, 0), (2, 0), (9, 0), (1, 0)]
+        );
+        let t = p.totals();
+        assert_eq!(t.dropped(DropReason::MalformedChain), 2);
+        assert_eq!(t.dropped(DropReason::UnknownDestination), 2);
+        assert_eq!(
+            tx_batch(&sw, &p, &Held::of(s), 0, &mut scratch),
+            Batch::Empty
+        );
+    }
 
     #[test]
     fn an_idle_probe_sees_new_chains_and_reconfiguration() {
