@@ -20,6 +20,7 @@ pub(crate) const DESC_F_WRITE: u16 = 2;
 const DESC_F_INDIRECT: u16 = 4;
 const DESC_SIZE: u64 = 16;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
+const USED_F_NO_NOTIFY: u16 = 1;
 
 /// One guest buffer of a chain, already checked to lie inside guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,6 +334,22 @@ impl<'m> Ring<'m> {
         })
     }
 
+    /// Asks the driver not to kick while the device is taking chains anyway. With EVENT_IDX the
+    /// driver stops kicking by itself once it has kicked (avail_event is left behind); without
+    /// it the used ring's flag is set, and only written when it is not set yet: the line is the
+    /// one the driver polls for used.idx, so a store per batch would pull it away every time.
+    pub fn suppress_kicks(&self) {
+        if self.event_idx {
+            return;
+        }
+        // SAFETY: used.flags is the first field of the mapped, 4-aligned used ring.
+        let flags = unsafe { &*(self.used as *const AtomicU16) };
+        let f = u16::from_le(flags.load(Ordering::Relaxed));
+        if f & USED_F_NO_NOTIFY == 0 {
+            flags.store((f | USED_F_NO_NOTIFY).to_le(), Ordering::Relaxed);
+        }
+    }
+
     /// Writes the used element `k` positions after `next_used`, without publishing it.
     pub fn write_used(&self, q: &Queue, k: u16, id: u16, len: u32) {
         let pos = self.slot(q.next_used().wrapping_add(k));
@@ -619,6 +636,27 @@ mod tests {
             .read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot)))
             .unwrap();
         assert_eq!(e, [7, 0, 0, 0, 9, 0, 0, 0]);
+    }
+
+    #[test]
+    fn kicks_are_suppressed_with_the_used_flag_only_without_event_idx() {
+        let (d, mut q) = Driver::new(8);
+        let h = d.host();
+        let flags = || u16::from_le(d.mem.load(GuestAddress(USED), Ordering::Acquire).unwrap());
+        Ring::map(&h, &q).unwrap().suppress_kicks();
+        assert_eq!(flags(), USED_F_NO_NOTIFY);
+        // Re-enabled (as virtio-queue's enable_notification does): set again.
+        d.mem
+            .store(0u16, GuestAddress(USED), Ordering::Release)
+            .unwrap();
+        Ring::map(&h, &q).unwrap().suppress_kicks();
+        assert_eq!(flags(), USED_F_NO_NOTIFY);
+        d.mem
+            .store(0u16, GuestAddress(USED), Ordering::Release)
+            .unwrap();
+        q.set_event_idx(true);
+        Ring::map(&h, &q).unwrap().suppress_kicks();
+        assert_eq!(flags(), 0, "EVENT_IDX: avail_event does it");
     }
 
     #[test]

@@ -208,7 +208,7 @@ pub fn tx_batch(
         Ok(n) => n,
         Err(e) => return broken(&e),
     };
-    let _ = q.disable_notification(&*held.mem);
+    r.suppress_kicks();
     s.heads.clear();
     s.heads
         .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
