@@ -2,6 +2,7 @@
 //! A session lives from accept to disconnect; the next connection gets a fresh one, so nothing a
 //! previous frontend left behind (rings, memory, broken flags) can leak into the next.
 
+use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -172,6 +173,10 @@ pub struct Held {
     pub session: Arc<Session>,
     pub mem: Arc<Mem>,
     generation: u64,
+    /// Set once the holder (one TX queue's worker or the poller) has asked that queue's driver
+    /// to stop kicking, so later batches skip it: looking at the flag costs a miss per batch,
+    /// because the driver polls that line. Re-arming the kick clears it.
+    kicks_off: Cell<bool>,
 }
 
 impl Held {
@@ -183,7 +188,19 @@ impl Held {
             session,
             mem,
             generation,
+            kicks_off: Cell::new(false),
         }
+    }
+
+    /// True the first time after the hold was taken or [`Held::kicks_rearmed`]: the caller is
+    /// to suppress kicks now.
+    pub fn suppress_kicks_once(&self) -> bool {
+        !self.kicks_off.replace(true)
+    }
+
+    /// The driver's kick was re-enabled (the queue ran dry).
+    pub fn kicks_rearmed(&self) {
+        self.kicks_off.set(false);
     }
 
     pub fn current(&self) -> bool {

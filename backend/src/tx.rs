@@ -70,6 +70,7 @@ pub fn process_tx(
             Batch::Stopped => break,
             // If the driver added chains meanwhile, keep going.
             Batch::Empty => {
+                h.kicks_rearmed();
                 if rearm(&h.session, pair) != Some(true) {
                     break;
                 }
@@ -208,7 +209,9 @@ pub fn tx_batch(
         Ok(n) => n,
         Err(e) => return broken(&e),
     };
-    r.suppress_kicks();
+    if held.suppress_kicks_once() {
+        r.suppress_kicks();
+    }
     s.heads.clear();
     s.heads
         .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
@@ -346,7 +349,7 @@ fn take_chain(
 mod tests {
     use super::*;
     use crate::partition::Role;
-    use crate::testutil::{config, session_on, Driver, DESC, F_WRITE};
+    use crate::testutil::{config, session_on, Driver, DESC, F_WRITE, USED};
     use vm_memory::{Bytes, GuestAddress};
 
     /// IN_ORDER is offered because of this: chains are completed in the order the driver made
@@ -382,6 +385,39 @@ mod tests {
             tx_batch(&sw, &p, &Held::of(s), 0, &mut scratch),
             Batch::Empty
         );
+    }
+
+    #[test]
+    fn kicks_are_suppressed_once_per_hold_and_again_after_rearming() {
+        let (mut d, _) = Driver::new(16);
+        let s = session_on(&d, 1);
+        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
+        p.install_session(s.clone());
+        let sw = Switch::new(vec![p.clone()]).unwrap();
+        let m = d.mem.clone();
+        let flags = || u16::from_le(m.load(GuestAddress(USED), Ordering::Acquire).unwrap());
+        let clear = || {
+            m.store(0u16, GuestAddress(USED), Ordering::Release)
+                .unwrap()
+        };
+        let mut scratch = TxScratch::default();
+        let held = Held::of(s.clone());
+        let mut send = |d: &mut Driver, held: &Held| {
+            d.desc(DESC, 0, 0x8000, 72, 0, 0);
+            d.offer(0);
+            tx_batch(&sw, &p, held, 0, &mut scratch)
+        };
+        assert_eq!(send(&mut d, &held), Batch::Sent(1));
+        assert_eq!(flags(), 1, "VRING_USED_F_NO_NOTIFY");
+        clear();
+        assert_eq!(send(&mut d, &held), Batch::Sent(1));
+        assert_eq!(flags(), 0, "not looked at again under the same hold");
+        held.kicks_rearmed();
+        assert_eq!(send(&mut d, &held), Batch::Sent(1));
+        assert_eq!(flags(), 1);
+        clear();
+        assert_eq!(send(&mut d, &Held::of(s)), Batch::Sent(1));
+        assert_eq!(flags(), 1, "a new hold suppresses again");
     }
 
     #[test]
