@@ -15,13 +15,15 @@ use crate::hostmem::HostMem;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::partition::Partition;
-use crate::ring::{self, Dir, Ring, RingError, Seg};
+use crate::ring::{self, Dir, Flat, Ring, RingError, Seg};
 use crate::session::{Held, Session, Warn};
 use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 use crate::Mem;
 
 /// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
 const TX_BATCH: u16 = 64;
+/// How many frames ahead a frame's first line is prefetched.
+const PREFETCH_AHEAD: usize = 4;
 const ETH_HLEN: usize = 14;
 /// Largest chain a driver may send: header + 64 KiB GSO frame + Ethernet and VLAN headers.
 pub const MAX_TX_CHAIN: u32 = (NET_HDR_LEN + 65535 + ETH_HLEN + 4) as u32;
@@ -32,6 +34,8 @@ pub struct TxScratch {
     /// Buffers of every frame in the batch; frames refer to ranges of it.
     segs: Vec<Seg>,
     heads: Vec<u16>,
+    /// Each head's chain when it is one buffer (see [`Ring::flat`]).
+    flats: Vec<Option<Flat>>,
     frames: Vec<TxFrame>,
     fwd: FwdScratch,
 }
@@ -225,9 +229,24 @@ pub fn tx_batch(
     };
     s.segs.clear();
     s.frames.clear();
+    // Descriptors first, then frames: the descriptor reads of a batch do not depend on each
+    // other, so their misses overlap, and each frame's first line is asked for a few frames
+    // before its headers are read. The sender's buffers are lines the driver's core just wrote.
+    s.flats.clear();
+    s.flats.extend(
+        s.heads
+            .iter()
+            .map(|&h| r.flat(&mem, h, Dir::Readable, MAX_TX_CHAIN)),
+    );
+    for f in s.flats.iter().take(PREFETCH_AHEAD).flatten() {
+        f.host.prefetch();
+    }
     for i in 0..s.heads.len() {
-        let head = s.heads[i];
-        if let Some(f) = take_frame(part, session, &view, head, &mut s.segs) {
+        if let Some(Some(f)) = s.flats.get(i + PREFETCH_AHEAD) {
+            f.host.prefetch();
+        }
+        let (head, flat) = (s.heads[i], s.flats[i]);
+        if let Some(f) = take_frame(part, session, &view, head, flat, &mut s.segs) {
             s.frames.push(f);
         }
     }
@@ -269,18 +288,19 @@ enum BadTx {
     Copy(#[from] frame::CopyError),
 }
 
-/// Walks one chain and reads its headers. A malformed chain is counted and warned about (once
+/// Walks one chain (`flat` when it is one buffer) and reads its headers. A malformed chain is counted and warned about (once
 /// per connection) here.
 fn take_frame(
     part: &Partition,
     session: &Session,
     q: &TxQueue<'_>,
     head: u16,
+    flat: Option<Flat>,
     segs: &mut Vec<Seg>,
 ) -> Option<TxFrame> {
     let start = segs.len();
     let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
-    let taken = match q.ring.flat(q.mem, head, Dir::Readable, MAX_TX_CHAIN) {
+    let taken = match flat {
         Some(f) if f.seg.len as usize >= h.len() => {
             segs.push(f.seg);
             // SAFETY: the buffer has at least h.len() bytes at `f.host`.
