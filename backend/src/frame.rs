@@ -207,7 +207,7 @@ pub fn copy_with_header(
 
 /// [`copy_with_header`] into one buffer already translated by [`Ring::flat`](crate::ring::Ring::flat).
 #[inline]
-pub fn copy_with_header_flat(
+pub(crate) fn copy_with_header_flat(
     hdr: &[u8],
     src: &Source<'_>,
     src_skip: usize,

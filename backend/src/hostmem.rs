@@ -13,9 +13,10 @@ use crate::Mem;
 /// A host address inside a guest-memory snapshot, kept in per-queue scratch lists. It is only
 /// dereferenced while the snapshot it was translated from is held (the batch that made it), and
 /// lists are cleared before reuse, so a stale one is never read. That makes it safe to send with
-/// the scratch it sits in, which a poller thread may take over between batches.
+/// the scratch it sits in, which a poller thread may take over between batches. Only this crate
+/// makes one (from a translation), so code outside cannot hand the data path a made-up address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostPtr(pub *mut u8);
+pub struct HostPtr(pub(crate) *mut u8);
 
 // SAFETY: a plain address; see above for when it is dereferenced.
 unsafe impl Send for HostPtr {}

@@ -137,8 +137,8 @@ impl Table {
 /// saves a call and a translation per chain on each side.
 #[derive(Clone, Copy, Debug)]
 pub struct Flat {
-    pub seg: Seg,
-    pub host: HostPtr,
+    pub(crate) seg: Seg,
+    pub(crate) host: HostPtr,
 }
 
 /// Walks the chain starting at `head`, appending its buffers to `out` (so a batch's chains can
@@ -302,7 +302,13 @@ impl<'m> Ring<'m> {
     /// (right direction, not empty, at most `max_len` bytes). None means "take the general
     /// walk", which also reports whatever is wrong with it.
     #[inline]
-    pub fn flat(&self, mem: &HostMem<'_>, head: u16, dir: Dir, max_len: u32) -> Option<Flat> {
+    pub(crate) fn flat(
+        &self,
+        mem: &HostMem<'_>,
+        head: u16,
+        dir: Dir,
+        max_len: u32,
+    ) -> Option<Flat> {
         if head >= self.table.size {
             return None;
         }
