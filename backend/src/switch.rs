@@ -375,6 +375,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A 60-byte frame with no chain behind it (the switch tests never copy).
+    fn frame(src: MacAddr, dst: MacAddr) -> TxFrame {
+        TxFrame {
+            hdr: NetHdr::default(),
+            segs: 0..0,
+            len: 60,
+            dst,
+            src,
+            host: None,
+        }
+    }
+
     #[test]
     fn unicast_goes_to_the_owner_of_the_destination_mac() {
         let s = sw();
@@ -452,14 +464,7 @@ mod tests {
         let vf0 = &s.partitions()[1];
         let m: crate::Mem = vm_memory::GuestMemoryMmap::new();
         let m = HostMem::new(&m);
-        let f = TxFrame {
-            hdr: NetHdr::default(),
-            segs: 0..0,
-            len: 60,
-            dst: mac("02:00:00:00:00:02"),
-            src: vf0.mac(),
-            host: None,
-        };
+        let f = frame(vf0.mac(), mac("02:00:00:00:00:02"));
         let spoofed = TxFrame {
             src: mac("02:00:00:00:00:00"),
             ..f.clone()
@@ -505,14 +510,7 @@ mod tests {
         let pf = &s.partitions()[0];
         let m: crate::Mem = vm_memory::GuestMemoryMmap::new();
         let m = HostMem::new(&m);
-        let f = TxFrame {
-            hdr: NetHdr::default(),
-            segs: 0..0,
-            len: 60,
-            dst: mac("02:00:00:00:00:01"),
-            src: pf.mac(),
-            host: None,
-        };
+        let f = frame(pf.mac(), mac("02:00:00:00:00:01"));
         // A run of three unicast frames, then a broadcast, then one more unicast.
         let b = TxFrame {
             dst: MacAddr::BROADCAST,
