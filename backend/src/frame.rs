@@ -205,7 +205,8 @@ pub fn copy_with_header(
     copy(src, src_skip, dst_mem, dst, hdr.len(), len)
 }
 
-/// [`copy_with_header`] into one buffer already translated by [`Ring::flat`](crate::ring::Ring::flat).
+/// [`copy_with_header`] into one buffer already translated by
+/// [`Ring::flat`](crate::ring::Ring::flat).
 #[inline]
 pub(crate) fn copy_with_header_flat(
     hdr: &[u8],

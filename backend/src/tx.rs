@@ -288,8 +288,8 @@ enum BadTx {
     Copy(#[from] frame::CopyError),
 }
 
-/// Walks one chain (`flat` when it is one buffer) and reads its headers. A malformed chain is counted and warned about (once
-/// per connection) here.
+/// Walks one chain (already resolved as `flat` when it is one buffer) and reads its headers. A
+/// malformed chain is counted and warned about (once per connection) here.
 fn take_frame(
     part: &Partition,
     session: &Session,
