@@ -18,6 +18,7 @@ step "release build (daemon and benchmarks)"
 cargo build --release --workspace --all-targets
 # The benchmark itself needs a quiet machine and is not part of the tests; it must still parse.
 bash -n scripts/bench.sh
+bash -n scripts/profile.sh
 python3 -m py_compile scripts/bench/bench.py
 
 unit_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/sriov-net-cargo-test.log | awk '{s+=$4} END {print s+0}')
