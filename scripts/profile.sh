@@ -44,15 +44,17 @@ EOF
 chmod +x "$RESULTS/under-callgrind"
 
 echo "profiling ${SIZE} B frames, busy-poll, under callgrind (about a minute)..."
+wrapper=$RESULTS/under-callgrind
+bench_results=$RESULTS/bench
 if ! ROUNDS=1 SECONDS_PER_ROUND=6 WARMUP=1 SIZES=$SIZE VARIANTS=ours-poll LAT_SECONDS=0 \
-    DAEMON=$RESULTS/under-callgrind RESULTS=$RESULTS/bench \
+    DAEMON=$wrapper RESULTS=$bench_results \
     "$ROOT/scripts/bench.sh" >"$RESULTS/bench.log" 2>&1; then
     tail -20 "$RESULTS/bench.log" >&2
     echo "the benchmark run failed; log $RESULTS/bench.log" >&2
     exit 1
 fi
 
-OUT=$(ls -S "$RESULTS"/callgrind.out.* | head -1)
+OUT=$(du -b "$RESULTS"/callgrind.out.* | sort -n | tail -1 | cut -f2)
 total=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 frames=$(callgrind_annotate --tree=calling "$OUT" 2>/dev/null |
     sed -n 's/.*=> .*RxQueue::put (\([0-9,]*\)x).*/\1/p' | tr -d , | awk '{ n += $1 } END { print n + 0 }')
