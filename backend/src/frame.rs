@@ -32,9 +32,7 @@ impl Source<'_> {
     fn contiguous(&self, skip: usize, len: usize) -> Option<*const u8> {
         let end = skip.checked_add(len)?;
         match self {
-            Source::Guest { mem, segs } => {
-                contiguous(segs, skip, len).and_then(|a| mem.ptr(a, len).map(|p| p as *const u8))
-            }
+            Source::Guest { mem, segs } => contiguous(mem, segs, skip, len).map(|p| p as *const u8),
             // SAFETY: skip + len <= the bytes translated at `ptr`.
             Source::Host { ptr, len: have } => {
                 (end <= *have).then(|| unsafe { ptr.0.add(skip) } as *const u8)
@@ -93,7 +91,7 @@ pub fn read(
     buf: &mut [u8],
 ) -> Result<usize, CopyError> {
     // Headers nearly always sit in one buffer.
-    if let Some(p) = contiguous(segs, skip, buf.len()).and_then(|a| mem.ptr(a, buf.len())) {
+    if let Some(p) = contiguous(mem, segs, skip, buf.len()) {
         // SAFETY: `p` has buf.len() bytes inside the mapping.
         unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
         return Ok(buf.len());
@@ -171,12 +169,15 @@ pub fn copy(
     Ok(())
 }
 
-/// Guest address of `len` bytes starting `skip` bytes into the chain, when they lie in one buffer.
-fn contiguous(segs: &[Seg], mut skip: usize, len: usize) -> Option<u64> {
+/// Host address of `len` bytes starting `skip` bytes into the chain, when they lie in one buffer
+/// inside one memory region.
+fn contiguous(mem: &HostMem<'_>, segs: &[Seg], mut skip: usize, len: usize) -> Option<*mut u8> {
     for s in segs {
         let l = s.len as usize;
         if skip < l {
-            return (l - skip >= len).then_some(s.addr + skip as u64);
+            return (l - skip >= len)
+                .then_some(s.addr + skip as u64)
+                .and_then(|a| mem.ptr(a, len));
         }
         skip -= l;
     }
@@ -195,7 +196,7 @@ pub fn copy_with_header(
     len: usize,
 ) -> Result<(), CopyError> {
     let total = hdr.len() + len;
-    let d = contiguous(dst, 0, total).and_then(|a| dst_mem.ptr(a, total));
+    let d = contiguous(dst_mem, dst, 0, total);
     if let (Some(d), Some(s)) = (d, src.contiguous(src_skip, len)) {
         // SAFETY: `d` has hdr.len() + len bytes inside the destination mapping, `s` has len.
         unsafe { write_at(d, hdr, s, len) };
@@ -235,12 +236,12 @@ pub(crate) fn copy_with_header_flat(
 }
 
 /// Writes `hdr` and then `len` bytes from `s` at `d`.
-#[inline]
 ///
 /// # Safety
 /// `d` must have room for hdr.len() + len bytes and `s` must have `len` readable bytes. They may
 /// overlap (sender and receiver memories can be mappings of one file): `copy`, not
 /// `copy_nonoverlapping`, keeps a frontend that aliases them from causing UB.
+#[inline]
 unsafe fn write_at(d: *mut u8, hdr: &[u8], s: *const u8, len: usize) {
     std::ptr::copy_nonoverlapping(hdr.as_ptr(), d, hdr.len());
     std::ptr::copy(s, d.add(hdr.len()), len);
