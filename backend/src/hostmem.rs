@@ -4,7 +4,7 @@
 //! cost. Every access is bounds-checked against one region; nothing here trusts a guest address.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::AtomicU16;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -157,15 +157,6 @@ impl<'a> HostMem<'a> {
         Some(())
     }
 
-    /// Copies `buf` into one region.
-    #[inline]
-    pub fn write(&self, addr: u64, buf: &[u8]) -> Option<()> {
-        let p = self.ptr(addr, buf.len())?;
-        // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len()) };
-        Some(())
-    }
-
     /// An atomic 16-bit ring field (ring addresses are checked to be aligned when set).
     #[inline]
     pub fn atomic_u16(&self, addr: u64) -> Option<&AtomicU16> {
@@ -177,21 +168,12 @@ impl<'a> HostMem<'a> {
         // accesses these fields atomically too.
         Some(unsafe { &*(p as *const AtomicU16) })
     }
-
-    #[inline]
-    pub fn load_u16(&self, addr: u64, order: Ordering) -> Option<u16> {
-        self.atomic_u16(addr).map(|a| u16::from_le(a.load(order)))
-    }
-
-    #[inline]
-    pub fn store_u16(&self, addr: u64, v: u16, order: Ordering) -> Option<()> {
-        self.atomic_u16(addr).map(|a| a.store(v.to_le(), order))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
     #[test]
@@ -209,7 +191,9 @@ mod tests {
         assert!(h.read(0x4ffe, &mut b).is_none(), "runs past the region");
         assert!(h.ptr(0x2000, 1).is_none(), "hole");
         assert_eq!(h.span(0xfff).map(|s| s.1), Some(1));
-        h.store_u16(0x10, 0xbeef, Ordering::Release).unwrap();
+        h.atomic_u16(0x10)
+            .unwrap()
+            .store(0xbeef_u16.to_le(), Ordering::Release);
         assert_eq!(m.read_obj::<u16>(GuestAddress(0x10)).unwrap(), 0xbeef);
         assert!(h.atomic_u16(0x11).is_none(), "unaligned");
         // Adjacent regions: one access may not span both, a range check may.
