@@ -615,14 +615,17 @@ WORK=$(mktemp -d /tmp/sriov-bench.XXXXXX)
 build_daemon
 setup_memory
 
+# Busy-poll variants only for a build that has --poll-us (an older one compared as DAEMON_B).
+has_poll() { "$1" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; }
+drop_variant() { VARIANTS=$(tr ' ' '\n' <<<"$VARIANTS" | grep -vx "$1" | tr '\n' ' '); }
 HAVE_POLL=yes
-if ! "$DAEMON" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; then
+if ! has_poll "$DAEMON"; then
     HAVE_POLL="not available (the daemon has no --poll-us)"
-    VARIANTS=$(tr ' ' '\n' <<<"$VARIANTS" | grep -vx ours-poll | tr '\n' ' ')
+    drop_variant ours-poll
     log "busy-poll: $HAVE_POLL"
 fi
-if [[ -n $DAEMON_B ]] && ! "$DAEMON_B" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; then
-    VARIANTS=$(tr ' ' '\n' <<<"$VARIANTS" | grep -vx b-poll | tr '\n' ' ')
+if [[ -n $DAEMON_B ]] && ! has_poll "$DAEMON_B"; then
+    drop_variant b-poll
 fi
 
 python3 "$HELPER" env --out "$EVENTS" \
