@@ -250,6 +250,7 @@ unsafe fn write_at(d: *mut u8, hdr: &[u8], s: *const u8, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostmem::MemMap;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn two_region_mem() -> GuestMemoryMmap<()> {
@@ -260,7 +261,9 @@ mod tests {
     #[test]
     fn copies_between_differently_split_buffers() {
         let a = two_region_mem();
+        let ma = MemMap::of(&a);
         let b = two_region_mem();
+        let mb = MemMap::of(&b);
         let data: Vec<u8> = (0..200u8).collect();
         // Source: 12-byte header then data in pieces of 7, 93, 100 bytes; one straddles regions.
         a.write_slice(&[0xaa; 12], GuestAddress(0x100)).unwrap();
@@ -297,11 +300,11 @@ mod tests {
         ];
         copy(
             &Source::Guest {
-                mem: &HostMem::new(&a),
+                mem: &ma.host(),
                 segs: &src,
             },
             12,
-            &HostMem::new(&b),
+            &mb.host(),
             &dst,
             3,
             200,
@@ -316,7 +319,9 @@ mod tests {
     #[test]
     fn header_and_frame_land_the_same_whether_buffers_are_split_or_not() {
         let a = two_region_mem();
+        let ma = MemMap::of(&a);
         let b = two_region_mem();
+        let mb = MemMap::of(&b);
         let data: Vec<u8> = (0..100u8).collect();
         a.write_slice(&data, GuestAddress(0x10c)).unwrap();
         let hdr = [0xee; 12];
@@ -354,7 +359,7 @@ mod tests {
             ];
             for dst in dsts {
                 b.write_slice(&[0u8; 200], GuestAddress(0x800)).unwrap();
-                let (ha, hb) = (HostMem::new(&a), HostMem::new(&b));
+                let (ha, hb) = (ma.host(), mb.host());
                 let s = Source::Guest {
                     mem: &ha,
                     segs: src,
@@ -371,11 +376,11 @@ mod tests {
             len: 100,
         }];
         let s = Source::Guest {
-            mem: &HostMem::new(&a),
+            mem: &ma.host(),
             segs: &one,
         };
         assert_eq!(
-            copy_with_header(&hdr, &s, 12, &HostMem::new(&b), &short, 100),
+            copy_with_header(&hdr, &s, 12, &mb.host(), &short, 100),
             Err(CopyError::Short)
         );
     }
@@ -383,11 +388,13 @@ mod tests {
     #[test]
     fn a_translated_source_copies_like_a_guest_one_and_is_bounds_checked() {
         let a = two_region_mem();
+        let ma = MemMap::of(&a);
         let b = two_region_mem();
+        let mb = MemMap::of(&b);
         let data: Vec<u8> = (0..100u8).collect();
         a.write_slice(&data, GuestAddress(0x10c)).unwrap();
-        let ha = HostMem::new(&a);
-        let hb = HostMem::new(&b);
+        let ha = ma.host();
+        let hb = mb.host();
         let ptr = HostPtr(ha.ptr(0x100, 112).unwrap());
         let host = Source::Host { ptr, len: 112 };
         let hdr = [0xee; 12];
@@ -430,18 +437,19 @@ mod tests {
     #[test]
     fn gathers_and_reports_short_chains() {
         let a = two_region_mem();
+        let ma = MemMap::of(&a);
         a.write_slice(&[1, 2, 3], GuestAddress(0x10)).unwrap();
         a.write_slice(&[4, 5], GuestAddress(0x20)).unwrap();
         let segs = [Seg { addr: 0x10, len: 3 }, Seg { addr: 0x20, len: 2 }];
         let mut buf = [0u8; 8];
-        assert_eq!(read(&HostMem::new(&a), &segs, 1, &mut buf).unwrap(), 4);
+        assert_eq!(read(&ma.host(), &segs, 1, &mut buf).unwrap(), 4);
         assert_eq!(buf[..4], [2, 3, 4, 5]);
         let dst = [Seg {
             addr: 0x100,
             len: 3,
         }];
         assert_eq!(
-            copy(&Source::Bytes(&[9; 10]), 0, &HostMem::new(&a), &dst, 0, 10),
+            copy(&Source::Bytes(&[9; 10]), 0, &ma.host(), &dst, 0, 10),
             Err(CopyError::Short)
         );
     }
@@ -449,13 +457,14 @@ mod tests {
     #[test]
     fn unmapped_buffer_is_an_error_not_a_panic() {
         let a = two_region_mem();
+        let ma = MemMap::of(&a);
         let segs = [Seg {
             addr: 0x9000,
             len: 4,
         }];
         let mut buf = [0u8; 4];
         assert_eq!(
-            read(&HostMem::new(&a), &segs, 0, &mut buf),
+            read(&ma.host(), &segs, 0, &mut buf),
             Err(CopyError::Unmapped(0x9000))
         );
     }

@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicU16;
+use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -46,31 +47,26 @@ struct Region {
     host: *mut u8,
 }
 
-/// A translation view of one guest memory. Its pointers are valid while `mem` is borrowed: the
-/// mappings belong to that snapshot and are only unmapped when the last reference goes.
-pub struct HostMem<'a> {
-    mem: &'a Mem,
+/// The inline region table of one guest-memory snapshot.
+#[derive(Clone, Copy)]
+struct Regions {
     regions: [Region; INLINE],
     n: usize,
-    /// More regions than fit inline: every lookup goes to `mem`.
+    /// More regions than fit inline: every lookup goes to the snapshot itself.
     overflow: bool,
-    /// Index of the region the last lookup hit (an empty one when there is none).
-    last: Cell<usize>,
 }
 
-impl<'a> HostMem<'a> {
-    pub fn new(mem: &'a Mem) -> Self {
+impl Regions {
+    fn of(mem: &Mem) -> Self {
         let empty = Region {
             start: 0,
             len: 0,
             host: std::ptr::null_mut(),
         };
-        let mut h = HostMem {
-            mem,
+        let mut t = Regions {
             regions: [empty; INLINE],
             n: 0,
             overflow: false,
-            last: Cell::new(0),
         };
         // With too many regions the inline table is not used at all, so the fast path in `span`
         // must never match: it looks at an empty region (len 0) then.
@@ -78,28 +74,81 @@ impl<'a> HostMem<'a> {
             let Ok(host) = r.get_host_address(MemoryRegionAddress(0)) else {
                 continue;
             };
-            if h.n == INLINE {
-                h.overflow = true;
+            if t.n == INLINE {
+                t.overflow = true;
                 break;
             }
-            h.regions[h.n] = Region {
+            t.regions[t.n] = Region {
                 start: r.start_addr().0,
                 len: r.len(),
                 host,
             };
-            h.n += 1;
+            t.n += 1;
         }
-        if h.overflow {
-            h.regions[0].len = 0;
+        if t.overflow {
+            t.regions[0].len = 0;
         }
-        h
+        t
+    }
+}
+
+/// A guest-memory snapshot with its region table built once, for a holder that keeps the
+/// snapshot across batches (`session::Held`): a batch's [`HostMem`] is then a copy of the table,
+/// not a walk of vm-memory's regions.
+pub struct MemMap {
+    mem: Arc<Mem>,
+    t: Regions,
+}
+
+// SAFETY: the table's host addresses point into `mem`'s mappings, which this owns (and which are
+// themselves Send); nothing here is shared between threads without a borrow.
+unsafe impl Send for MemMap {}
+
+impl MemMap {
+    pub fn new(mem: Arc<Mem>) -> Self {
+        let t = Regions::of(&mem);
+        MemMap { mem, t }
+    }
+
+    /// A map of a copy of `mem`'s handle (the regions are shared, not copied).
+    #[cfg(test)]
+    pub fn of(mem: &Mem) -> Self {
+        Self::new(Arc::new(mem.clone()))
+    }
+
+    pub fn mem(&self) -> &Arc<Mem> {
+        &self.mem
+    }
+
+    /// A translation view for one batch or RX run.
+    #[inline]
+    pub fn host(&self) -> HostMem<'_> {
+        HostMem::new(self)
+    }
+}
+
+/// A translation view of one guest memory. Its pointers are valid while the snapshot is
+/// borrowed: the mappings belong to it and are only unmapped when the last reference goes.
+pub struct HostMem<'a> {
+    map: &'a MemMap,
+    /// Index of the region the last lookup hit (an empty one when there is none).
+    last: Cell<usize>,
+}
+
+impl<'a> HostMem<'a> {
+    #[inline]
+    pub fn new(map: &'a MemMap) -> Self {
+        HostMem {
+            map,
+            last: Cell::new(0),
+        }
     }
 
     /// Host pointer to `addr` and the bytes from there to the end of its region.
     #[inline]
     pub fn span(&self, addr: u64) -> Option<(*mut u8, usize)> {
         // Nearly every access of a batch falls in the region the previous one did.
-        let r = &self.regions[self.last.get()];
+        let r = &self.map.t.regions[self.last.get()];
         let off = addr.wrapping_sub(r.start);
         if off < r.len {
             // SAFETY: off < len, so the pointer stays inside the region's mapping.
@@ -110,8 +159,8 @@ impl<'a> HostMem<'a> {
 
     #[cold]
     fn span_slow(&self, addr: u64) -> Option<(*mut u8, usize)> {
-        if !self.overflow {
-            for (i, r) in self.regions[..self.n].iter().enumerate() {
+        if !self.map.t.overflow {
+            for (i, r) in self.map.t.regions[..self.map.t.n].iter().enumerate() {
                 let off = addr.wrapping_sub(r.start);
                 if off < r.len {
                     self.last.set(i);
@@ -121,7 +170,7 @@ impl<'a> HostMem<'a> {
             }
             return None;
         }
-        let r = self.mem.find_region(GuestAddress(addr))?;
+        let r = self.map.mem.find_region(GuestAddress(addr))?;
         let off = addr - r.start_addr().0;
         let p = r.get_host_address(MemoryRegionAddress(off)).ok()?;
         Some((p, (r.len() - off) as usize))
@@ -144,7 +193,7 @@ impl<'a> HostMem<'a> {
 
     #[cold]
     fn check_range_slow(&self, addr: u64, len: usize) -> bool {
-        GuestMemoryBackend::check_range(self.mem, GuestAddress(addr), len)
+        GuestMemoryBackend::check_range(&*self.map.mem, GuestAddress(addr), len)
     }
 
     /// Copies `buf.len()` bytes out of one region.
@@ -164,7 +213,7 @@ impl<'a> HostMem<'a> {
         if (p as usize) % 2 != 0 {
             return None;
         }
-        // SAFETY: aligned, inside a live mapping for the lifetime of `self.mem`; the driver
+        // SAFETY: aligned, inside a live mapping for the lifetime of `self.map`; the driver
         // accesses these fields atomically too.
         Some(unsafe { &*(p as *const AtomicU16) })
     }
@@ -184,7 +233,8 @@ mod tests {
         ])
         .unwrap();
         m.write_slice(&[1, 2, 3], GuestAddress(0x4ffd)).unwrap();
-        let h = HostMem::new(&m);
+        let h = MemMap::of(&m);
+        let h = h.host();
         let mut b = [0u8; 3];
         h.read(0x4ffd, &mut b).unwrap();
         assert_eq!(b, [1, 2, 3]);
@@ -202,7 +252,8 @@ mod tests {
             (GuestAddress(0x1000), 0x1000),
         ])
         .unwrap();
-        let h = HostMem::new(&adj);
+        let h = MemMap::of(&adj);
+        let h = h.host();
         assert!(h.ptr(0xff0, 0x20).is_none());
         assert!(h.check_range(0xff0, 0x20));
         assert!(!h.check_range(0x1ff0, 0x20));
@@ -215,7 +266,8 @@ mod tests {
             .collect();
         let m: Mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
         m.write_slice(&[9], GuestAddress(11 * 0x2000 + 5)).unwrap();
-        let h = HostMem::new(&m);
+        let h = MemMap::of(&m);
+        let h = h.host();
         let mut b = [0u8];
         h.read(11 * 0x2000 + 5, &mut b).unwrap();
         assert_eq!(b, [9]);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::partition::Partition;
 use crate::session::Held;
 use crate::switch::Switch;
-use crate::tx::{self, Batch, IdleProbe, TxScratch};
+use crate::tx::{self, Batch, TxScratch};
 
 /// One TX queue pair of one partition, as the poller sees it.
 pub struct Job {
@@ -108,9 +108,8 @@ struct Entry {
     job: Arc<Job>,
     /// When it was first seen empty in the current idle stretch.
     idle_since: Option<Instant>,
-    /// Set while it is idle: the cheap re-check.
-    probe: Option<IdleProbe>,
-    /// Its partition's session and memory, kept across batches.
+    /// Its partition's session and memory, kept across batches; between batches its
+    /// [`Held::still_idle`] is the cheap re-check.
     held: Option<Held>,
 }
 
@@ -130,7 +129,6 @@ fn run(shared: &Shared, window: Duration) {
             active.extend(inbox.drain(..).map(|job| Entry {
                 job,
                 idle_since: None,
-                probe: None,
                 held: None,
             }));
             shared.pending.store(false, Ordering::Release);
@@ -138,28 +136,19 @@ fn run(shared: &Shared, window: Duration) {
         round = round.wrapping_add(1);
         let now = (round % CLOCK_EVERY == 0).then(Instant::now);
         active.retain_mut(|e| {
-            let idle = match &e.probe {
-                Some(p) if p.still_idle() => true,
-                _ => {
-                    // The probe is kept (not dropped) so going idle again re-arms it cheaply.
-                    match e.job.batch(&mut e.held) {
-                        Batch::Sent(_) => {
-                            e.idle_since = None;
-                            return true;
-                        }
-                        Batch::Empty => {
-                            let (probe, pair) = (e.probe.take(), e.job.pair);
-                            e.probe = e
-                                .held
-                                .as_ref()
-                                .and_then(|h| IdleProbe::renew(probe, h, pair));
-                            true
-                        }
-                        // Not running: back to kicks (a restarted ring kicks, or re-arming finds
-                        // its work).
-                        Batch::Stopped => false,
+            let qidx = 2 * e.job.pair + 1;
+            let idle = match &e.held {
+                Some(h) if h.still_idle(qidx) => true,
+                _ => match e.job.batch(&mut e.held) {
+                    Batch::Sent(_) => {
+                        e.idle_since = None;
+                        return true;
                     }
-                }
+                    Batch::Empty => true,
+                    // Not running: back to kicks (a restarted ring kicks, or re-arming finds
+                    // its work).
+                    Batch::Stopped => false,
+                },
             };
             if idle {
                 let Some(t) = now else { return true };
@@ -169,7 +158,6 @@ fn run(shared: &Shared, window: Duration) {
             }
             // Stopped, or idle for the whole window: back to kicks.
             e.idle_since = None;
-            e.probe = None;
             e.held = None;
             e.job.release()
         });

@@ -8,12 +8,13 @@
 //! A batch (or an RX run) maps the ring once ([`Ring::map`]) and then reaches its entries through
 //! host pointers, as QEMU's and DPDK's vhost do.
 
+use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use virtio_queue::{Queue, QueueT};
 
-use crate::hostmem::{HostMem, HostPtr};
+use crate::hostmem::{HostMem, HostPtr, MemMap};
 
 pub(crate) const DESC_F_NEXT: u16 = 1;
 pub(crate) const DESC_F_WRITE: u16 = 2;
@@ -237,6 +238,78 @@ pub struct Ring<'m> {
     _mem: PhantomData<&'m ()>,
 }
 
+/// One queue's mapping kept across batches, so a batch or RX run costs a comparison of the
+/// queue's addresses instead of three translations. It belongs with one memory snapshot: the
+/// holder of that snapshot (`session::Held`) owns the cache and hands out rings only while it
+/// holds the snapshot.
+#[derive(Default)]
+pub(crate) struct RingCache(UnsafeCell<Option<Cached>>);
+
+struct Cached {
+    qidx: usize,
+    /// With the ring's own table address, size and EVENT_IDX, what the mapping was made from.
+    avail: u64,
+    used: u64,
+    ring: Ring<'static>,
+}
+
+// SAFETY: the cached addresses point into the snapshot the owner keeps with the cache; they are
+// only dereferenced through a `Ring` borrowed from that owner. (Not Sync: one thread at a time.)
+unsafe impl Send for RingCache {}
+
+impl RingCache {
+    /// Queue `qidx`'s ring (`q`), mapped in `map` unless the cache already has it.
+    ///
+    /// # Safety
+    /// Every call on one cache passes the same `map` (so cached addresses are into it).
+    #[inline]
+    pub(crate) unsafe fn ring<'h>(
+        &self,
+        map: &'h MemMap,
+        qidx: usize,
+        q: &Queue,
+    ) -> Result<Ring<'h>, RingError> {
+        ready(q)?;
+        // SAFETY: the cache is !Sync and no reference into it outlives this call or `avail_idx`.
+        let slot = unsafe { &mut *self.0.get() };
+        if let Some(c) = slot {
+            let r = &c.ring;
+            if c.qidx == qidx
+                && r.table == Table::of(q)
+                && c.avail == q.avail_ring()
+                && c.used == q.used_ring()
+                && r.event_idx == q.event_idx_enabled()
+            {
+                return Ok(unsafe { r.rebind() });
+            }
+        }
+        let host = map.host();
+        let ring = unsafe { Ring::map(&host, q)?.rebind() };
+        *slot = Some(Cached {
+            qidx,
+            avail: q.avail_ring(),
+            used: q.used_ring(),
+            ring,
+        });
+        Ok(unsafe { ring.rebind() })
+    }
+
+    /// Queue `qidx`'s avail.idx, read through the cached mapping, if it is the cached queue.
+    ///
+    /// # Safety
+    /// As for [`RingCache::ring`], and that map is still alive.
+    #[inline]
+    pub(crate) unsafe fn avail_idx(&self, qidx: usize) -> Option<u16> {
+        // SAFETY: as in `ring`.
+        match unsafe { &*self.0.get() } {
+            Some(c) if c.qidx == qidx => {
+                Some(u16::from_le(c.ring.avail_u16(2).load(Ordering::Acquire)))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl<'m> Ring<'m> {
     pub fn map(mem: &'m HostMem<'_>, q: &Queue) -> Result<Self, RingError> {
         ready(q)?;
@@ -257,6 +330,21 @@ impl<'m> Ring<'m> {
             event_idx,
             _mem: PhantomData,
         })
+    }
+
+    /// The same mapping under another lifetime.
+    ///
+    /// # Safety
+    /// The snapshot the ring was mapped in stays alive for `'n`.
+    unsafe fn rebind<'n>(self) -> Ring<'n> {
+        Ring {
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+            table: self.table,
+            event_idx: self.event_idx,
+            _mem: PhantomData,
+        }
     }
 
     pub fn table(&self) -> Table {
@@ -416,7 +504,10 @@ mod tests {
         d.desc(DESC, 3, 0x8000, 12, DESC_F_NEXT, 7);
         d.desc(DESC, 7, 0x9000, 100, 0, 0);
         d.offer(3);
-        assert_eq!(Ring::map(&d.host(), &q).unwrap().pending(&q).unwrap(), 1);
+        assert_eq!(
+            Ring::map(&d.map().host(), &q).unwrap().pending(&q).unwrap(),
+            1
+        );
         let (total, segs) = d.walk(&q, Dir::Readable, true).unwrap();
         assert_eq!(total, 112);
         assert_eq!(
@@ -544,7 +635,8 @@ mod tests {
     #[test]
     fn flat_takes_only_what_the_general_walk_would_take_as_one_buffer() {
         let (d, q) = Driver::new(8);
-        let h = d.host();
+        let map = d.map();
+        let h = map.host();
         let r = Ring::map(&h, &q).unwrap();
         let flat = |i: u16, dir: Dir, max: u32| r.flat(&h, i, dir, max).map(|f| f.seg);
         d.desc(DESC, 0, 0x8000, 60, 0, 0);
@@ -591,7 +683,7 @@ mod tests {
             .store(100u16.to_le(), GuestAddress(AVAIL + 2), Ordering::Release)
             .unwrap();
         assert!(matches!(
-            Ring::map(&d.host(), &q).unwrap().pending(&q),
+            Ring::map(&d.map().host(), &q).unwrap().pending(&q),
             Err(RingError::AvailJump { avail: 100, .. })
         ));
     }
@@ -600,7 +692,8 @@ mod tests {
     fn publishes_several_used_entries_at_once_and_honours_event_idx() {
         let (d, mut q) = Driver::new(8);
         let m = &d.mem;
-        let h = &d.host();
+        let map = d.map();
+        let h = &map.host();
         q.set_event_idx(true);
         let r = Ring::map(h, &q).unwrap();
         let used_idx = || u16::from_le(m.load(GuestAddress(USED + 2), Ordering::Acquire).unwrap());
@@ -647,7 +740,8 @@ mod tests {
     #[test]
     fn kicks_are_suppressed_with_the_used_flag_only_without_event_idx() {
         let (d, mut q) = Driver::new(8);
-        let h = d.host();
+        let map = d.map();
+        let h = map.host();
         let flags = || u16::from_le(d.mem.load(GuestAddress(USED), Ordering::Acquire).unwrap());
         Ring::map(&h, &q).unwrap().suppress_kicks();
         assert_eq!(flags(), USED_F_NO_NOTIFY);
@@ -668,7 +762,8 @@ mod tests {
     #[test]
     fn a_ring_outside_one_region_is_refused() {
         let (d, mut q) = Driver::new(8);
-        let h = d.host();
+        let map = d.map();
+        let h = map.host();
         // Memory is one 1 MiB region: a used ring starting 16 bytes before its end runs past it.
         q.set_used_ring_address(Some(0xf_fff0), Some(0));
         assert_eq!(
@@ -679,8 +774,37 @@ mod tests {
             })
         );
         let (d, mut q) = Driver::new(8);
-        assert!(Ring::map(&d.host(), &q).is_ok());
+        assert!(Ring::map(&d.map().host(), &q).is_ok());
         q.set_ready(false);
-        assert_eq!(Ring::map(&d.host(), &q).err(), Some(RingError::NotReady));
+        assert_eq!(
+            Ring::map(&d.map().host(), &q).err(),
+            Some(RingError::NotReady)
+        );
+    }
+
+    #[test]
+    fn a_cached_ring_is_remapped_when_its_queue_moves() {
+        let (mut d, mut q) = Driver::new(16);
+        let map = MemMap::new(std::sync::Arc::new(d.mem.clone()));
+        let cache = RingCache::default();
+        d.offer(3);
+        // SAFETY (all calls below): `map` is the only map used with `cache`, and outlives it.
+        let r = unsafe { cache.ring(&map, 1, &q) }.unwrap();
+        assert_eq!(r.pending(&q), Ok(1));
+        assert_eq!(unsafe { cache.avail_idx(1) }, Some(1));
+        assert_eq!(unsafe { cache.avail_idx(0) }, None, "another queue");
+        // The driver moves its avail ring (one whose idx is 5): the old mapping must not be used.
+        d.mem
+            .store(5u16.to_le(), GuestAddress(0x3002), Ordering::Release)
+            .unwrap();
+        q.set_avail_ring_address(Some(0x3000), Some(0));
+        let r = unsafe { cache.ring(&map, 1, &q) }.unwrap();
+        assert_eq!(r.pending(&q), Ok(5));
+        assert_eq!(unsafe { cache.avail_idx(1) }, Some(5));
+        q.set_ready(false);
+        assert_eq!(
+            unsafe { cache.ring(&map, 1, &q) }.err(),
+            Some(RingError::NotReady)
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, Seg};
-use crate::session::{GuestMem, Session, Warn};
+use crate::session::{GuestMem, Held, Session, Warn};
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
@@ -61,16 +61,17 @@ pub struct RxQueue<'a> {
 }
 
 impl<'a> RxQueue<'a> {
-    /// Locks `dest`'s RX queue (in `mem`, a view of `session`'s memory) for the sender's pair
+    /// Locks `dest`'s RX queue (`held` is `dest`'s session and memory, `mem` a view of it) for the sender's pair
     /// `pair_hint` spread over the receiver's pairs, falling back to pair 0 when that ring is not
     /// running (the driver enabled fewer pairs).
     pub fn open(
         dest: &'a Partition,
-        session: &'a Session,
+        held: &'a Held,
         mem: &'a HostMem<'a>,
         pair_hint: usize,
         scratch: &'a mut RxScratch,
     ) -> Result<Self, DropReason> {
+        let session = &*held.session;
         let vrings = session.vrings().ok_or(DropReason::DestinationDown)?;
         let pairs = vrings.len() / 2;
         if pairs == 0 {
@@ -93,7 +94,7 @@ impl<'a> RxQueue<'a> {
             }
         }
         let published = ring.get_queue().next_used();
-        let mapped = match Ring::map(mem, ring.get_queue()) {
+        let mapped = match held.ring(2 * pair, ring.get_queue()) {
             Ok(m) => m,
             Err(e) => {
                 session.mark_broken(2 * pair, &e);
@@ -284,7 +285,7 @@ mod tests {
     use crate::partition::Role;
     use crate::testutil::{Driver, DESC, F_WRITE};
     use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+    use vm_memory::{Bytes, GuestAddress};
 
     const BUF: u64 = 0x8000;
 
@@ -313,11 +314,11 @@ mod tests {
     }
 
     /// One frame as a run of its own: opened, put, published.
-    fn deliver(p: &Partition, s: &Session, o: &Outgoing<'_>) -> Result<(), DropReason> {
+    fn deliver(p: &Partition, s: &Arc<Session>, o: &Outgoing<'_>) -> Result<(), DropReason> {
         let mut scratch = RxScratch::default();
-        let mem = s.mem.memory();
-        let host = HostMem::new(&mem);
-        let r = RxQueue::open(p, s, &host, 0, &mut scratch)?.put(o);
+        let h = Held::of(s.clone());
+        let host = h.host();
+        let r = RxQueue::open(p, &h, &host, 0, &mut scratch)?.put(o);
         r
     }
 
@@ -340,9 +341,9 @@ mod tests {
         }
         let f = frame(250); // 12 + 250 = 262 bytes: 3 chains of 100
         let mut scratch = RxScratch::default();
-        let mem = s.mem.memory();
-        let host = HostMem::new(&mem);
-        let mut q = RxQueue::open(&p, &s, &host, 0, &mut scratch).unwrap();
+        let h = Held::of(s.clone());
+        let host = h.host();
+        let mut q = RxQueue::open(&p, &h, &host, 0, &mut scratch).unwrap();
         q.put(&out(&f)).unwrap();
         assert_eq!(d.used_idx(), 0, "nothing visible before the run ends");
         drop(q);
@@ -410,9 +411,9 @@ mod tests {
             post(&mut d, id, 200);
         }
         let mut scratch = RxScratch::default();
-        let mem = s.mem.memory();
-        let host = HostMem::new(&mem);
-        let mut q = RxQueue::open(&p, &s, &host, 0, &mut scratch).unwrap();
+        let h = Held::of(s.clone());
+        let host = h.host();
+        let mut q = RxQueue::open(&p, &h, &host, 0, &mut scratch).unwrap();
         for len in [60, 70, 80] {
             q.put(&out(&frame(len))).unwrap();
         }
@@ -437,9 +438,9 @@ mod tests {
         let (p, s) = receiver(&d, true);
         post(&mut d, 0, 200);
         let mut scratch = RxScratch::default();
-        let mem = s.mem.memory();
-        let host = HostMem::new(&mem);
-        let mut q = RxQueue::open(&p, &s, &host, 0, &mut scratch).unwrap();
+        let h = Held::of(s.clone());
+        let host = h.host();
+        let mut q = RxQueue::open(&p, &h, &host, 0, &mut scratch).unwrap();
         q.put(&out(&frame(60))).unwrap();
         assert_eq!(q.put(&out(&frame(60))), Err(DropReason::NoRxBuffer));
         post(&mut d, 1, 200);

@@ -13,13 +13,16 @@ use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::hostmem::{HostMem, MemMap};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
+use crate::ring::{Ring, RingCache, RingError};
 use crate::Mem;
 
 pub type GuestMem = GuestMemoryAtomic<Mem>;
@@ -42,7 +45,7 @@ pub struct Session {
     broken: Vec<AtomicBool>,
     warned: AtomicU32,
     /// Bumped whenever rings or memory may have changed under a lock-free observer (memory
-    /// table, ring stop, end of the connection); see `tx::IdleProbe`.
+    /// table, ring stop, end of the connection); see [`Held`].
     generation: AtomicU64,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
@@ -168,10 +171,15 @@ impl Session {
 /// A session and a snapshot of its memory, held across batches by a data-path thread and
 /// refreshed only when the session's generation moves (memory table, ring stop, end of the
 /// connection). Loading both per batch cost two atomic swaps, each a full fence, which is most
-/// of what one frame costs when frames come one at a time.
+/// of what one frame costs when frames come one at a time. The hold also keeps what was derived
+/// from the snapshot: its region table and the mapping of the ring last used.
 pub struct Held {
     pub session: Arc<Session>,
-    pub mem: Arc<Mem>,
+    map: MemMap,
+    /// Only ever used with `map` (the contract of `RingCache::ring`).
+    rings: RingCache,
+    /// next_avail after the last TX batch on the cached ring, for [`Held::still_idle`].
+    seen: Cell<u16>,
     generation: u64,
     /// Set once the holder (one TX queue's worker or the poller) has asked that queue's driver
     /// to stop kicking, so later batches skip it: looking at the flag costs a miss per batch,
@@ -186,10 +194,43 @@ impl Held {
         let mem = vm_memory::GuestAddressSpace::memory(&session.mem).into_inner();
         Held {
             session,
-            mem,
+            map: MemMap::new(mem),
+            rings: RingCache::default(),
+            seen: Cell::new(0),
             generation,
             kicks_off: Cell::new(false),
         }
+    }
+
+    /// The memory snapshot.
+    pub fn mem(&self) -> &Arc<Mem> {
+        self.map.mem()
+    }
+
+    /// A translation view of the snapshot for one batch or RX run.
+    pub fn host(&self) -> HostMem<'_> {
+        self.map.host()
+    }
+
+    /// Queue `qidx`'s rings (`q` is that queue, under its lock), mapped in the snapshot; reused
+    /// from the previous call when it was the same queue with the same addresses.
+    pub fn ring(&self, qidx: usize, q: &Queue) -> Result<Ring<'_>, RingError> {
+        // SAFETY: this cache is only ever used with `self.map`, which lives as long as `self`.
+        unsafe { self.rings.ring(&self.map, qidx, q) }
+    }
+
+    /// A TX batch on queue `qidx` left its next_avail at `next`.
+    pub fn saw(&self, next: u16) {
+        self.seen.set(next);
+    }
+
+    /// A cheap re-check, for a poller looking many times a microsecond, that TX queue `qidx` is
+    /// still where the last batch left it: one load of avail.idx through the cached mapping.
+    /// Only a hint (a real batch re-checks under the ring lock); false when anything moved,
+    /// including the session's generation.
+    pub fn still_idle(&self, qidx: usize) -> bool {
+        // SAFETY: `self.map` is alive and is the cache's only map.
+        self.current() && unsafe { self.rings.avail_idx(qidx) } == Some(self.seen.get())
     }
 
     /// True the first time after the hold was taken or [`Held::kicks_rearmed`]: the caller is

@@ -256,8 +256,8 @@ impl Switch {
         let Some(h) = Held::refresh(&mut held[dest.id], dest) else {
             return RunResult::Down;
         };
-        let host = HostMem::new(&h.mem);
-        let mut q = match RxQueue::open(dest, &h.session, &host, pair, rx) {
+        let host = h.host();
+        let mut q = match RxQueue::open(dest, h, &host, pair, rx) {
             Ok(q) => q,
             Err(_) => return RunResult::Down,
         };
@@ -462,8 +462,8 @@ mod tests {
     fn frames_of_one_batch_are_decided_on_their_own_addresses() {
         let s = sw();
         let vf0 = &s.partitions()[1];
-        let m: crate::Mem = vm_memory::GuestMemoryMmap::new();
-        let m = HostMem::new(&m);
+        let m = crate::hostmem::MemMap::of(&vm_memory::GuestMemoryMmap::new());
+        let m = m.host();
         let f = frame(vf0.mac(), mac("02:00:00:00:00:02"));
         let spoofed = TxFrame {
             src: mac("02:00:00:00:00:00"),
@@ -508,8 +508,8 @@ mod tests {
     fn forwarding_to_a_stopped_partition_counts_destination_down() {
         let s = sw();
         let pf = &s.partitions()[0];
-        let m: crate::Mem = vm_memory::GuestMemoryMmap::new();
-        let m = HostMem::new(&m);
+        let m = crate::hostmem::MemMap::of(&vm_memory::GuestMemoryMmap::new());
+        let m = m.host();
         let f = frame(pf.mac(), mac("02:00:00:00:00:01"));
         // A run of three unicast frames, then a broadcast, then one more unicast.
         let b = TxFrame {

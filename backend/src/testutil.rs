@@ -7,7 +7,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::hostmem::HostMem;
+use crate::hostmem::MemMap;
 use crate::partition::PartitionConfig;
 use crate::ring::{self, ChainError, Dir, Ring, Seg};
 
@@ -94,12 +94,14 @@ impl Driver {
             .unwrap();
     }
 
-    pub fn host(&self) -> HostMem<'_> {
-        HostMem::new(&self.mem)
+    /// A map of the driver's memory (call once per test step: it is built each time).
+    pub fn map(&self) -> MemMap {
+        MemMap::of(&self.mem)
     }
 
     pub fn walk(&self, q: &Queue, dir: Dir, indirect: bool) -> Result<(u32, Vec<Seg>), ChainError> {
-        let host = self.host();
+        let map = self.map();
+        let host = map.host();
         let r = Ring::map(&host, q).unwrap();
         let head = r.avail_head(q, 0);
         let mut segs = Vec::new();

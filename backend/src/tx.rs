@@ -2,7 +2,6 @@
 //! each frame's virtio-net and Ethernet headers, hands the batch to the switch and completes the
 //! chains. TX used length is always 0 (the device writes nothing into TX buffers).
 
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use vhost_user_backend::VringT;
@@ -18,7 +17,6 @@ use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, RingError, Seg};
 use crate::session::{Held, Session, Warn};
 use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
-use crate::Mem;
 
 /// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
 const TX_BATCH: u16 = 64;
@@ -109,71 +107,6 @@ pub fn rearm(session: &Session, pair: usize) -> Option<bool> {
     }
 }
 
-/// A lock-free check that an idle TX queue is still idle, for a poller re-checking it many times
-/// a microsecond: a load of the ring's avail index through a cached host address, instead of a
-/// session load, two locks and a translation per look. The memory snapshot it holds keeps that
-/// address mapped. What it reads is only a hint: a real batch re-checks everything under the
-/// ring lock. It is stale once the session's generation moves (memory table, ring stop,
-/// disconnect); a ring reconfigured without a stop (a misbehaving frontend) only delays its own
-/// queue until the poll window ends.
-pub struct IdleProbe {
-    session: Arc<Session>,
-    _mem: Arc<Mem>,
-    avail_idx: *const AtomicU16,
-    next_avail: u16,
-    generation: u64,
-}
-
-impl IdleProbe {
-    pub fn new(held: &Held, pair: usize) -> Option<Self> {
-        Self::renew(None, held, pair)
-    }
-
-    /// A probe for the ring's current position. `probe`, when it was made from the same hold
-    /// for the same ring, is re-armed in place (no reference counts touched). None when the ring
-    /// is not running.
-    pub fn renew(probe: Option<Self>, held: &Held, pair: usize) -> Option<Self> {
-        let (avail_ring, next_avail) = Self::ring_state(held, pair)?;
-        let avail_idx = HostMem::new(&held.mem).atomic_u16(avail_ring + 2)? as *const AtomicU16;
-        match probe {
-            Some(mut p)
-                if Arc::ptr_eq(&p.session, &held.session)
-                    && Arc::ptr_eq(&p._mem, &held.mem)
-                    && p.generation == held.generation()
-                    && p.avail_idx == avail_idx =>
-            {
-                p.next_avail = next_avail;
-                Some(p)
-            }
-            _ => Some(IdleProbe {
-                session: held.session.clone(),
-                _mem: held.mem.clone(),
-                avail_idx,
-                next_avail,
-                generation: held.generation(),
-            }),
-        }
-    }
-
-    fn ring_state(held: &Held, pair: usize) -> Option<(u64, u16)> {
-        let vring = held.session.vrings()?.get(2 * pair + 1)?;
-        let g = vring.get_ref();
-        let q = g.get_queue();
-        if !g.is_enabled() || !q.ready() {
-            return None;
-        }
-        Some((q.avail_ring(), q.next_avail()))
-    }
-
-    /// True while the driver has added nothing and nothing was reconfigured.
-    pub fn still_idle(&self) -> bool {
-        // SAFETY: the address was translated from `_mem`, which this probe keeps alive, and is
-        // aligned (`atomic_u16` checked it).
-        let avail = u16::from_le(unsafe { &*self.avail_idx }.load(Ordering::Acquire));
-        avail == self.next_avail && self.session.generation() == self.generation
-    }
-}
-
 /// Takes at most one batch of chains from TX pair `pair`, forwards them and completes them.
 pub fn tx_batch(
     sw: &Switch,
@@ -194,7 +127,7 @@ pub fn tx_batch(
         session.mark_broken(qidx, e);
         Batch::Stopped
     };
-    let mem = HostMem::new(&held.mem);
+    let mem = held.host();
     // Held for the whole batch: a stop (GET_VRING_BASE) then reads a ring state from before or
     // after the batch, never one with chains taken but not completed. Taking RX ring locks
     // inside is deadlock-free: no thread holds an RX ring lock while taking another lock.
@@ -203,11 +136,12 @@ pub fn tx_batch(
         return Batch::Stopped;
     }
     let q = g.get_queue_mut();
-    let r = match Ring::map(&mem, q) {
+    let r = match held.ring(qidx, q) {
         Ok(r) => r,
         Err(RingError::NotReady) => return Batch::Stopped,
         Err(e) => return broken(&e),
     };
+    held.saw(q.next_avail());
     let n = match r.pending(q) {
         Ok(0) => return Batch::Empty,
         Ok(n) => n,
@@ -220,6 +154,7 @@ pub fn tx_batch(
     s.heads
         .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
     q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
+    held.saw(q.next_avail());
 
     let view = TxQueue {
         mem: &mem,
@@ -370,6 +305,7 @@ mod tests {
     use super::*;
     use crate::partition::Role;
     use crate::testutil::{config, session_on, Driver, DESC, F_WRITE, USED};
+    use std::sync::atomic::Ordering;
     use vm_memory::{Bytes, GuestAddress};
 
     /// IN_ORDER is offered because of this: chains are completed in the order the driver made
@@ -441,31 +377,24 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_probe_sees_new_chains_and_reconfiguration() {
+    fn a_hold_is_still_idle_until_chains_arrive_or_the_session_moves() {
         let (mut d, _) = Driver::new(16);
         let s = session_on(&d, 1);
-        let p = IdleProbe::new(&Held::of(s.clone()), 0).unwrap();
-        assert!(p.still_idle());
+        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
+        p.install_session(s.clone());
+        let sw = Switch::new(vec![p.clone()]).unwrap();
+        let mut scratch = TxScratch::default();
+        let held = Held::of(s.clone());
+        assert!(!held.still_idle(1), "nothing known before the first batch");
+        assert_eq!(tx_batch(&sw, &p, &held, 0, &mut scratch), Batch::Empty);
+        assert!(held.still_idle(1));
+        assert!(!held.still_idle(0), "only the queue the batch ran on");
         d.desc(DESC, 0, 0x8000, 60, 0, 0);
         d.offer(0);
-        assert!(!p.still_idle(), "a chain was added");
-        let p = IdleProbe::new(&Held::of(s.clone()), 0).unwrap();
-        assert!(!p.still_idle(), "next_avail has not moved past it");
-        {
-            let mut g = s.vrings().unwrap()[1].get_mut();
-            let q = g.get_queue_mut();
-            q.set_next_avail(q.next_avail().wrapping_add(1));
-        }
-        let p = IdleProbe::renew(Some(p), &Held::of(s.clone()), 0).unwrap();
-        assert!(p.still_idle(), "renewed at the ring's new position");
-
-        let (d, _) = Driver::new(16);
-        let s = session_on(&d, 1);
-        let p = IdleProbe::new(&Held::of(s.clone()), 0).unwrap();
-        assert!(p.still_idle());
+        assert!(!held.still_idle(1), "a chain was added");
+        assert_eq!(tx_batch(&sw, &p, &held, 0, &mut scratch), Batch::Sent(1));
+        assert!(held.still_idle(1), "the batch took it");
         s.bump_generation();
-        assert!(!p.still_idle(), "memory or rings may have changed");
-        // A queue that is not running has no probe.
-        assert!(IdleProbe::new(&Held::of(s), 1).is_none());
+        assert!(!held.still_idle(1), "memory or rings may have changed");
     }
 }
