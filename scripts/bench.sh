@@ -33,8 +33,8 @@
 #                   least 256 2 MiB pages are free, else 0
 #   SCALE_VFS="64 255" SCALE_STARTS=3 SCALE_PAIRS=8 SCALE_SIZE=64 SCALE_SECONDS=SECONDS_PER_ROUND
 #   DAEMON=path     use this daemon binary instead of `cargo build --release`
-#   DAEMON_B=path   a second daemon build to compare in the same run: adds variants b-event (and
-#                   b-poll when ours-poll is listed), measured exactly like ours-event/ours-poll
+#   DAEMON_B=path   a second daemon build to compare in the same run: adds variant b-event when
+#                   ours-event is listed and b-poll when ours-poll is, measured exactly like them
 #                   and interleaved with them, so two builds are compared on the same machine state
 #   RESULTS=dir     where raw.json, table.txt, events.jsonl and the logs go
 #                   (default results/bench-<mode>-<timestamp>)
@@ -186,10 +186,8 @@ build_daemon() {
         cp "$DAEMON_B" "$WORK/daemon-b"
         DAEMON_B_SRC=$DAEMON_B
         DAEMON_B=$WORK/daemon-b
-        VARIANTS="$VARIANTS b-event"
-        if [[ " $VARIANTS " == *" ours-poll "* ]]; then
-            VARIANTS="$VARIANTS b-poll"
-        fi
+        [[ " $VARIANTS " == *" ours-event "* ]] && VARIANTS="$VARIANTS b-event"
+        [[ " $VARIANTS " == *" ours-poll "* ]] && VARIANTS="$VARIANTS b-poll"
     fi
 }
 

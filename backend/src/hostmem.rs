@@ -36,6 +36,37 @@ impl HostPtr {
     }
 }
 
+/// Asks the CPU to fetch the cache line at `p` for writing (PREFETCHW), so a store to a line
+/// another core holds finds it already owned. Never faults; a no-op where the CPU lacks it.
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        // SAFETY: PREFETCHW has no architectural effect and cannot fault; the CPU has it.
+        unsafe {
+            std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+        }
+    }
+}
+
+/// CPUID.80000001H:ECX.PRFCHW, read once.
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            use std::arch::x86_64::__cpuid;
+            let has =
+                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            KNOWN.store(if has { 1 } else { 2 }, Ordering::Relaxed);
+            has
+        }
+    }
+}
+
 /// Regions kept inline; QEMU maps 1-3, DPDK one per memory segment file. More fall back to
 /// vm-memory's lookup.
 const INLINE: usize = 8;

@@ -444,6 +444,23 @@ impl<'m> Ring<'m> {
         }
     }
 
+    /// Starts taking ownership of the used-ring lines the next publication of `n` entries
+    /// writes (its elements from next_used on, and used.idx): the driver polls them, so each
+    /// store would otherwise wait for its line to come back.
+    pub fn prefetch_used(&self, q: &Queue, n: u16) {
+        // A line holds eight elements; the first and last element of the span cover the ends.
+        let n = n.clamp(1, 64);
+        let at = |k: u16| 4 + 8 * self.slot(q.next_used().wrapping_add(k));
+        // SAFETY: used.idx and every element (up to its last byte) are inside the mapped ring.
+        unsafe {
+            crate::hostmem::prefetch_write(self.used.add(2));
+            for k in (0..n).step_by(8) {
+                crate::hostmem::prefetch_write(self.used.add(at(k)));
+            }
+            crate::hostmem::prefetch_write(self.used.add(at(n - 1) + 7));
+        }
+    }
+
     /// Writes the used element `k` positions after `next_used`, without publishing it.
     pub fn write_used(&self, q: &Queue, k: u16, id: u16, len: u32) {
         let pos = self.slot(q.next_used().wrapping_add(k));

@@ -61,14 +61,16 @@ pub struct RxQueue<'a> {
 }
 
 impl<'a> RxQueue<'a> {
-    /// Locks `dest`'s RX queue (`held` is `dest`'s session and memory, `mem` a view of it) for the sender's pair
-    /// `pair_hint` spread over the receiver's pairs, falling back to pair 0 when that ring is not
-    /// running (the driver enabled fewer pairs).
+    /// Locks `dest`'s RX queue (`held` is `dest`'s session and memory, `mem` a view of it) for
+    /// the sender's pair `pair_hint` spread over the receiver's pairs, falling back to pair 0
+    /// when that ring is not running (the driver enabled fewer pairs). `frames` is how many the
+    /// run brings (a hint: their used entries are asked for early).
     pub fn open(
         dest: &'a Partition,
         held: &'a Held,
         mem: &'a HostMem<'a>,
         pair_hint: usize,
+        frames: u16,
         scratch: &'a mut RxScratch,
     ) -> Result<Self, DropReason> {
         let session = &*held.session;
@@ -101,6 +103,7 @@ impl<'a> RxQueue<'a> {
                 return Err(DropReason::DestinationDown);
             }
         };
+        mapped.prefetch_used(ring.get_queue(), frames);
         Ok(RxQueue {
             dest,
             session,
@@ -318,7 +321,7 @@ mod tests {
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
         let host = h.host();
-        let r = RxQueue::open(p, &h, &host, 0, &mut scratch)?.put(o);
+        let r = RxQueue::open(p, &h, &host, 0, 1, &mut scratch)?.put(o);
         r
     }
 
@@ -343,7 +346,7 @@ mod tests {
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
         let host = h.host();
-        let mut q = RxQueue::open(&p, &h, &host, 0, &mut scratch).unwrap();
+        let mut q = RxQueue::open(&p, &h, &host, 0, 1, &mut scratch).unwrap();
         q.put(&out(&f)).unwrap();
         assert_eq!(d.used_idx(), 0, "nothing visible before the run ends");
         drop(q);
@@ -413,7 +416,7 @@ mod tests {
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
         let host = h.host();
-        let mut q = RxQueue::open(&p, &h, &host, 0, &mut scratch).unwrap();
+        let mut q = RxQueue::open(&p, &h, &host, 0, 1, &mut scratch).unwrap();
         for len in [60, 70, 80] {
             q.put(&out(&frame(len))).unwrap();
         }
@@ -440,7 +443,7 @@ mod tests {
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
         let host = h.host();
-        let mut q = RxQueue::open(&p, &h, &host, 0, &mut scratch).unwrap();
+        let mut q = RxQueue::open(&p, &h, &host, 0, 1, &mut scratch).unwrap();
         q.put(&out(&frame(60))).unwrap();
         assert_eq!(q.put(&out(&frame(60))), Err(DropReason::NoRxBuffer));
         post(&mut d, 1, 200);

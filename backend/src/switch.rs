@@ -257,7 +257,8 @@ impl Switch {
             return RunResult::Down;
         };
         let host = h.host();
-        let mut q = match RxQueue::open(dest, h, &host, pair, rx) {
+        let frames = u16::try_from(run.len()).unwrap_or(u16::MAX);
+        let mut q = match RxQueue::open(dest, h, &host, pair, frames, rx) {
             Ok(q) => q,
             Err(_) => return RunResult::Down,
         };

@@ -150,6 +150,7 @@ pub fn tx_batch(
     if held.suppress_kicks_once() {
         r.suppress_kicks();
     }
+    r.prefetch_used(q, n.min(TX_BATCH));
     s.heads.clear();
     s.heads
         .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
