@@ -294,6 +294,19 @@ impl RingCache {
         Ok(unsafe { ring.rebind() })
     }
 
+    /// Starts fetching, for the cached ring, the lines the next run at positions `avail` and
+    /// `used` will touch (see [`Ring::warm`]).
+    ///
+    /// # Safety
+    /// As for [`RingCache::avail_idx`].
+    #[inline]
+    pub(crate) unsafe fn warm(&self, avail: u16, used: u16) {
+        // SAFETY: as in `ring`.
+        if let Some(c) = unsafe { &*self.0.get() } {
+            c.ring.warm(avail, used);
+        }
+    }
+
     /// Queue `qidx`'s avail.idx, read through the cached mapping, if it is the cached queue.
     ///
     /// # Safety
@@ -458,6 +471,22 @@ impl<'m> Ring<'m> {
                 crate::hostmem::prefetch_write(self.used.add(at(k)));
             }
             crate::hostmem::prefetch_write(self.used.add(at(n - 1) + 7));
+        }
+    }
+
+    /// Starts fetching what a run from ring positions `avail` / `used` will touch first, before
+    /// the ring lock is taken: avail.idx and the avail entry (read), the descriptor an in-order
+    /// driver puts there (read; only a guess), and the used element and used.idx (for writing).
+    /// Hints only; a stale position costs a wasted fetch.
+    pub fn warm(&self, avail: u16, used: u16) {
+        let pos = self.slot(avail);
+        // SAFETY: every address is inside a mapped area; prefetches cannot fault.
+        unsafe {
+            HostPtr(self.avail.add(2) as *mut u8).prefetch();
+            HostPtr(self.avail.add(4 + 2 * pos) as *mut u8).prefetch();
+            HostPtr(self.desc.add(16 * pos) as *mut u8).prefetch();
+            crate::hostmem::prefetch_write(self.used.add(2));
+            crate::hostmem::prefetch_write(self.used.add(4 + 8 * self.slot(used)));
         }
     }
 

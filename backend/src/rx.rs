@@ -41,6 +41,7 @@ pub struct Outgoing<'a> {
 /// written and adds the receiver-side counts to the receiver's counters.
 pub struct RxQueue<'a> {
     dest: &'a Partition,
+    held: &'a Held,
     session: &'a Session,
     ring: RwLockWriteGuard<'a, VringState<GuestMem>>,
     /// `ring`'s areas, mapped once for the run.
@@ -106,6 +107,7 @@ impl<'a> RxQueue<'a> {
         mapped.prefetch_used(ring.get_queue(), frames);
         Ok(RxQueue {
             dest,
+            held,
             session,
             ring,
             mapped,
@@ -276,6 +278,8 @@ impl Drop for RxQueue<'_> {
                 );
             }
         }
+        let q = self.ring.get_queue();
+        self.held.saw(q.next_avail(), q.next_used());
         self.dest.queue_counters(self.pair).add_rx(&self.tally);
     }
 }

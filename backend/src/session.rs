@@ -178,8 +178,9 @@ pub struct Held {
     map: MemMap,
     /// Only ever used with `map` (the contract of `RingCache::ring`).
     rings: RingCache,
-    /// next_avail after the last TX batch on the cached ring, for [`Held::still_idle`].
-    seen: Cell<u16>,
+    /// next_avail and next_used after the last batch or run on the cached ring, for
+    /// [`Held::still_idle`] and [`Held::warm`].
+    seen: Cell<(u16, u16)>,
     generation: u64,
     /// Set once the holder (one TX queue's worker or the poller) has asked that queue's driver
     /// to stop kicking, so later batches skip it: looking at the flag costs a miss per batch,
@@ -196,7 +197,7 @@ impl Held {
             session,
             map: MemMap::new(mem),
             rings: RingCache::default(),
-            seen: Cell::new(0),
+            seen: Cell::new((0, 0)),
             generation,
             kicks_off: Cell::new(false),
         }
@@ -219,9 +220,17 @@ impl Held {
         unsafe { self.rings.ring(&self.map, qidx, q) }
     }
 
-    /// A TX batch on queue `qidx` left its next_avail at `next`.
-    pub fn saw(&self, next: u16) {
-        self.seen.set(next);
+    /// A batch or run on the cached ring left it at next_avail `avail` and next_used `used`.
+    pub fn saw(&self, avail: u16, used: u16) {
+        self.seen.set((avail, used));
+    }
+
+    /// Starts fetching the lines the next run on the cached ring will touch first, so a sender
+    /// can overlap them with its own reads before it knows where its frames go.
+    pub fn warm(&self) {
+        let (avail, used) = self.seen.get();
+        // SAFETY: `self.map` is alive and is the cache's only map.
+        unsafe { self.rings.warm(avail, used) }
     }
 
     /// A cheap re-check, for a poller looking many times a microsecond, that TX queue `qidx` is
@@ -230,7 +239,7 @@ impl Held {
     /// including the session's generation.
     pub fn still_idle(&self, qidx: usize) -> bool {
         // SAFETY: `self.map` is alive and is the cache's only map.
-        self.current() && unsafe { self.rings.avail_idx(qidx) } == Some(self.seen.get())
+        self.current() && unsafe { self.rings.avail_idx(qidx) } == Some(self.seen.get().0)
     }
 
     /// True the first time after the hold was taken or [`Held::kicks_rearmed`]: the caller is

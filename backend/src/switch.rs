@@ -83,6 +83,18 @@ impl FwdScratch {
     /// idle, so a departed receiver's guest memory is never kept mapped by an idle sender.
     pub fn release(&mut self) {
         self.runs.held.clear();
+        self.runs.last = None;
+    }
+
+    /// Warms the RX ring of the partition the last run went to (see [`Held::warm`]).
+    pub fn warm_last(&self) {
+        if let Some(h) = self
+            .runs
+            .last
+            .and_then(|id| self.runs.held.get(id)?.as_ref())
+        {
+            h.warm();
+        }
     }
 }
 
@@ -96,6 +108,8 @@ struct RunScratch {
     held: Vec<Option<Held>>,
     /// Next entry of `held` to look at for staleness.
     sweep: usize,
+    /// The partition the last run was delivered to.
+    last: Option<PartitionId>,
 }
 
 impl RunScratch {
@@ -248,8 +262,10 @@ impl Switch {
             segments,
             rx,
             held,
+            last,
             ..
         } = runs;
+        *last = Some(dest.id);
         if held.len() <= dest.id {
             held.resize_with(dest.id + 1, || None);
         }

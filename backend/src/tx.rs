@@ -141,7 +141,7 @@ pub fn tx_batch(
         Err(RingError::NotReady) => return Batch::Stopped,
         Err(e) => return broken(&e),
     };
-    held.saw(q.next_avail());
+    held.saw(q.next_avail(), q.next_used());
     let n = match r.pending(q) {
         Ok(0) => return Batch::Empty,
         Ok(n) => n,
@@ -151,11 +151,14 @@ pub fn tx_batch(
         r.suppress_kicks();
     }
     r.prefetch_used(q, n.min(TX_BATCH));
+    // Most batches go where the previous one went: that receiver's lines are fetched while
+    // this batch reads its own.
+    s.fwd.warm_last();
     s.heads.clear();
     s.heads
         .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
     q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
-    held.saw(q.next_avail());
+    held.saw(q.next_avail(), q.next_used());
 
     let view = TxQueue {
         mem: &mem,
