@@ -128,6 +128,8 @@ pub fn tx_batch(
         Batch::Stopped
     };
     let mem = held.host();
+    // The ring's next lines start coming while the locks are taken.
+    held.warm();
     // Held for the whole batch: a stop (GET_VRING_BASE) then reads a ring state from before or
     // after the batch, never one with chains taken but not completed. Taking RX ring locks
     // inside is deadlock-free: no thread holds an RX ring lock while taking another lock.
