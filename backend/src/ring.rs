@@ -300,10 +300,11 @@ impl RingCache {
     /// # Safety
     /// As for [`RingCache::avail_idx`].
     #[inline]
-    pub(crate) unsafe fn warm(&self, avail: u16, used: u16) {
+    pub(crate) unsafe fn warm(&self, map: &MemMap, avail: u16, used: u16, dir: Dir) {
         // SAFETY: as in `ring`.
         if let Some(c) = unsafe { &*self.0.get() } {
             c.ring.warm(avail, used);
+            c.ring.warm_buffer(&map.host(), avail, dir);
         }
     }
 
@@ -487,6 +488,39 @@ impl<'m> Ring<'m> {
             HostPtr(self.desc.add(16 * pos) as *mut u8).prefetch();
             crate::hostmem::prefetch_write(self.used.add(2));
             crate::hostmem::prefetch_write(self.used.add(4 + 8 * self.slot(used)));
+        }
+    }
+
+    /// Starts fetching the start of the buffer an in-order driver puts at ring position `avail`
+    /// (a guess, read without the ring lock): its headers for a TX buffer, for writing the
+    /// header and frame into for an RX one. The descriptor read waits for its line, but nothing
+    /// waits for the prefetch; a wrong guess costs a wasted fetch.
+    pub fn warm_buffer(&self, mem: &HostMem<'_>, avail: u16, dir: Dir) {
+        let mut raw = [0u8; DESC_SIZE as usize];
+        // SAFETY: slot < size: inside the mapped table; a byte copy tolerates concurrent writes.
+        unsafe {
+            let p = self.desc.add(DESC_SIZE as usize * self.slot(avail));
+            std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
+        }
+        let d = Desc::parse(&raw);
+        // The TX headers end 26 bytes in; an RX header and small frame span two lines.
+        let span: u32 = match dir {
+            Dir::Readable => 26,
+            Dir::Writable => 128,
+        };
+        let Some(p) = mem.ptr(d.addr, span.min(d.len) as usize) else {
+            return;
+        };
+        let last = p.wrapping_add(span.min(d.len).saturating_sub(1) as usize);
+        match dir {
+            Dir::Readable => {
+                HostPtr(p).prefetch();
+                HostPtr(last).prefetch();
+            }
+            Dir::Writable => {
+                crate::hostmem::prefetch_write(p);
+                crate::hostmem::prefetch_write(last);
+            }
         }
     }
 
@@ -852,5 +886,31 @@ mod tests {
             unsafe { cache.ring(&map, 1, &q) }.err(),
             Some(RingError::NotReady)
         );
+    }
+
+    #[test]
+    fn warming_trusts_nothing_the_driver_wrote() {
+        // Hints read descriptors without the ring lock: whatever they hold must not fault.
+        let (d, q) = Driver::new(8);
+        let map = d.map();
+        let h = map.host();
+        let r = Ring::map(&h, &q).unwrap();
+        let cases = [
+            (0x8000, 64),             // a real buffer
+            (0xf_fff0, 0x200),        // runs past the end of memory
+            (0x4000_0000_0000, 64),   // not guest memory at all
+            (u64::MAX - 8, u32::MAX), // wraps
+            (0x8000, 0),              // empty
+        ];
+        for (i, (addr, len)) in cases.into_iter().enumerate() {
+            d.desc(DESC, i as u16, addr, len, DESC_F_WRITE, 0);
+            for dir in [Dir::Readable, Dir::Writable] {
+                r.warm(i as u16, i as u16);
+                r.warm_buffer(&h, i as u16, dir);
+            }
+        }
+        // Nothing was written: the used ring is as the driver left it.
+        assert_eq!(d.used_idx(), 0);
+        assert_eq!(d.used(0), (0, 0));
     }
 }

@@ -22,7 +22,7 @@ use vmm_sys_util::event::{
 use crate::hostmem::{HostMem, MemMap};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
-use crate::ring::{Ring, RingCache, RingError};
+use crate::ring::{Dir, Ring, RingCache, RingError};
 use crate::Mem;
 
 pub type GuestMem = GuestMemoryAtomic<Mem>;
@@ -227,10 +227,11 @@ impl Held {
 
     /// Starts fetching the lines the next run on the cached ring will touch first, so a sender
     /// can overlap them with its own reads before it knows where its frames go.
-    pub fn warm(&self) {
+    /// `dir` says whether the ring's buffers are read (TX) or written (RX).
+    pub fn warm(&self, dir: Dir) {
         let (avail, used) = self.seen.get();
         // SAFETY: `self.map` is alive and is the cache's only map.
-        unsafe { self.rings.warm(avail, used) }
+        unsafe { self.rings.warm(&self.map, avail, used, dir) }
     }
 
     /// A cheap re-check, for a poller looking many times a microsecond, that TX queue `qidx` is

@@ -93,7 +93,7 @@ impl FwdScratch {
             .last
             .and_then(|id| self.runs.held.get(id)?.as_ref())
         {
-            h.warm();
+            h.warm(crate::ring::Dir::Writable);
         }
     }
 }

@@ -129,7 +129,7 @@ pub fn tx_batch(
     };
     let mem = held.host();
     // The ring's next lines start coming while the locks are taken.
-    held.warm();
+    held.warm(Dir::Readable);
     // Held for the whole batch: a stop (GET_VRING_BASE) then reads a ring state from before or
     // after the batch, never one with chains taken but not completed. Taking RX ring locks
     // inside is deadlock-free: no thread holds an RX ring lock while taking another lock.
