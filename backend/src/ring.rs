@@ -496,10 +496,15 @@ impl<'m> Ring<'m> {
     /// header and frame into for an RX one. The descriptor read waits for its line, but nothing
     /// waits for the prefetch; a wrong guess costs a wasted fetch.
     pub fn warm_buffer(&self, mem: &HostMem<'_>, avail: u16, dir: Dir) {
+        self.warm_desc(mem, avail, dir);
+    }
+
+    /// As [`Ring::warm_buffer`], for descriptor `head` (taken modulo the table size).
+    pub fn warm_desc(&self, mem: &HostMem<'_>, head: u16, dir: Dir) {
         let mut raw = [0u8; DESC_SIZE as usize];
         // SAFETY: slot < size: inside the mapped table; a byte copy tolerates concurrent writes.
         unsafe {
-            let p = self.desc.add(DESC_SIZE as usize * self.slot(avail));
+            let p = self.desc.add(DESC_SIZE as usize * self.slot(head));
             std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
         }
         let d = Desc::parse(&raw);

@@ -18,6 +18,9 @@ use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, Seg};
 use crate::session::{GuestMem, Held, Session, Warn};
 
+/// How many frames ahead of the one being written an RX buffer is prefetched.
+const RX_AHEAD: u16 = 4;
+
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
 pub struct RxScratch {
@@ -58,6 +61,8 @@ pub struct RxQueue<'a> {
     avail: u16,
     /// next_used at open: what the driver has been shown.
     published: u16,
+    /// Frames of the run not yet put (from the hint at open).
+    to_come: u16,
     tally: Tally,
 }
 
@@ -120,6 +125,7 @@ impl<'a> RxQueue<'a> {
             offloads: session.rx_offloads(),
             avail: 0,
             published,
+            to_come: frames,
             tally: Tally::default(),
         })
     }
@@ -241,7 +247,14 @@ impl<'a> RxQueue<'a> {
                 return Ok(None);
             }
         }
-        let head = self.mapped.avail_head(self.ring.get_queue(), 0);
+        let q = self.ring.get_queue();
+        let head = self.mapped.avail_head(q, 0);
+        // The buffer a few frames on is posted already: ask for it now, for writing.
+        if self.to_come > RX_AHEAD && self.avail > RX_AHEAD {
+            let later = self.mapped.avail_head(q, RX_AHEAD);
+            self.mapped.warm_desc(self.mem, later, Dir::Writable);
+        }
+        self.to_come = self.to_come.saturating_sub(1);
         let f = self.mapped.flat(self.mem, head, Dir::Writable, u32::MAX);
         Ok(f.filter(|f| f.seg.len as usize >= need).map(|f| (head, f)))
     }
