@@ -304,7 +304,8 @@ impl RingCache {
         // SAFETY: as in `ring`.
         if let Some(c) = unsafe { &*self.0.get() } {
             c.ring.warm(avail, used);
-            c.ring.warm_buffer(&map.host(), avail, dir);
+            // An in-order driver puts descriptor `avail` at ring position `avail`.
+            c.ring.warm_desc(&map.host(), avail, dir);
         }
     }
 
@@ -491,15 +492,11 @@ impl<'m> Ring<'m> {
         }
     }
 
-    /// Starts fetching the start of the buffer an in-order driver puts at ring position `avail`
-    /// (a guess, read without the ring lock): its headers for a TX buffer, for writing the
-    /// header and frame into for an RX one. The descriptor read waits for its line, but nothing
-    /// waits for the prefetch; a wrong guess costs a wasted fetch.
-    pub fn warm_buffer(&self, mem: &HostMem<'_>, avail: u16, dir: Dir) {
-        self.warm_desc(mem, avail, dir);
-    }
-
-    /// As [`Ring::warm_buffer`], for descriptor `head` (taken modulo the table size).
+    /// Starts fetching the start of descriptor `head`'s buffer (`head` is taken modulo the
+    /// table size; the descriptor is read without the ring lock, so it may be stale): its
+    /// headers for a TX buffer, for writing the header and frame into for an RX one. The
+    /// descriptor read waits for its line, but nothing waits for the prefetch; a wrong guess
+    /// costs a wasted fetch.
     pub fn warm_desc(&self, mem: &HostMem<'_>, head: u16, dir: Dir) {
         let mut raw = [0u8; DESC_SIZE as usize];
         // SAFETY: slot < size: inside the mapped table; a byte copy tolerates concurrent writes.
@@ -911,7 +908,7 @@ mod tests {
             d.desc(DESC, i as u16, addr, len, DESC_F_WRITE, 0);
             for dir in [Dir::Readable, Dir::Writable] {
                 r.warm(i as u16, i as u16);
-                r.warm_buffer(&h, i as u16, dir);
+                r.warm_desc(&h, i as u16, dir);
             }
         }
         // Nothing was written: the used ring is as the driver left it.
