@@ -79,7 +79,6 @@ struct Region {
 }
 
 /// The inline region table of one guest-memory snapshot.
-#[derive(Clone, Copy)]
 struct Regions {
     regions: [Region; INLINE],
     n: usize,
@@ -124,8 +123,8 @@ impl Regions {
 }
 
 /// A guest-memory snapshot with its region table built once, for a holder that keeps the
-/// snapshot across batches (`session::Held`): a batch's [`HostMem`] is then a copy of the table,
-/// not a walk of vm-memory's regions.
+/// snapshot across batches (`session::Held`): a batch's [`HostMem`] then borrows the table
+/// instead of walking vm-memory's regions.
 pub struct MemMap {
     mem: Arc<Mem>,
     t: Regions,
@@ -145,10 +144,6 @@ impl MemMap {
     #[cfg(test)]
     pub fn of(mem: &Mem) -> Self {
         Self::new(Arc::new(mem.clone()))
-    }
-
-    pub fn mem(&self) -> &Arc<Mem> {
-        &self.mem
     }
 
     /// A translation view for one batch or RX run.

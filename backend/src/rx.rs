@@ -16,7 +16,7 @@ use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, Seg};
-use crate::session::{GuestMem, Held, Session, Warn};
+use crate::session::{GuestMem, Held, Warn};
 
 /// How many frames ahead of the one being written an RX buffer is prefetched.
 const RX_AHEAD: u16 = 4;
@@ -45,11 +45,11 @@ pub struct Outgoing<'a> {
 pub struct RxQueue<'a> {
     dest: &'a Partition,
     held: &'a Held,
-    session: &'a Session,
     ring: RwLockWriteGuard<'a, VringState<GuestMem>>,
     /// `ring`'s areas, mapped once for the run.
     mapped: Ring<'a>,
-    mem: &'a HostMem<'a>,
+    /// A view of `held`'s memory for the run.
+    mem: HostMem<'a>,
     scratch: &'a mut RxScratch,
     pair: usize,
     qidx: usize,
@@ -67,14 +67,13 @@ pub struct RxQueue<'a> {
 }
 
 impl<'a> RxQueue<'a> {
-    /// Locks `dest`'s RX queue (`held` is `dest`'s session and memory, `mem` a view of it) for
+    /// Locks `dest`'s RX queue (`held` is `dest`'s session and memory) for
     /// the sender's pair `pair_hint` spread over the receiver's pairs, falling back to pair 0
     /// when that ring is not running (the driver enabled fewer pairs). `frames` is how many the
     /// run brings (a hint: their used entries are asked for early).
     pub fn open(
         dest: &'a Partition,
         held: &'a Held,
-        mem: &'a HostMem<'a>,
         pair_hint: usize,
         frames: u16,
         scratch: &'a mut RxScratch,
@@ -113,10 +112,9 @@ impl<'a> RxQueue<'a> {
         Ok(RxQueue {
             dest,
             held,
-            session,
             ring,
             mapped,
-            mem,
+            mem: held.host(),
             scratch,
             pair,
             qidx: 2 * pair,
@@ -147,14 +145,14 @@ impl<'a> RxQueue<'a> {
 
     /// The receiver's own driver broke its RX ring: stop using it until it is restarted.
     fn isolate(&self, why: &dyn std::fmt::Display) -> DropReason {
-        self.session.mark_broken(self.qidx, why);
+        self.held.session.mark_broken(self.qidx, why);
         DropReason::DestinationDown
     }
 
     /// Writes the virtio-net header and the frame into the receiver's RX buffers, as one or
     /// (mergeable) several chains. Receiver-side drops are counted on the receiver.
     pub fn put(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
-        if self.session.is_broken(self.qidx) {
+        if self.held.session.is_broken(self.qidx) {
             return Err(DropReason::DestinationDown);
         }
         let len = out.len;
@@ -166,7 +164,7 @@ impl<'a> RxQueue<'a> {
                 &h.to_bytes(),
                 &out.src,
                 out.skip,
-                self.mem,
+                &self.mem,
                 &dst,
                 len,
             );
@@ -194,7 +192,7 @@ impl<'a> RxQueue<'a> {
             }
             let head = self.mapped.avail_head(self.ring.get_queue(), k);
             let walked = ring::walk_chain(
-                self.mem,
+                &self.mem,
                 self.mapped.table(),
                 head,
                 Dir::Writable,
@@ -219,7 +217,7 @@ impl<'a> RxQueue<'a> {
             &h.to_bytes(),
             &out.src,
             out.skip,
-            self.mem,
+            &self.mem,
             &self.scratch.segs,
             len,
         );
@@ -252,10 +250,10 @@ impl<'a> RxQueue<'a> {
         // The buffer a few frames on is posted already: ask for it now, for writing.
         if self.to_come > RX_AHEAD && self.avail > RX_AHEAD {
             let later = self.mapped.avail_head(q, RX_AHEAD);
-            self.mapped.warm_desc(self.mem, later, Dir::Writable);
+            self.mapped.warm_desc(&self.mem, later, Dir::Writable);
         }
         self.to_come = self.to_come.saturating_sub(1);
-        let f = self.mapped.flat(self.mem, head, Dir::Writable, u32::MAX);
+        let f = self.mapped.flat(&self.mem, head, Dir::Writable, u32::MAX);
         Ok(f.filter(|f| f.seg.len as usize >= need).map(|f| (head, f)))
     }
 
@@ -270,7 +268,7 @@ impl<'a> RxQueue<'a> {
     /// Destination buffers were checked when walked, so a failed copy means the sender's memory
     /// went away under us (e.g. its memory table changed). The frame is lost, the buffers are not.
     fn sender_gone(&self, e: &frame::CopyError) -> DropReason {
-        self.session.warn_once(Warn::SenderMemory, e);
+        self.held.session.warn_once(Warn::SenderMemory, e);
         DropReason::MalformedChain
     }
 }
@@ -286,7 +284,7 @@ impl Drop for RxQueue<'_> {
             if let Err(e) = self.ring.signal_used_queue() {
                 log::debug!(
                     "{}: notify on queue {} failed: {e}",
-                    self.session.name,
+                    self.held.session.name,
                     self.qidx
                 );
             }
@@ -303,6 +301,7 @@ mod tests {
 
     use super::*;
     use crate::partition::Role;
+    use crate::session::Session;
     use crate::testutil::{Driver, DESC, F_WRITE};
     use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
     use vm_memory::{Bytes, GuestAddress};
@@ -337,8 +336,7 @@ mod tests {
     fn deliver(p: &Partition, s: &Arc<Session>, o: &Outgoing<'_>) -> Result<(), DropReason> {
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
-        let host = h.host();
-        let r = RxQueue::open(p, &h, &host, 0, 1, &mut scratch)?.put(o);
+        let r = RxQueue::open(p, &h, 0, 1, &mut scratch)?.put(o);
         r
     }
 
@@ -362,8 +360,7 @@ mod tests {
         let f = frame(250); // 12 + 250 = 262 bytes: 3 chains of 100
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
-        let host = h.host();
-        let mut q = RxQueue::open(&p, &h, &host, 0, 1, &mut scratch).unwrap();
+        let mut q = RxQueue::open(&p, &h, 0, 1, &mut scratch).unwrap();
         q.put(&out(&f)).unwrap();
         assert_eq!(d.used_idx(), 0, "nothing visible before the run ends");
         drop(q);
@@ -432,8 +429,7 @@ mod tests {
         }
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
-        let host = h.host();
-        let mut q = RxQueue::open(&p, &h, &host, 0, 1, &mut scratch).unwrap();
+        let mut q = RxQueue::open(&p, &h, 0, 1, &mut scratch).unwrap();
         for len in [60, 70, 80] {
             q.put(&out(&frame(len))).unwrap();
         }
@@ -459,8 +455,7 @@ mod tests {
         post(&mut d, 0, 200);
         let mut scratch = RxScratch::default();
         let h = Held::of(s.clone());
-        let host = h.host();
-        let mut q = RxQueue::open(&p, &h, &host, 0, 1, &mut scratch).unwrap();
+        let mut q = RxQueue::open(&p, &h, 0, 1, &mut scratch).unwrap();
         q.put(&out(&frame(60))).unwrap();
         assert_eq!(q.put(&out(&frame(60))), Err(DropReason::NoRxBuffer));
         post(&mut d, 1, 200);

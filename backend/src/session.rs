@@ -203,11 +203,6 @@ impl Held {
         }
     }
 
-    /// The memory snapshot.
-    pub fn mem(&self) -> &Arc<Mem> {
-        self.map.mem()
-    }
-
     /// A translation view of the snapshot for one batch or RX run.
     pub fn host(&self) -> HostMem<'_> {
         self.map.host()
@@ -256,11 +251,6 @@ impl Held {
 
     pub fn current(&self) -> bool {
         self.session.generation() == self.generation
-    }
-
-    /// The session generation this hold was taken at.
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// `slot` made current for `part`'s session (None when it has none).

@@ -272,9 +272,8 @@ impl Switch {
         let Some(h) = Held::refresh(&mut held[dest.id], dest) else {
             return RunResult::Down;
         };
-        let host = h.host();
         let frames = u16::try_from(run.len()).unwrap_or(u16::MAX);
-        let mut q = match RxQueue::open(dest, h, &host, pair, frames, rx) {
+        let mut q = match RxQueue::open(dest, h, pair, frames, rx) {
             Ok(q) => q,
             Err(_) => return RunResult::Down,
         };
