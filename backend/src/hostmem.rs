@@ -34,6 +34,15 @@ impl HostPtr {
             _mm_prefetch::<_MM_HINT_T0>(self.0 as *const i8);
         }
     }
+
+    /// Prefetches the first and the last line of the `len` bytes here: headers that straddle a
+    /// line boundary (a virtio-net header at the end of one line, the frame in the next) need
+    /// both.
+    #[inline(always)]
+    pub fn prefetch_span(self, len: usize) {
+        self.prefetch();
+        HostPtr(self.0.wrapping_add(len.saturating_sub(1))).prefetch();
+    }
 }
 
 /// Asks the CPU to fetch the cache line at `p` for writing (PREFETCHW), so a store to a line

@@ -15,6 +15,7 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 use virtio_queue::{Queue, QueueT};
 
 use crate::hostmem::{HostMem, HostPtr, MemMap};
+use crate::tx::TX_HEADERS;
 
 pub(crate) const DESC_F_NEXT: u16 = 1;
 pub(crate) const DESC_F_WRITE: u16 = 2;
@@ -140,6 +141,14 @@ impl Table {
 pub struct Flat {
     pub(crate) seg: Seg,
     pub(crate) host: HostPtr,
+}
+
+impl Flat {
+    /// Asks for the lines a TX frame's headers are read from.
+    pub fn prefetch_headers(&self) {
+        self.host
+            .prefetch_span(TX_HEADERS.min(self.seg.len as usize));
+    }
 }
 
 /// Walks the chain starting at `head`, appending its buffers to `out` (so a batch's chains can
@@ -505,9 +514,9 @@ impl<'m> Ring<'m> {
             std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
         }
         let d = Desc::parse(&raw);
-        // The TX headers end 26 bytes in; an RX header and small frame span two lines.
+        // An RX header and small frame span two lines.
         let span: u32 = match dir {
-            Dir::Readable => 26,
+            Dir::Readable => TX_HEADERS as u32,
             Dir::Writable => 128,
         };
         let Some(p) = mem.ptr(d.addr, span.min(d.len) as usize) else {
@@ -515,10 +524,7 @@ impl<'m> Ring<'m> {
         };
         let last = p.wrapping_add(span.min(d.len).saturating_sub(1) as usize);
         match dir {
-            Dir::Readable => {
-                HostPtr(p).prefetch();
-                HostPtr(last).prefetch();
-            }
+            Dir::Readable => HostPtr(p).prefetch_span(span.min(d.len) as usize),
             Dir::Writable => {
                 crate::hostmem::prefetch_write(p);
                 crate::hostmem::prefetch_write(last);

@@ -20,9 +20,11 @@ use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 
 /// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
 const TX_BATCH: u16 = 64;
-/// How many frames ahead a frame's first line is prefetched.
+/// How many frames ahead a frame's header lines are prefetched.
 const PREFETCH_AHEAD: usize = 4;
 const ETH_HLEN: usize = 14;
+/// What a TX frame's switching needs from its buffer: the virtio-net and Ethernet headers.
+pub(crate) const TX_HEADERS: usize = NET_HDR_LEN + ETH_HLEN;
 /// Largest chain a driver may send: header + 64 KiB GSO frame + Ethernet and VLAN headers.
 pub const MAX_TX_CHAIN: u32 = (NET_HDR_LEN + 65535 + ETH_HLEN + 4) as u32;
 
@@ -180,11 +182,11 @@ pub fn tx_batch(
             .map(|&h| r.flat(&mem, h, Dir::Readable, MAX_TX_CHAIN)),
     );
     for f in s.flats.iter().take(PREFETCH_AHEAD).flatten() {
-        f.host.prefetch();
+        f.prefetch_headers();
     }
     for i in 0..s.heads.len() {
         if let Some(Some(f)) = s.flats.get(i + PREFETCH_AHEAD) {
-            f.host.prefetch();
+            f.prefetch_headers();
         }
         let (head, flat) = (s.heads[i], s.flats[i]);
         if let Some(f) = take_frame(part, session, &view, head, flat, &mut s.segs) {
@@ -240,7 +242,7 @@ fn take_frame(
     segs: &mut Vec<Seg>,
 ) -> Option<TxFrame> {
     let start = segs.len();
-    let mut h = [0u8; NET_HDR_LEN + ETH_HLEN];
+    let mut h = [0u8; TX_HEADERS];
     let taken = match flat {
         Some(f) if f.seg.len as usize >= h.len() => {
             segs.push(f.seg);
@@ -285,7 +287,7 @@ fn take_chain(
     q: &TxQueue<'_>,
     head: u16,
     segs: &mut Vec<Seg>,
-    h: &mut [u8; NET_HDR_LEN + ETH_HLEN],
+    h: &mut [u8; TX_HEADERS],
 ) -> Result<usize, BadTx> {
     let start = segs.len();
     let total = ring::walk_chain(
