@@ -4,7 +4,6 @@
 //! cost. Every access is bounds-checked against one region; nothing here trusts a guest address.
 
 use std::cell::Cell;
-use std::sync::atomic::AtomicU16;
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -240,24 +239,11 @@ impl<'a> HostMem<'a> {
         unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
         Some(())
     }
-
-    /// An atomic 16-bit ring field (ring addresses are checked to be aligned when set).
-    #[inline]
-    pub fn atomic_u16(&self, addr: u64) -> Option<&AtomicU16> {
-        let p = self.ptr(addr, 2)?;
-        if (p as usize) % 2 != 0 {
-            return None;
-        }
-        // SAFETY: aligned, inside a live mapping for the lifetime of `self.map`; the driver
-        // accesses these fields atomically too.
-        Some(unsafe { &*(p as *const AtomicU16) })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
     #[test]
@@ -276,11 +262,6 @@ mod tests {
         assert!(h.read(0x4ffe, &mut b).is_none(), "runs past the region");
         assert!(h.ptr(0x2000, 1).is_none(), "hole");
         assert_eq!(h.span(0xfff).map(|s| s.1), Some(1));
-        h.atomic_u16(0x10)
-            .unwrap()
-            .store(0xbeef_u16.to_le(), Ordering::Release);
-        assert_eq!(m.read_obj::<u16>(GuestAddress(0x10)).unwrap(), 0xbeef);
-        assert!(h.atomic_u16(0x11).is_none(), "unaligned");
         // Adjacent regions: one access may not span both, a range check may.
         let adj: Mem = GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), 0x1000),
