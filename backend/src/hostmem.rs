@@ -42,6 +42,13 @@ impl HostPtr {
         self.prefetch();
         HostPtr(self.0.wrapping_add(len.saturating_sub(1))).prefetch();
     }
+
+    /// As [`HostPtr::prefetch_span`], for writing (see [`prefetch_write`]).
+    #[inline(always)]
+    pub fn prefetch_write_span(self, len: usize) {
+        prefetch_write(self.0);
+        prefetch_write(self.0.wrapping_add(len.saturating_sub(1)));
+    }
 }
 
 /// Asks the CPU to fetch the cache line at `p` for writing (PREFETCHW), so a store to a line

@@ -3,6 +3,10 @@
 
 /// Length of the header on the wire: VERSION_1 always carries `num_buffers`.
 pub const NET_HDR_LEN: usize = 12;
+/// An Ethernet header without a VLAN tag.
+pub const ETH_HLEN: usize = 14;
+/// What the switch reads of every TX frame: the virtio-net header and the Ethernet header.
+pub const TX_HEADERS: usize = NET_HDR_LEN + ETH_HLEN;
 
 /// `flags`: the checksum from `csum_start` to the end must be completed by the receiver.
 pub const FLAG_NEEDS_CSUM: u8 = 1;

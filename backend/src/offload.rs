@@ -11,10 +11,9 @@
 use std::fmt;
 
 use crate::net_hdr::{
-    NetHdr, FLAG_DATA_VALID, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
+    NetHdr, ETH_HLEN, FLAG_DATA_VALID, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
 };
 
-const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 const ETH_P_IPV4: u16 = 0x0800;

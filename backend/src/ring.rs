@@ -15,7 +15,7 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 use virtio_queue::{Queue, QueueT};
 
 use crate::hostmem::{HostMem, HostPtr, MemMap};
-use crate::tx::TX_HEADERS;
+use crate::net_hdr::TX_HEADERS;
 
 pub(crate) const DESC_F_NEXT: u16 = 1;
 pub(crate) const DESC_F_WRITE: u16 = 2;
@@ -514,21 +514,18 @@ impl<'m> Ring<'m> {
             std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
         }
         let d = Desc::parse(&raw);
-        // An RX header and small frame span two lines.
-        let span: u32 = match dir {
-            Dir::Readable => TX_HEADERS as u32,
+        // RX: the header and a small frame, which span two lines.
+        let span = match dir {
+            Dir::Readable => TX_HEADERS,
             Dir::Writable => 128,
-        };
-        let Some(p) = mem.ptr(d.addr, span.min(d.len) as usize) else {
+        }
+        .min(d.len as usize);
+        let Some(p) = mem.ptr(d.addr, span) else {
             return;
         };
-        let last = p.wrapping_add(span.min(d.len).saturating_sub(1) as usize);
         match dir {
-            Dir::Readable => HostPtr(p).prefetch_span(span.min(d.len) as usize),
-            Dir::Writable => {
-                crate::hostmem::prefetch_write(p);
-                crate::hostmem::prefetch_write(last);
-            }
+            Dir::Readable => HostPtr(p).prefetch_span(span),
+            Dir::Writable => HostPtr(p).prefetch_write_span(span),
         }
     }
 

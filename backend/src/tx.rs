@@ -12,7 +12,7 @@ use crate::counters::DropReason;
 use crate::frame;
 use crate::hostmem::HostMem;
 use crate::mac::MacAddr;
-use crate::net_hdr::{NetHdr, NET_HDR_LEN};
+use crate::net_hdr::{NetHdr, ETH_HLEN, NET_HDR_LEN, TX_HEADERS};
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, RingError, Seg};
 use crate::session::{Held, Session, Warn};
@@ -22,9 +22,6 @@ use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 const TX_BATCH: u16 = 64;
 /// How many frames ahead a frame's header lines are prefetched.
 const PREFETCH_AHEAD: usize = 4;
-const ETH_HLEN: usize = 14;
-/// What a TX frame's switching needs from its buffer: the virtio-net and Ethernet headers.
-pub(crate) const TX_HEADERS: usize = NET_HDR_LEN + ETH_HLEN;
 /// Largest chain a driver may send: header + 64 KiB GSO frame + Ethernet and VLAN headers.
 pub const MAX_TX_CHAIN: u32 = (NET_HDR_LEN + 65535 + ETH_HLEN + 4) as u32;
 
