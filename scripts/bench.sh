@@ -186,8 +186,14 @@ build_daemon() {
         cp "$DAEMON_B" "$WORK/daemon-b"
         DAEMON_B_SRC=$DAEMON_B
         DAEMON_B=$WORK/daemon-b
-        [[ " $VARIANTS " == *" ours-event "* ]] && VARIANTS="$VARIANTS b-event"
-        [[ " $VARIANTS " == *" ours-poll "* ]] && VARIANTS="$VARIANTS b-poll"
+        # `if`, not `[[ ]] &&`: a false test as the function's last command would be its
+        # status, and set -e would end the run.
+        if [[ " $VARIANTS " == *" ours-event "* ]]; then
+            VARIANTS="$VARIANTS b-event"
+        fi
+        if [[ " $VARIANTS " == *" ours-poll "* ]]; then
+            VARIANTS="$VARIANTS b-poll"
+        fi
     fi
 }
 
