@@ -410,6 +410,22 @@ impl<'m> Ring<'m> {
         u16::from_le(self.avail_u16(4 + 2 * pos).load(Ordering::Relaxed))
     }
 
+    /// Descriptor `slot` of the mapped table, copied out byte by byte: the driver may be
+    /// changing it, which a byte copy tolerates (as the general walk does).
+    ///
+    /// # Safety
+    /// `slot` is below the table size, so its 16 bytes are inside the mapped table.
+    #[inline(always)]
+    unsafe fn desc_at(&self, slot: usize) -> Desc {
+        let mut raw = [0u8; DESC_SIZE as usize];
+        // SAFETY: the caller's promise.
+        unsafe {
+            let p = self.desc.add(slot * DESC_SIZE as usize);
+            std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
+        }
+        Desc::parse(&raw)
+    }
+
     /// The chain at `head` when it is a [`Flat`] one that `walk_chain` would accept as it is
     /// (right direction, not empty, at most `max_len` bytes). None means "take the general
     /// walk", which also reports whatever is wrong with it.
@@ -424,14 +440,8 @@ impl<'m> Ring<'m> {
         if head >= self.table.size {
             return None;
         }
-        let mut raw = [0u8; DESC_SIZE as usize];
-        // SAFETY: head < size, so the 16 bytes are inside the mapped table; a byte copy
-        // tolerates the driver changing them (as the general walk does).
-        unsafe {
-            let p = self.desc.add(usize::from(head) * DESC_SIZE as usize);
-            std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
-        }
-        let d = Desc::parse(&raw);
+        // SAFETY: head < size.
+        let d = unsafe { self.desc_at(usize::from(head)) };
         let want = match dir {
             Dir::Readable => 0,
             Dir::Writable => DESC_F_WRITE,
@@ -495,7 +505,7 @@ impl<'m> Ring<'m> {
         unsafe {
             HostPtr(self.avail.add(2) as *mut u8).prefetch();
             HostPtr(self.avail.add(4 + 2 * pos) as *mut u8).prefetch();
-            HostPtr(self.desc.add(16 * pos) as *mut u8).prefetch();
+            HostPtr(self.desc.add(DESC_SIZE as usize * pos) as *mut u8).prefetch();
             crate::hostmem::prefetch_write(self.used.add(2));
             crate::hostmem::prefetch_write(self.used.add(4 + 8 * self.slot(used)));
         }
@@ -507,13 +517,8 @@ impl<'m> Ring<'m> {
     /// descriptor read waits for its line, but nothing waits for the prefetch; a wrong guess
     /// costs a wasted fetch.
     pub fn warm_desc(&self, mem: &HostMem<'_>, head: u16, dir: Dir) {
-        let mut raw = [0u8; DESC_SIZE as usize];
-        // SAFETY: slot < size: inside the mapped table; a byte copy tolerates concurrent writes.
-        unsafe {
-            let p = self.desc.add(DESC_SIZE as usize * self.slot(head));
-            std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), raw.len());
-        }
-        let d = Desc::parse(&raw);
+        // SAFETY: a slot is below the size.
+        let d = unsafe { self.desc_at(self.slot(head)) };
         // RX: the header and a small frame, which span two lines.
         let span = match dir {
             Dir::Readable => TX_HEADERS,
