@@ -1,13 +1,6 @@
 //! `vhost-user-sriov-net`: the daemon ("firmware") serving one PF and N VF virtio-net partitions
 //! over vhost-user, plus its `qemu-args` and `ctl` companions.
 
-mod config;
-mod control;
-mod ctl;
-mod qemu;
-mod server;
-mod shim;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +13,8 @@ use backend::switch::Switch;
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use config::{Config, Settings};
+use vhost_user_sriov_net::config::{self, Config, Settings};
+use vhost_user_sriov_net::{control, ctl, qemu, server};
 
 #[derive(Parser)]
 #[command(
