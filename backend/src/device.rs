@@ -59,6 +59,9 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
+/// Largest split ring the virtio spec allows (Queue Size is at most 32768).
+pub const MAX_QUEUE_SIZE: usize = 32768;
+
 /// Every file-backed region must lie within its file.
 fn check_regions(mem: &crate::Mem) -> io::Result<()> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -138,8 +141,10 @@ impl VhostUserBackend for NetDevice {
         2 * usize::from(self.inner.partition.config.queue_pairs)
     }
 
+    /// Any valid split-ring size: the configured size is only what `qemu-args` proposes, and
+    /// frontends pick their own (DPDK's `queue_size=`, QEMU's `rx_queue_size=`).
     fn max_queue_size(&self) -> usize {
-        usize::from(self.inner.partition.config.queue_size)
+        MAX_QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
