@@ -18,7 +18,7 @@ use backend::partition::Partition;
 use backend::poller::Poller;
 use backend::switch::Switch;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 
 use crate::shim;
 
@@ -150,29 +150,40 @@ fn serve_one(
     let session = device
         .new_session()
         .map_err(|e| format!("cannot create session: {e}"))?;
+    // Ends the connection's worker and releases what the framework took from the session.
+    let finish = |daemon: Option<VhostUserDaemon<NetDevice>>| {
+        session.stop_worker();
+        // Dropping the daemon joins its vring worker; only then may its exit fd be closed.
+        drop(daemon);
+        // SAFETY: the daemon built with this session is gone (see `Session::close_exit_fds`).
+        unsafe { session.close_exit_fds() };
+    };
     let mut daemon = match VhostUserDaemon::new(name.clone(), device.clone(), session.mem.clone()) {
         Ok(d) => d,
         Err(e) => {
-            session.stop_worker();
+            finish(None);
             return Err(format!("cannot create vhost-user daemon: {e}"));
         }
     };
-    let framework_side = UnixStream::connect_addr(internal_addr).map_err(|e| {
-        session.stop_worker();
-        format!("cannot reach the internal socket: {e}")
-    })?;
+    let framework_side = match UnixStream::connect_addr(internal_addr) {
+        Ok(s) => s,
+        Err(e) => {
+            finish(Some(daemon));
+            return Err(format!("cannot reach the internal socket: {e}"));
+        }
+    };
     if let Err(e) = daemon.start(internal) {
-        session.stop_worker();
+        finish(Some(daemon));
         return Err(format!("internal accept failed: {e}"));
     }
     part.on_connect();
     log::info!("{name}: frontend connected");
     // This thread pumps the connection itself until either side closes it.
-    if let Err(e) = shim::run(frontend, framework_side) {
+    if let Err(e) = shim::run(frontend, framework_side, device.num_queues()) {
         log::warn!("{name}: vhost-user stream error: {e}");
     }
     let result = daemon.wait();
-    session.stop_worker();
+    finish(Some(daemon));
     part.on_disconnect();
     use vhost::vhost_user::Error as Proto;
     use vhost_user_backend::Error::HandleRequest;

@@ -6,6 +6,12 @@
 //! drops the connection, so QEMU could never start against it. The pump forwards every message
 //! (with its file descriptors) unchanged, except such an early SET_VRING_ENABLE: it acks that one
 //! itself and replays the last requested state per ring right after the first SET_FEATURES.
+//!
+//! Every frontend is treated as hostile: what the pump keeps per connection is bounded (one
+//! message, one early state per ring), a write to the frontend that cannot finish within
+//! [`IO_TIMEOUT`] ends the connection (a peer that stops reading never blocks a thread for
+//! good), so does a message that stalls half-sent, and when either direction ends both sockets
+//! are shut down so that no thread is left blocked on the other.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -14,6 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -21,6 +28,9 @@ const HDR_LEN: usize = 12;
 /// Larger than any message this device accepts (SET_MEM_TABLE with 8 regions is 264 bytes).
 const MAX_PAYLOAD: usize = 4096;
 const MAX_FDS: usize = 32;
+/// How long a frontend may take to accept a reply or to finish a message it started. QEMU and
+/// DPDK answer within milliseconds; a peer this slow is stalled or hostile.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
@@ -55,27 +65,45 @@ impl Msg {
     }
 }
 
-/// Reads one message; `Ok(None)` on a clean end of stream between messages.
+/// True for the error a socket timeout (SO_RCVTIMEO / SO_SNDTIMEO) gives.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads one message; `Ok(None)` on a clean end of stream between messages. With a read
+/// timeout on `s`, waiting between messages goes on for ever, but a message that has begun must
+/// be complete within the timeout.
 fn read_msg(s: &UnixStream) -> io::Result<Option<Msg>> {
     let mut hdr = [0u8; HDR_LEN];
     let mut raw_fds = [-1 as RawFd; MAX_FDS];
-    let mut iov = [libc::iovec {
-        iov_base: hdr.as_mut_ptr().cast(),
-        iov_len: HDR_LEN,
-    }];
-    // SAFETY: the iovec points at `hdr`, which outlives the call and is HDR_LEN bytes long.
-    let (got, nfds) =
-        unsafe { s.recv_with_fds(&mut iov, &mut raw_fds) }.map_err(io::Error::from)?;
-    // SAFETY: recvmsg handed us these `nfds` descriptors; nothing else owns them.
-    let fds: Vec<OwnedFd> = raw_fds[..nfds]
-        .iter()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
-        .collect();
+    let (got, fds) = loop {
+        let mut iov = [libc::iovec {
+            iov_base: hdr.as_mut_ptr().cast(),
+            iov_len: HDR_LEN,
+        }];
+        // SAFETY: the iovec points at `hdr`, which outlives the call and is HDR_LEN bytes long.
+        match unsafe { s.recv_with_fds(&mut iov, &mut raw_fds) }.map_err(io::Error::from) {
+            Ok((got, nfds)) => {
+                // SAFETY: recvmsg handed us these `nfds` descriptors; nothing else owns them.
+                let fds: Vec<OwnedFd> = raw_fds[..nfds]
+                    .iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+                    .collect();
+                break (got, fds);
+            }
+            Err(e) if timed_out(&e) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
     if got == 0 {
         return Ok(None);
     }
     let mut r = s;
-    r.read_exact(&mut hdr[got..])?;
+    r.read_exact(&mut hdr[got..]).map_err(stalled)?;
     let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
     let size = word(8) as usize;
     if size > MAX_PAYLOAD {
@@ -85,7 +113,7 @@ fn read_msg(s: &UnixStream) -> io::Result<Option<Msg>> {
         ));
     }
     let mut payload = vec![0u8; size];
-    r.read_exact(&mut payload)?;
+    r.read_exact(&mut payload).map_err(stalled)?;
     Ok(Some(Msg {
         request: word(0),
         flags: word(4),
@@ -94,25 +122,45 @@ fn read_msg(s: &UnixStream) -> io::Result<Option<Msg>> {
     }))
 }
 
+/// Names a timeout for what it is: a peer that stopped mid-message or stopped reading.
+fn stalled(e: io::Error) -> io::Error {
+    if timed_out(&e) {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("peer stalled for more than {IO_TIMEOUT:?}"),
+        )
+    } else {
+        e
+    }
+}
+
 fn write_msg(s: &UnixStream, m: &Msg) -> io::Result<()> {
     let hdr = m.header();
     let fds: Vec<RawFd> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
     let bufs: [&[u8]; 2] = [&hdr, &m.payload];
     let total = HDR_LEN + m.payload.len();
-    let sent = s.send_with_fds(&bufs, &fds).map_err(io::Error::from)?;
+    let sent = s
+        .send_with_fds(&bufs, &fds)
+        .map_err(|e| stalled(io::Error::from(e)))?;
     if sent < total {
         // The descriptors went with the first bytes; the rest is plain data.
         let mut rest = Vec::with_capacity(total);
         rest.extend_from_slice(&hdr);
         rest.extend_from_slice(&m.payload);
         let mut w = s;
-        w.write_all(&rest[sent..])?;
+        w.write_all(&rest[sent..]).map_err(stalled)?;
     }
     Ok(())
 }
 
-/// Pumps messages between `frontend` and `framework` until either side closes.
-pub fn run(frontend: UnixStream, framework: UnixStream) -> io::Result<()> {
+/// Pumps messages between `frontend` and `framework` until either side closes, fails or stalls.
+/// `num_queues` is the device's ring count: an early SET_VRING_ENABLE for any other ring is a
+/// protocol error, so the state kept for them stays bounded.
+pub fn run(frontend: UnixStream, framework: UnixStream, num_queues: usize) -> io::Result<()> {
+    for s in [&frontend, &framework] {
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+    }
     let to_frontend = Arc::new(Mutex::new(frontend.try_clone()?));
     let down = {
         let framework = framework.try_clone()?;
@@ -121,26 +169,52 @@ pub fn run(frontend: UnixStream, framework: UnixStream) -> io::Result<()> {
         thread::Builder::new()
             .name("vhost-user-pump".into())
             .spawn(move || {
-                while let Ok(Some(m)) = read_msg(&framework) {
-                    let out = to_frontend.lock().unwrap_or_else(|e| e.into_inner());
-                    if write_msg(&out, &m).is_err() {
-                        break;
-                    }
-                }
-                let _ = frontend.shutdown(Shutdown::Both);
+                let result = pump_down(&framework, &to_frontend);
+                close_both(&frontend, &framework);
+                result
             })?
     };
-    let result = pump_up(&frontend, &framework, &to_frontend);
-    let _ = framework.shutdown(Shutdown::Both);
+    let up = pump_up(&frontend, &framework, &to_frontend, num_queues);
+    close_both(&frontend, &framework);
+    let down = down
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("pump thread panicked")));
+    // Report the cause, not the broken pipe the other direction saw after the shutdown.
+    let after_shutdown = |r: &io::Result<()>| {
+        r.as_ref().is_err_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            )
+        })
+    };
+    match (up, down) {
+        (Ok(()), r) | (r, Ok(())) => r,
+        (up, down) if after_shutdown(&up) && !after_shutdown(&down) => down,
+        (up, _) => up,
+    }
+}
+
+/// Ends both directions of both sockets: every thread blocked on either wakes up.
+fn close_both(frontend: &UnixStream, framework: &UnixStream) {
     let _ = frontend.shutdown(Shutdown::Both);
-    let _ = down.join();
-    result
+    let _ = framework.shutdown(Shutdown::Both);
+}
+
+/// Replies from the framework to the frontend.
+fn pump_down(framework: &UnixStream, to_frontend: &Mutex<UnixStream>) -> io::Result<()> {
+    while let Some(m) = read_msg(framework)? {
+        let out = to_frontend.lock().unwrap_or_else(|e| e.into_inner());
+        write_msg(&out, &m)?;
+    }
+    Ok(())
 }
 
 fn pump_up(
     frontend: &UnixStream,
     framework: &UnixStream,
     to_frontend: &Mutex<UnixStream>,
+    num_queues: usize,
 ) -> io::Result<()> {
     let mut features_seen = false;
     let mut early_enable: BTreeMap<u32, u32> = BTreeMap::new();
@@ -151,6 +225,12 @@ fn pump_up(
                     u32::from_le_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
                 let num =
                     u32::from_le_bytes([m.payload[4], m.payload[5], m.payload[6], m.payload[7]]);
+                if index as usize >= num_queues {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("SET_VRING_ENABLE for ring {index}; the device has {num_queues}"),
+                    ));
+                }
                 early_enable.insert(index, num);
             }
             if m.flags & FLAG_NEED_REPLY != 0 {
@@ -199,7 +279,7 @@ mod tests {
     fn early_vring_enable_is_acked_and_replayed_after_set_features() {
         let (qemu, front_end) = UnixStream::pair().unwrap();
         let (back_end, fw) = UnixStream::pair().unwrap();
-        let pump = thread::spawn(move || run(front_end, back_end));
+        let pump = thread::spawn(move || run(front_end, back_end, 4));
         let mut q = &qemu;
         let enable = |i: u32, n: u32| [i.to_le_bytes(), n.to_le_bytes()].concat();
         q.write_all(&msg_bytes(1, FLAG_VERSION_1, &[])).unwrap(); // GET_FEATURES
@@ -248,7 +328,7 @@ mod tests {
     fn descriptors_travel_with_their_message_both_ways() {
         let (qemu, front_end) = UnixStream::pair().unwrap();
         let (back_end, fw) = UnixStream::pair().unwrap();
-        let pump = thread::spawn(move || run(front_end, back_end));
+        let pump = thread::spawn(move || run(front_end, back_end, 4));
         let f = std::fs::File::open("/proc/self/exe").unwrap();
         let hdr = Msg::new(5, FLAG_VERSION_1, vec![9; 16]).header();
         qemu.send_with_fds(&[&hdr[..], &[9u8; 16][..]], &[f.as_raw_fd()])
@@ -269,7 +349,7 @@ mod tests {
     fn oversized_payload_is_an_error_not_an_allocation() {
         let (qemu, front_end) = UnixStream::pair().unwrap();
         let (back_end, _fw) = UnixStream::pair().unwrap();
-        let pump = thread::spawn(move || run(front_end, back_end));
+        let pump = thread::spawn(move || run(front_end, back_end, 4));
         let mut h = Msg::new(1, FLAG_VERSION_1, vec![]).header();
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         (&qemu).write_all(&h).unwrap();

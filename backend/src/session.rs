@@ -4,8 +4,9 @@
 
 use std::cell::Cell;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_net::{
@@ -49,6 +50,8 @@ pub struct Session {
     generation: AtomicU64,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
+    /// Raw fds of the consumer clones handed to vring workers (see [`Session::exit_event`]).
+    handed_out: Mutex<Vec<RawFd>>,
 }
 
 impl Session {
@@ -64,6 +67,7 @@ impl Session {
             generation: AtomicU64::new(0),
             exit_consumer,
             exit_notifier,
+            handed_out: Mutex::new(Vec::new()),
         })
     }
 
@@ -151,11 +155,33 @@ impl Session {
     }
 
     /// Event pair handed to the vring worker; notifying it ends the worker thread.
+    ///
+    /// vhost-user-backend 0.24 registers the consumer with `into_raw_fd` and never closes it,
+    /// which leaked one eventfd per connection. The raw fd is remembered here and closed by
+    /// [`Session::close_exit_fds`] once the worker is gone.
     pub fn exit_event(&self) -> Option<(EventConsumer, EventNotifier)> {
-        Some((
-            self.exit_consumer.try_clone().ok()?,
-            self.exit_notifier.try_clone().ok()?,
-        ))
+        let notifier = self.exit_notifier.try_clone().ok()?;
+        let consumer = self.exit_consumer.try_clone().ok()?;
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
+    }
+
+    /// Closes the consumer fds handed out by [`Session::exit_event`].
+    ///
+    /// # Safety
+    /// Only after the `VhostUserDaemon` built for this session has been dropped: its handler's
+    /// drop joins the vring workers, the only users of those fds, and the framework takes each
+    /// consumer over with `into_raw_fd` right after asking for it, so nothing else owns or
+    /// closes them.
+    pub unsafe fn close_exit_fds(&self) {
+        let fds = std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(|e| e.into_inner()));
+        for fd in fds {
+            // SAFETY: per this function's contract the fd is open and owned by nobody else.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
 
     /// The connection is over: stop its worker, and tell data-path threads holding the session
