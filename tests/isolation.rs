@@ -387,7 +387,9 @@ fn a_frontend_that_stops_reading_is_dropped_and_the_partition_serves_the_next() 
         let mut sent = 0;
         while t.elapsed() < Duration::from_secs(2) {
             match (&s).write(&get_features) {
-                Ok(_) => sent += 1,
+                Ok(n) if n == get_features.len() => sent += 1,
+                // A partial message: the buffers are full, which is all this needs.
+                Ok(_) => break,
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
