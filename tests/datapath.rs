@@ -381,3 +381,104 @@ fn busy_poll_mode_forwards_like_event_mode() {
         .count();
     assert_eq!(threads, 1, "one polling thread serves every partition");
 }
+
+/// A daemon whose vf0 has MTU 9000 while everything else keeps 1500.
+fn jumbo_vf0() -> (Daemon, Driver, Driver, Driver) {
+    let cfg = std::env::temp_dir().join(format!("sriov-net-mtu-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "vfs = 2\n[vf.0]\nmtu = 9000\n").unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    let pf = Driver::start(&d.sock("pf"), full_offloads(), 1);
+    let vf0 = Driver::start(&d.sock("vf0"), full_offloads(), 1);
+    let vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
+    for n in ["pf", "vf0", "vf1"] {
+        d.wait_state(n, "started");
+    }
+    (d, pf, vf0, vf1)
+}
+
+/// The MTU holds both ways: a port sends nothing longer than its own MTU allows and receives
+/// nothing longer than its own; a real VEB drops such frames, and so does this one, counting them.
+#[test]
+fn mtu_is_enforced_on_send_and_on_delivery() {
+    let (d, mut pf, mut vf0, mut vf1) = jumbo_vf0();
+    vf1.post_rx(0, 64, 4096);
+    pf.post_rx(0, 64, 4096);
+    // Over the receiver's MTU (vf0 may send 9014, vf1 may not receive it).
+    for len in [9014 - 14, 1501] {
+        vf0.send(0, &test_frame(d.mac("vf1"), d.mac("vf0"), 1, len));
+    }
+    vf0.wait_tx_done(0, 2);
+    // Over the sender's own MTU.
+    for len in [9000 - 14 + 1, 65014 - 14] {
+        vf0.send(0, &test_frame(d.mac("vf1"), d.mac("vf0"), 2, len));
+    }
+    pf.send(0, &test_frame(d.mac("vf1"), d.mac("pf"), 3, 1501));
+    // The largest frames that fit, untagged and tagged, pass.
+    let fits = test_frame(d.mac("vf1"), d.mac("vf0"), 4, 1500);
+    vf0.send(0, &fits);
+    let mut tagged = fits.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    assert_eq!(tagged.len(), 1518);
+    vf0.send(0, &tagged);
+    let got = vf1.recv_n(0, 2);
+    assert_eq!((got[0].1.clone(), got[1].1.clone()), (fits, tagged));
+    assert_eq!(d.counter("vf0", "drop_oversize"), 4);
+    assert_eq!(d.counter("pf", "drop_oversize"), 1);
+    assert_eq!(d.counter("vf1", "rx_packets"), 2);
+    assert!(vf1.recv(0).is_empty(), "nothing oversize arrived");
+}
+
+/// A super-frame from a jumbo port to a 1500 port without TSO is cut to the receiver's MTU,
+/// whatever the sender's gso_size, and its trailing padding never becomes payload.
+#[test]
+fn software_segmentation_fits_the_receivers_mtu() {
+    let (d, _pf, mut vf0, mut vf1) = jumbo_vf0();
+    vf1.post_rx(0, 64, 4096);
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 13) as u8).collect();
+    let mut f = tcp4(d.mac("vf1"), d.mac("vf0"), 7, 0x18, &payload);
+    f.extend_from_slice(&[0xee; 40]); // Ethernet padding after the IP packet
+    vf0.send_with_hdr(0, &hdr(1, 1, 54, 8000, 34, 16), &f);
+    // 1514-byte frames carry 1460 bytes after 54 bytes of headers.
+    let segs = vf1.recv_n(0, payload.len().div_ceil(1460));
+    let mut data = Vec::new();
+    for (rh, s) in &segs {
+        assert!(s.len() <= 1514, "{}-byte segment for a 1500 MTU", s.len());
+        assert_eq!((rh.gso_type, rh.flags), (0, 0));
+        assert!(ipv4_l4_valid(s));
+        data.extend_from_slice(&s[54..]);
+    }
+    assert_eq!(data, payload);
+    assert!(vf1.recv(0).is_empty());
+}
+
+/// Headers a hostile driver made up are dropped and counted on the sender, never forwarded
+/// and never vouched for.
+#[test]
+fn invalid_offload_headers_are_dropped_not_forwarded() {
+    let (d, mut pf, mut vf0, _vf1) = jumbo_vf0();
+    vf0.post_rx(0, 16, 4096);
+    // UDP with checksum 0xdead; ECN bit without a GSO type, NEEDS_CSUM at 42 + 0.
+    let mut udp = vec![
+        0x45, 0, 0, 36, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
+    let c = csum(0, &udp);
+    udp[10..12].copy_from_slice(&c.to_be_bytes());
+    udp.extend_from_slice(&[0x30, 0x39, 0, 0x35, 0, 16, 0xde, 0xad]);
+    udp.extend_from_slice(&[7; 8]);
+    let f = eth(d.mac("vf0"), d.mac("pf"), 0x0800, &udp);
+    pf.send_with_hdr(0, &hdr(1, 0x80, 0, 0, 42, 0), &f);
+    // A checksum field far outside the frame.
+    let small = test_frame(d.mac("vf0"), d.mac("pf"), 9, 50);
+    pf.send_with_hdr(0, &hdr(1, 0, 0, 0, 60000, 5000), &small);
+    // GSO with gso_size 0 towards a TSO receiver.
+    let t = tcp4(d.mac("vf0"), d.mac("pf"), 1, 0x18, &[5; 3000]);
+    pf.send_with_hdr(0, &hdr(1, 1, 54, 0, 34, 16), &t);
+    pf.wait_tx_done(0, 3);
+    assert_eq!(d.counter("pf", "drop_malformed_chain"), 3);
+    // Then a good frame: it is the only thing that arrives.
+    let good = test_frame(d.mac("vf0"), d.mac("pf"), 10, 100);
+    pf.send(0, &good);
+    let got = vf0.recv_n(0, 1);
+    assert_eq!(got[0].1, good);
+    assert_eq!(d.counter("vf0", "rx_packets"), 1);
+}

@@ -19,16 +19,20 @@ pub enum DropReason {
     Hairpin,
     /// A descriptor chain or virtio-net header the device cannot accept.
     MalformedChain,
+    /// Longer than the sender's or the receiver's MTU allows (and not a GSO frame the
+    /// receiver takes or the switch can segment to fit).
+    Oversize,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoRxBuffer,
         DropReason::SpoofedSource,
         DropReason::UnknownDestination,
         DropReason::DestinationDown,
         DropReason::Hairpin,
         DropReason::MalformedChain,
+        DropReason::Oversize,
     ];
 
     pub fn key(self) -> &'static str {
@@ -39,6 +43,7 @@ impl DropReason {
             DropReason::DestinationDown => "drop_destination_down",
             DropReason::Hairpin => "drop_hairpin",
             DropReason::MalformedChain => "drop_malformed_chain",
+            DropReason::Oversize => "drop_oversize",
         }
     }
 

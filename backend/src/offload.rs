@@ -107,6 +107,117 @@ pub enum OffloadError {
     GsoSizeTooSmall(u16),
     #[error("segment IP length {0} does not fit the 16-bit IP length field")]
     SegmentTooLarge(usize),
+    #[error("ECN bit without a GSO type")]
+    EcnWithoutGso,
+    #[error("GSO frame without NEEDS_CSUM")]
+    GsoWithoutCsum,
+    #[error("{0} used but not negotiated")]
+    NotNegotiated(&'static str),
+    #[error("IP length {ip_len} does not match the frame: headers end at {headers}, frame has {frame_len} bytes")]
+    BadIpLength {
+        ip_len: usize,
+        headers: usize,
+        frame_len: usize,
+    },
+    #[error("{len}-byte frame exceeds the receiver's largest frame of {max} bytes (MTU)")]
+    Oversize { len: usize, max: usize },
+}
+
+/// Transmit offloads the sending driver negotiated (its HOST_* features and CSUM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxOffloads {
+    /// VIRTIO_NET_F_CSUM.
+    pub csum: bool,
+    /// VIRTIO_NET_F_HOST_TSO4.
+    pub tso4: bool,
+    /// VIRTIO_NET_F_HOST_TSO6.
+    pub tso6: bool,
+}
+
+/// Longest frame (Ethernet header onward, no FCS) a port with `mtu` takes: one VLAN tag is
+/// allowed on top, as Linux's bridge and real NICs allow (a 1500 MTU carries 1518-byte tagged
+/// frames).
+pub fn max_frame(mtu: u16, tagged: bool) -> usize {
+    usize::from(mtu) + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 }
+}
+
+/// True when `ethertype` (the one after the MAC addresses) is a VLAN tag.
+pub fn is_vlan_tpid(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
+}
+
+/// Bytes of a frame's head that hold every header a GSO frame can have (two VLAN tags, IPv4
+/// with options, TCP with options).
+pub const GSO_HEAD: usize = ETH_HLEN + MAX_VLAN_TAGS * VLAN_HLEN + 60 + 60;
+
+/// What a sending driver may put in the virtio-net header, checked once when the frame is
+/// taken (the virtio spec's driver requirements, as Linux's `virtio_net_hdr_to_skb` and the
+/// software path below read them). A frame failing this is malformed for every receiver.
+pub fn check_tx_header(hdr: &NetHdr, frame_len: usize, tx: TxOffloads) -> Result<(), OffloadError> {
+    if hdr.needs_csum() {
+        if !tx.csum {
+            return Err(OffloadError::NotNegotiated("NEEDS_CSUM (CSUM)"));
+        }
+        csum_field(hdr, frame_len)?;
+    }
+    match hdr.gso_kind() {
+        GSO_NONE if hdr.gso_type & GSO_ECN != 0 => return Err(OffloadError::EcnWithoutGso),
+        GSO_NONE => return Ok(()),
+        GSO_TCPV4 if !tx.tso4 => return Err(OffloadError::NotNegotiated("GSO TCPv4 (HOST_TSO4)")),
+        GSO_TCPV6 if !tx.tso6 => return Err(OffloadError::NotNegotiated("GSO TCPv6 (HOST_TSO6)")),
+        GSO_TCPV4 | GSO_TCPV6 => {}
+        other => return Err(OffloadError::UnsupportedGsoType(other)),
+    }
+    if hdr.gso_size == 0 {
+        return Err(OffloadError::ZeroGsoSize);
+    }
+    if hdr.gso_size < MIN_GSO_SIZE {
+        return Err(OffloadError::GsoSizeTooSmall(hdr.gso_size));
+    }
+    if !hdr.needs_csum() {
+        return Err(OffloadError::GsoWithoutCsum);
+    }
+    Ok(())
+}
+
+/// For a GSO frame a receiver could take as it is (see [`passes_as_is`]): validates its headers
+/// (`head`, the first [`GSO_HEAD`] bytes or the whole frame if shorter) as segmentation would, and
+/// returns the length to deliver (the frame up to the end of its IP packet) when every segment
+/// the receiver's stack would make fits `max_frame`, or None when it must be segmented here.
+pub fn gso_as_is(
+    hdr: &NetHdr,
+    head: &[u8],
+    frame_len: usize,
+    max_frame: usize,
+) -> Result<Option<usize>, OffloadError> {
+    if hdr.gso_size == 0 {
+        return Err(OffloadError::ZeroGsoSize);
+    }
+    if hdr.gso_size < MIN_GSO_SIZE {
+        return Err(OffloadError::GsoSizeTooSmall(hdr.gso_size));
+    }
+    let lay = parse_tcp(head, hdr.gso_kind())?;
+    let end = ip_end(head, &lay, frame_len)?;
+    Ok((lay.payload + usize::from(hdr.gso_size) <= max_frame).then_some(end))
+}
+
+/// End of the IP packet (its length field), which must cover the headers and lie in the frame;
+/// bytes after it are Ethernet padding, never payload.
+fn ip_end(frame: &[u8], lay: &TcpLayout, frame_len: usize) -> Result<usize, OffloadError> {
+    let ip_len = if lay.ipv6 {
+        IPV6_HLEN + usize::from(be16(frame, lay.l3 + 4, Layer::Ipv6)?)
+    } else {
+        usize::from(be16(frame, lay.l3 + 2, Layer::Ipv4)?)
+    };
+    let end = lay.l3 + ip_len;
+    if end < lay.payload || end > frame_len {
+        return Err(OffloadError::BadIpLength {
+            ip_len,
+            headers: lay.payload,
+            frame_len,
+        });
+    }
+    Ok(end)
 }
 
 /// True when a receiver with `rx` can take the frame described by `hdr` unchanged.
@@ -128,53 +239,76 @@ pub fn passes_as_is(hdr: &NetHdr, rx: RxOffloads) -> bool {
 /// Software fallback. `frame` is the whole linear L2 frame (Ethernet header onward, no virtio
 /// header), mutable so a checksum can be completed in place. Emits each resulting frame through
 /// `emit(&NetHdr, &[u8])` (the NetHdr to put in front of it on the receiver; num_buffers left 0 —
-/// the caller sets it). `scratch` is a caller-owned buffer reused across calls so the steady state
-/// allocates nothing. Returns the number of frames emitted.
+/// the caller sets it). No emitted frame is longer than `max_frame` (the receiver's MTU, see
+/// [`max_frame`]) unless it is a GSO frame the receiver takes as such; a TCP super-frame is cut
+/// into segments that fit. `scratch` is a caller-owned buffer reused across calls so the steady
+/// state allocates nothing. Returns the number of frames emitted.
 ///
 /// On error nothing has been emitted, and `frame` is unchanged.
 ///
 /// A frame that passes as-is is emitted with its header unchanged except that `num_buffers` is
 /// zeroed and every flag other than NEEDS_CSUM is cleared (a transmitting driver must not set
 /// DATA_VALID; forwarding it would let one guest vouch for a checksum towards another).
+/// DATA_VALID is set only on segments this function built, whose checksums it computed over
+/// headers it parsed; a checksum completed at the sender's offsets proves nothing about the
+/// L4 checksum, so such a frame goes without it and the receiver verifies.
 pub fn resolve(
     hdr: &NetHdr,
     frame: &mut [u8],
     rx: RxOffloads,
+    max_frame: usize,
     scratch: &mut Vec<u8>,
     emit: &mut dyn FnMut(&NetHdr, &[u8]),
 ) -> Result<usize, OffloadError> {
+    if hdr.gso_kind() == GSO_NONE && hdr.gso_type & GSO_ECN != 0 {
+        return Err(OffloadError::EcnWithoutGso);
+    }
     if passes_as_is(hdr, rx) {
-        if hdr.needs_csum() {
-            csum_field(hdr, frame.len())?;
-        }
-        if hdr.is_gso() && hdr.gso_size == 0 {
-            return Err(OffloadError::ZeroGsoSize);
-        }
-        let out = NetHdr {
-            flags: hdr.flags & FLAG_NEEDS_CSUM,
-            num_buffers: 0,
-            ..*hdr
+        let len = if hdr.is_gso() {
+            gso_as_is(hdr, frame, frame.len(), max_frame)?
+        } else if frame.len() > max_frame {
+            return Err(OffloadError::Oversize {
+                len: frame.len(),
+                max: max_frame,
+            });
+        } else {
+            Some(frame.len())
         };
-        emit(&out, frame);
-        return Ok(1);
+        if let Some(len) = len {
+            if hdr.needs_csum() {
+                csum_field(hdr, len)?;
+            }
+            let out = NetHdr {
+                flags: hdr.flags & FLAG_NEEDS_CSUM,
+                num_buffers: 0,
+                ..*hdr
+            };
+            emit(&out, &frame[..len]);
+            return Ok(1);
+        }
     }
 
-    let out = NetHdr {
-        flags: if rx.csum { FLAG_DATA_VALID } else { 0 },
-        ..NetHdr::default()
-    };
     match hdr.gso_kind() {
         GSO_NONE => {
+            if frame.len() > max_frame {
+                return Err(OffloadError::Oversize {
+                    len: frame.len(),
+                    max: max_frame,
+                });
+            }
             if hdr.needs_csum() {
                 complete_partial_csum(hdr, frame)?;
-                emit(&out, frame);
-            } else {
-                // Only reachable with a stray ECN bit and no GSO: nothing was verified.
-                emit(&NetHdr::default(), frame);
             }
+            emit(&NetHdr::default(), frame);
             Ok(1)
         }
-        kind @ (GSO_TCPV4 | GSO_TCPV6) => segment_tcp(hdr, kind, frame, &out, scratch, emit),
+        kind @ (GSO_TCPV4 | GSO_TCPV6) => {
+            let out = NetHdr {
+                flags: if rx.csum { FLAG_DATA_VALID } else { 0 },
+                ..NetHdr::default()
+            };
+            segment_tcp(hdr, kind, frame, &out, max_frame, scratch, emit)
+        }
         other => Err(OffloadError::UnsupportedGsoType(other)),
     }
 }
@@ -307,16 +441,17 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<usize, OffloadError> {
 
 /// Cuts a TCP super-frame into `gso_size` pieces, each emitted as a complete frame with
 /// software-computed checksums. Everything is validated before the first emit.
+#[allow(clippy::too_many_arguments)]
 fn segment_tcp(
     hdr: &NetHdr,
     gso_kind: u8,
     frame: &[u8],
     out: &NetHdr,
+    max_frame: usize,
     scratch: &mut Vec<u8>,
     emit: &mut dyn FnMut(&NetHdr, &[u8]),
 ) -> Result<usize, OffloadError> {
-    let mss = usize::from(hdr.gso_size);
-    if mss == 0 {
+    if hdr.gso_size == 0 {
         return Err(OffloadError::ZeroGsoSize);
     }
     // A tiny MSS would turn one 64 KiB frame into tens of thousands of deliveries.
@@ -324,7 +459,17 @@ fn segment_tcp(
         return Err(OffloadError::GsoSizeTooSmall(hdr.gso_size));
     }
     let lay = parse_tcp(frame, gso_kind)?;
-    let (headers, payload) = frame.split_at(lay.payload);
+    // Segments must fit the receiver: TCP takes a smaller MSS than the sender's as it is.
+    let room = max_frame.saturating_sub(lay.payload);
+    if room == 0 {
+        return Err(OffloadError::Oversize {
+            len: lay.payload + 1,
+            max: max_frame,
+        });
+    }
+    let mss = usize::from(hdr.gso_size).min(room);
+    let end = ip_end(frame, &lay, frame.len())?;
+    let (headers, payload) = frame[..end].split_at(lay.payload);
     let tcp_hlen = lay.payload - lay.l4;
 
     // The first segment is the largest; if its length fits the IP length field all do.
@@ -525,6 +670,9 @@ fn put_be32(buf: &mut [u8], at: usize, v: u32, layer: Layer) -> Result<(), Offlo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No MTU limit in the tests that are not about it.
+    const BIG: usize = 70_000;
     use crate::net_hdr::{GSO_UDP, GSO_UDP_L4};
 
     const TCP_ACK: u8 = 0x10;
@@ -709,7 +857,7 @@ mod tests {
     ) -> (Result<usize, OffloadError>, Emitted) {
         let mut scratch = Vec::new();
         let mut out = Vec::new();
-        let r = resolve(hdr, frame, rx, &mut scratch, &mut |h, f| {
+        let r = resolve(hdr, frame, rx, BIG, &mut scratch, &mut |h, f| {
             out.push((*h, f.to_vec()))
         });
         (r, out)
@@ -861,21 +1009,218 @@ mod tests {
         assert!(l4_csum_ok(&out[0].1, b.l3, b.l4, true));
     }
 
+    /// The hole a hostile frontend found: ECN without a GSO type plus NEEDS_CSUM used to be
+    /// completed at the sender's offsets and marked DATA_VALID. Linux refuses such a header.
     #[test]
-    fn partial_checksum_with_stray_ecn_bit_is_completed_and_marked_valid() {
+    fn ecn_bit_without_gso_is_malformed_never_completed_or_vouched() {
         let mut b = build(&[], Ip::V6, 6, &tcp_hdr(5, TCP_ACK, &[]), &data(64));
         seed_partial(&mut b, 16);
         let hdr = NetHdr {
             gso_type: GSO_ECN,
             ..partial_hdr(&b, 16)
         };
-        let r = rx(true, true, true);
-        assert!(!passes_as_is(&hdr, r));
-        let (res, out) = run(&hdr, &mut b.frame.clone(), r);
+        for r in all_rx() {
+            expect_err(&hdr, &b.frame, r, OffloadError::EcnWithoutGso);
+        }
+        let tx = TxOffloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+        };
+        assert_eq!(
+            check_tx_header(&hdr, b.frame.len(), tx),
+            Err(OffloadError::EcnWithoutGso)
+        );
+    }
+
+    /// A checksum completed where the sender said says nothing about the L4 checksum (here the
+    /// "field" is UDP payload and the real checksum is 0xdead): never DATA_VALID.
+    #[test]
+    fn a_completed_partial_checksum_is_never_marked_valid() {
+        let payload = data(64);
+        let mut b = build(&[], v4(9), 17, &udp_hdr(payload.len()), &payload);
+        b.frame[b.l4 + 6..b.l4 + 8].copy_from_slice(&0xdeadu16.to_be_bytes());
+        let hdr = NetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 42,
+            csum_offset: 0,
+            ..NetHdr::default()
+        };
+        for r in all_rx().filter(|r| !r.csum) {
+            let (res, out) = run(&hdr, &mut b.frame.clone(), r);
+            assert_eq!(res, Ok(1));
+            assert_eq!(out[0].0.flags, 0, "no DATA_VALID");
+            assert_eq!(
+                be16_at(&out[0].1, b.l4 + 6),
+                0xdead,
+                "real checksum untouched"
+            );
+        }
+        // A receiver with GUEST_CSUM gets it as it is: still partial, not vouched for.
+        let (res, out) = run(&hdr, &mut b.frame.clone(), rx(true, false, false));
         assert_eq!(res, Ok(1));
-        assert_eq!(out[0].0, fixed_hdr(r));
-        assert_eq!(out[0].0.flags, FLAG_DATA_VALID);
-        assert!(l4_csum_ok(&out[0].1, b.l3, b.l4, true));
+        assert_eq!(out[0].0.flags, FLAG_NEEDS_CSUM);
+    }
+
+    #[test]
+    fn plain_frames_over_the_receivers_mtu_are_refused() {
+        let untagged = max_frame(1500, false);
+        let tagged = max_frame(1500, true);
+        assert_eq!((untagged, tagged), (1514, 1518));
+        for len in [1515, 9014, 65014] {
+            let mut f = vec![0u8; len];
+            f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+            let mut scratch = Vec::new();
+            for r in all_rx() {
+                let mut n = 0;
+                let res = resolve(
+                    &NetHdr::default(),
+                    &mut f,
+                    r,
+                    untagged,
+                    &mut scratch,
+                    &mut |_, _| n += 1,
+                );
+                assert_eq!(res, Err(OffloadError::Oversize { len, max: untagged }));
+                assert_eq!(n, 0);
+            }
+        }
+        let mut f = vec![0u8; 1514];
+        let (res, _) = {
+            let mut scratch = Vec::new();
+            let mut out = 0;
+            let r = resolve(
+                &NetHdr::default(),
+                &mut f,
+                RxOffloads::default(),
+                untagged,
+                &mut scratch,
+                &mut |_, _| out += 1,
+            );
+            (r, out)
+        };
+        assert_eq!(res, Ok(1));
+    }
+
+    /// Software segmentation cuts to the receiver's MTU, not to the sender's gso_size.
+    #[test]
+    fn segmentation_fits_the_receivers_mtu() {
+        for ip in [v4(3), Ip::V6] {
+            let b = build(
+                &[],
+                ip,
+                6,
+                &tcp_hdr(77, TCP_ACK, &TCP_TS_OPTS),
+                &data(20_000),
+            );
+            let kind = if b.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            let hdr = tso_hdr(&b, kind, 8000);
+            let max = max_frame(1500, false);
+            let mut scratch = Vec::new();
+            let mut out: Emitted = Vec::new();
+            let r = rx(false, false, false);
+            let res = resolve(
+                &hdr,
+                &mut b.frame.clone(),
+                r,
+                max,
+                &mut scratch,
+                &mut |h, f| out.push((*h, f.to_vec())),
+            );
+            assert!(res.is_ok());
+            assert!(
+                out.iter().all(|(_, f)| f.len() <= max),
+                "every segment fits"
+            );
+            check_segments(&b, &out, max - b.payload, r);
+            // A TSO receiver takes it as it is only when its stack's segments would fit.
+            let head = &b.frame[..GSO_HEAD.min(b.frame.len())];
+            assert_eq!(gso_as_is(&hdr, head, b.frame.len(), max), Ok(None));
+            let ok = tso_hdr(&b, kind, (max - b.payload) as u16);
+            assert_eq!(
+                gso_as_is(&ok, head, b.frame.len(), max),
+                Ok(Some(b.frame.len()))
+            );
+        }
+    }
+
+    #[test]
+    fn gso_as_is_is_validated_like_segmentation() {
+        let b = build(&[], v4(3), 6, &tcp_hdr(1, TCP_ACK, &[]), &data(3000));
+        let head = &b.frame[..GSO_HEAD];
+        let max = max_frame(1500, false);
+        let zero = tso_hdr(&b, GSO_TCPV4, 0);
+        assert_eq!(
+            gso_as_is(&zero, head, b.frame.len(), max),
+            Err(OffloadError::ZeroGsoSize)
+        );
+        let wrong_ip = tso_hdr(&b, GSO_TCPV6, 1448);
+        assert!(matches!(
+            gso_as_is(&wrong_ip, head, b.frame.len(), max),
+            Err(OffloadError::GsoIpMismatch { .. })
+        ));
+        // The frame is shorter than its IP length says.
+        let hdr = tso_hdr(&b, GSO_TCPV4, 1448);
+        assert!(matches!(
+            gso_as_is(&hdr, head, b.frame.len() - 1, max),
+            Err(OffloadError::BadIpLength { .. })
+        ));
+    }
+
+    #[test]
+    fn check_tx_header_enforces_what_the_sender_negotiated() {
+        let b = build(&[], v4(3), 6, &tcp_hdr(1, TCP_ACK, &[]), &data(3000));
+        let all = TxOffloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+        };
+        let len = b.frame.len();
+        let tso = tso_hdr(&b, GSO_TCPV4, 1448);
+        assert_eq!(check_tx_header(&tso, len, all), Ok(()));
+        assert_eq!(
+            check_tx_header(&NetHdr::default(), len, TxOffloads::default()),
+            Ok(())
+        );
+        let no_tso = TxOffloads { tso4: false, ..all };
+        assert!(matches!(
+            check_tx_header(&tso, len, no_tso),
+            Err(OffloadError::NotNegotiated(_))
+        ));
+        let no_csum = TxOffloads { csum: false, ..all };
+        assert!(matches!(
+            check_tx_header(&tso, len, no_csum),
+            Err(OffloadError::NotNegotiated(_))
+        ));
+        let bare = NetHdr { flags: 0, ..tso };
+        assert_eq!(
+            check_tx_header(&bare, len, all),
+            Err(OffloadError::GsoWithoutCsum)
+        );
+        let zero = NetHdr { gso_size: 0, ..tso };
+        assert_eq!(
+            check_tx_header(&zero, len, all),
+            Err(OffloadError::ZeroGsoSize)
+        );
+        let udp = NetHdr {
+            gso_type: GSO_UDP,
+            ..tso
+        };
+        assert_eq!(
+            check_tx_header(&udp, len, all),
+            Err(OffloadError::UnsupportedGsoType(GSO_UDP))
+        );
+        // The case: csum_start 60000, csum_offset 5000 on a 64-byte frame.
+        let far = NetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 60000,
+            csum_offset: 5000,
+            ..NetHdr::default()
+        };
+        assert!(matches!(
+            check_tx_header(&far, 64, all),
+            Err(OffloadError::CsumOutOfFrame { .. })
+        ));
     }
 
     #[test]
@@ -1045,12 +1390,12 @@ mod tests {
         let mut f = b.frame.clone();
         let r = RxOffloads::default();
         assert_eq!(
-            resolve(&hdr, &mut f, r, &mut scratch, &mut |_, _| n += 1),
+            resolve(&hdr, &mut f, r, BIG, &mut scratch, &mut |_, _| n += 1),
             Ok(7)
         );
         let (cap, ptr) = (scratch.capacity(), scratch.as_ptr());
         assert_eq!(
-            resolve(&hdr, &mut f, r, &mut scratch, &mut |_, _| n += 1),
+            resolve(&hdr, &mut f, r, BIG, &mut scratch, &mut |_, _| n += 1),
             Ok(7)
         );
         assert_eq!((scratch.capacity(), scratch.as_ptr()), (cap, ptr));
@@ -1303,26 +1648,25 @@ mod tests {
         expect_err(&tso_hdr(&b, GSO_TCPV4, 1400), &b.frame[..17], none, want);
     }
 
+    /// Bytes after the IP packet are padding: never payload with fresh checksums.
     #[test]
-    fn rejects_segments_overflowing_ip_length() {
-        let b = build(&[], v4(1), 6, &tcp_hdr(1, TCP_ACK, &[]), &data(70_000));
-        let hdr = tso_hdr(&b, GSO_TCPV4, u16::MAX);
-        let want = OffloadError::SegmentTooLarge(20 + 20 + 65535);
-        expect_err(&hdr, &b.frame, RxOffloads::default(), want);
-        let b = build(&[], Ip::V6, 6, &tcp_hdr(1, TCP_ACK, &[]), &data(70_000));
-        let hdr = tso_hdr(&b, GSO_TCPV6, u16::MAX);
-        expect_err(
-            &hdr,
-            &b.frame,
-            RxOffloads::default(),
-            OffloadError::SegmentTooLarge(20 + 65535),
-        );
-        // The largest segment that still fits.
-        let hdr = tso_hdr(&b, GSO_TCPV6, u16::MAX - 20);
-        assert_eq!(
-            run(&hdr, &mut b.frame.clone(), RxOffloads::default()).0,
-            Ok(2)
-        );
+    fn segmentation_stops_at_the_ip_length() {
+        for ip in [v4(1), Ip::V6] {
+            let b = build(&[], ip, 6, &tcp_hdr(1, TCP_ACK, &[]), &data(4000));
+            let kind = if b.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            let hdr = tso_hdr(&b, kind, 1448);
+            let mut padded = b.frame.clone();
+            padded.extend_from_slice(&[0xab; 300]);
+            let (res, out) = run(&hdr, &mut padded, RxOffloads::default());
+            assert_eq!(res, Ok(3));
+            check_segments(&b, &out, 1448, RxOffloads::default());
+            // An IP length beyond the frame is malformed.
+            let short = &b.frame[..b.frame.len() - 10];
+            assert!(matches!(
+                run(&hdr, &mut short.to_vec(), RxOffloads::default()).0,
+                Err(OffloadError::BadIpLength { .. })
+            ));
+        }
     }
 
     #[test]
@@ -1446,7 +1790,7 @@ mod tests {
             // checksum verifies as seed + covered bytes (field at an even offset).
             let field = usize::from(hdr.csum_start) + usize::from(hdr.csum_offset);
             let seed: Vec<u8> = orig.get(field..field + 2).unwrap_or(&[]).to_vec();
-            let res = resolve(&hdr, &mut frame, r, &mut scratch, &mut |h, f| {
+            let res = resolve(&hdr, &mut frame, r, BIG, &mut scratch, &mut |h, f| {
                 emitted += 1;
                 sizes_ok &= f.len() <= len && h.num_buffers == 0;
                 if fixes_csum && hdr.csum_offset & 1 == 0 {

@@ -133,6 +133,11 @@ impl<'a> RxQueue<'a> {
         self.offloads
     }
 
+    /// The receiving port's MTU.
+    pub fn mtu(&self) -> u16 {
+        self.dest.config.mtu
+    }
+
     fn reload(&mut self) -> Result<(), DropReason> {
         match self.mapped.pending(self.ring.get_queue()) {
             Ok(n) => {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::Queue;
@@ -21,7 +21,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::hostmem::{HostMem, MemMap};
-use crate::offload::RxOffloads;
+use crate::offload::{RxOffloads, TxOffloads};
 use crate::partition::Partition;
 use crate::ring::{Dir, Ring, RingCache, RingError};
 use crate::Mem;
@@ -36,6 +36,7 @@ pub enum Warn {
     MalformedTxChain = 0,
     BadTxHeader = 1,
     SenderMemory = 2,
+    Oversize = 3,
 }
 
 pub struct Session {
@@ -111,6 +112,15 @@ impl Session {
             csum: self.has(VIRTIO_NET_F_GUEST_CSUM),
             tso4: self.has(VIRTIO_NET_F_GUEST_TSO4),
             tso6: self.has(VIRTIO_NET_F_GUEST_TSO6),
+        }
+    }
+
+    /// What the driver may ask of the device when it sends.
+    pub fn tx_offloads(&self) -> TxOffloads {
+        TxOffloads {
+            csum: self.has(VIRTIO_NET_F_CSUM),
+            tso4: self.has(VIRTIO_NET_F_HOST_TSO4),
+            tso6: self.has(VIRTIO_NET_F_HOST_TSO6),
         }
     }
 

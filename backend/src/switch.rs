@@ -56,6 +56,8 @@ pub struct TxFrame {
     pub src: MacAddr,
     /// Host address of the chain when it is one buffer in one region ([`crate::ring::Flat`]).
     pub host: Option<HostPtr>,
+    /// The frame carries a VLAN tag (its MTU allowance is 4 bytes more).
+    pub tagged: bool,
 }
 
 /// The frames of one TX batch of one queue, in ring order.
@@ -305,7 +307,37 @@ impl Switch {
             ..f.hdr
         };
         let segs = batch.segs_of(f);
-        if offload::passes_as_is(&hdr, rxo) {
+        let max = offload::max_frame(q.mtu(), f.tagged);
+        let bad = |e: &dyn std::fmt::Display| {
+            if let Some(own) = from.session() {
+                own.warn_once(
+                    Warn::BadTxHeader,
+                    &format_args!("offload header rejected: {e}"),
+                );
+            }
+            DropReason::MalformedChain
+        };
+        // The frame as it is, or None when it must go through the software path.
+        let as_is = if !offload::passes_as_is(&hdr, rxo) {
+            None
+        } else if hdr.is_gso() {
+            // Validated as segmentation would; the receiver's stack segments it later.
+            let mut head = [0u8; offload::GSO_HEAD];
+            let n = f.len.min(head.len());
+            match frame::read(batch.mem, segs, NET_HDR_LEN, &mut head[..n]) {
+                Ok(got) if got == n => {}
+                _ => return Err(DropReason::MalformedChain),
+            }
+            match offload::gso_as_is(&hdr, &head[..n], f.len, max) {
+                Ok(fits) => fits,
+                Err(e) => return Err(bad(&e)),
+            }
+        } else if f.len > max {
+            return Err(DropReason::Oversize);
+        } else {
+            Some(f.len)
+        };
+        if let Some(len) = as_is {
             let src = match f.host {
                 Some(ptr) => Source::Host {
                     ptr,
@@ -320,7 +352,7 @@ impl Switch {
                 hdr,
                 src,
                 skip: NET_HDR_LEN,
-                len: f.len,
+                len,
                 cast,
             });
         }
@@ -330,7 +362,7 @@ impl Switch {
             _ => return Err(DropReason::MalformedChain),
         }
         let mut first_err = Ok(());
-        let r = offload::resolve(&hdr, linear, rxo, segments, &mut |h, bytes| {
+        let r = offload::resolve(&hdr, linear, rxo, max, segments, &mut |h, bytes| {
             let seg = Outgoing {
                 hdr: *h,
                 src: Source::Bytes(bytes),
@@ -343,16 +375,11 @@ impl Switch {
                 first_err = res;
             }
         });
-        if let Err(e) = r {
-            if let Some(own) = from.session() {
-                own.warn_once(
-                    Warn::BadTxHeader,
-                    &format_args!("offload header rejected: {e}"),
-                );
-            }
-            return Err(DropReason::MalformedChain);
+        match r {
+            Ok(_) => first_err,
+            Err(offload::OffloadError::Oversize { .. }) => Err(DropReason::Oversize),
+            Err(e) => Err(bad(&e)),
         }
-        first_err
     }
 }
 
@@ -400,6 +427,7 @@ mod tests {
             dst,
             src,
             host: None,
+            tagged: false,
         }
     }
 

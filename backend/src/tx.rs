@@ -13,6 +13,7 @@ use crate::frame;
 use crate::hostmem::HostMem;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, ETH_HLEN, NET_HDR_LEN, TX_HEADERS};
+use crate::offload;
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, RingError, Seg};
 use crate::session::{Held, Session, Warn};
@@ -165,6 +166,7 @@ pub fn tx_batch(
         mem: &mem,
         ring: r,
         indirect: session.indirect(),
+        offloads: session.tx_offloads(),
         pair,
     };
     s.segs.clear();
@@ -214,6 +216,7 @@ struct TxQueue<'a> {
     mem: &'a HostMem<'a>,
     ring: Ring<'a>,
     indirect: bool,
+    offloads: offload::TxOffloads,
     pair: usize,
 }
 
@@ -263,14 +266,40 @@ fn take_frame(
     };
     let mut hb = [0u8; NET_HDR_LEN];
     hb.copy_from_slice(&h[..NET_HDR_LEN]);
+    let hdr = NetHdr::parse(&hb);
+    let len = total - NET_HDR_LEN;
+    let pair = q.pair;
+    if let Err(why) = offload::check_tx_header(&hdr, len, q.offloads) {
+        part.queue_counters(pair).drop(DropReason::MalformedChain);
+        session.warn_once(
+            Warn::BadTxHeader,
+            &format_args!("TX chain {head} on pair {pair}: {why}"),
+        );
+        return None;
+    }
+    let ethertype = u16::from_be_bytes([h[NET_HDR_LEN + 12], h[NET_HDR_LEN + 13]]);
+    let tagged = offload::is_vlan_tpid(ethertype);
+    // The port's own MTU, as a NIC enforces its VF's maximum frame size on transmit.
+    if !hdr.is_gso() && len > offload::max_frame(part.config.mtu, tagged) {
+        part.queue_counters(pair).drop(DropReason::Oversize);
+        session.warn_once(
+            Warn::Oversize,
+            &format_args!(
+                "TX chain {head} on pair {pair}: {len}-byte frame exceeds MTU {}",
+                part.config.mtu
+            ),
+        );
+        return None;
+    }
     let mut dst = [0u8; 6];
     dst.copy_from_slice(&h[NET_HDR_LEN..NET_HDR_LEN + 6]);
     let mut src = [0u8; 6];
     src.copy_from_slice(&h[NET_HDR_LEN + 6..NET_HDR_LEN + 12]);
     Some(TxFrame {
-        hdr: NetHdr::parse(&hb),
+        hdr,
         segs: start..segs.len(),
-        len: total - NET_HDR_LEN,
+        len,
+        tagged,
         dst: MacAddr(dst),
         src: MacAddr(src),
         host,
