@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use backend::admin::{Admin, AdminChange, LinkState, VlanProto};
 use backend::mac::MacAddr;
 use backend::partition::{PartitionConfig, Role};
 use serde::Deserialize;
@@ -47,6 +48,32 @@ pub struct PartitionOverride {
     pub queue_pairs: Option<u16>,
     pub queue_size: Option<u16>,
     pub mtu: Option<u16>,
+    // The operator's settings, in `ip link set ... vf N` words (see backend::admin).
+    pub vlan: Option<u32>,
+    pub qos: Option<u32>,
+    pub proto: Option<VlanProto>,
+    pub max_tx_rate: Option<u32>,
+    pub min_tx_rate: Option<u32>,
+    pub spoofchk: Option<bool>,
+    pub trust: Option<bool>,
+    pub state: Option<LinkState>,
+}
+
+impl PartitionOverride {
+    /// The admin settings this override carries (the MAC is the partition's own).
+    fn admin_change(&self) -> AdminChange {
+        AdminChange {
+            mac: None,
+            vlan: self.vlan,
+            qos: self.qos,
+            proto: self.proto,
+            max_tx_rate: self.max_tx_rate,
+            min_tx_rate: self.min_tx_rate,
+            spoofchk: self.spoofchk,
+            trust: self.trust,
+            state: self.state,
+        }
+    }
 }
 
 /// The TOML file, and equally the CLI flags (same names).
@@ -113,6 +140,8 @@ pub struct Config {
     pub poll_us: u32,
     /// Index 0 is the PF, then VF 0..n.
     pub partitions: Vec<(Role, PartitionConfig)>,
+    /// Each partition's admin settings at start (same index), already validated.
+    pub admin: Vec<AdminChange>,
 }
 
 impl Config {
@@ -142,6 +171,7 @@ impl Config {
             queue_pairs: s.queue_pairs,
             queue_size: s.queue_size,
             mtu: s.mtu,
+            ..PartitionOverride::default()
         };
         let vf_over = s.vf.unwrap_or_default();
         let mut by_index: BTreeMap<u16, PartitionOverride> = BTreeMap::new();
@@ -159,6 +189,7 @@ impl Config {
         }
 
         let mut partitions = Vec::with_capacity(usize::from(vfs) + 1);
+        let mut admin = Vec::with_capacity(usize::from(vfs) + 1);
         let roles = std::iter::once(Role::Pf).chain((0..vfs).map(Role::Vf));
         for (i, role) in roles.enumerate() {
             let (field, o) = match role {
@@ -195,6 +226,11 @@ impl Config {
                 mtu: pick(&field, "mtu", o.mtu, global.mtu, DEFAULT_MTU)?,
             };
             check_partition(&field, &o, &global, &cfg)?;
+            let change = o.admin_change();
+            Admin::new(mac)
+                .apply(&change)
+                .map_err(|e| invalid(field.clone(), e.to_string()))?;
+            admin.push(change);
             partitions.push((role, cfg));
         }
         for (i, (ri, a)) in partitions.iter().enumerate() {
@@ -213,6 +249,7 @@ impl Config {
                 .socket_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR)),
             partitions,
+            admin,
         })
     }
 }

@@ -8,38 +8,51 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use backend::admin::{AdminChange, VlanProto};
 use backend::partition::{Partition, Role};
 use backend::switch::Switch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version: 2 added `set` and `dump-config`. Version 1 requests (`show`,
+/// `version`) are still answered, in version 1.
+pub const PROTOCOL_VERSION: u32 = 2;
+const OLDEST_VERSION: u32 = 1;
 /// Longest request line accepted; anything longer is refused without buffering it all.
 const MAX_REQUEST: u64 = 64 * 1024;
 
+/// The envelope every request has; `set` carries its settings beside these keys.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
+struct Envelope {
     version: u32,
     cmd: String,
     #[serde(default)]
     partition: Option<String>,
 }
 
+/// What `dump-config` needs besides the partitions: the daemon-wide settings it runs with.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonInfo {
+    pub socket_dir: std::path::PathBuf,
+    pub poll_us: u32,
+}
+
 pub fn spawn(
     listener: UnixListener,
     switch: Arc<Switch>,
+    info: DaemonInfo,
 ) -> std::io::Result<thread::JoinHandle<()>> {
+    let info = Arc::new(info);
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        let sw = switch.clone();
+                        let (sw, info) = (switch.clone(), info.clone());
                         let spawned = thread::Builder::new()
                             .name("control-conn".into())
-                            .spawn(move || serve_conn(stream, &sw));
+                            .spawn(move || serve_conn(stream, &sw, &info));
                         if let Err(e) = spawned {
                             log::warn!("control: cannot start connection thread: {e}");
                         }
@@ -50,7 +63,7 @@ pub fn spawn(
         })
 }
 
-fn serve_conn(stream: UnixStream, switch: &Switch) {
+fn serve_conn(stream: UnixStream, switch: &Switch, info: &DaemonInfo) {
     // A silent client must not pin a thread forever.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut writer) = stream.try_clone() else {
@@ -64,9 +77,12 @@ fn serve_conn(stream: UnixStream, switch: &Switch) {
             Ok(n) => n,
         };
         let reply = if n as u64 > MAX_REQUEST {
-            error_reply(&format!("request longer than {MAX_REQUEST} bytes"))
+            error_reply(
+                PROTOCOL_VERSION,
+                &format!("request longer than {MAX_REQUEST} bytes"),
+            )
         } else {
-            handle(line.trim(), switch)
+            handle(line.trim(), switch, info)
         };
         if writeln!(writer, "{reply}").is_err() {
             return;
@@ -77,59 +93,118 @@ fn serve_conn(stream: UnixStream, switch: &Switch) {
     }
 }
 
-fn error_reply(msg: &str) -> Value {
-    json!({"version": PROTOCOL_VERSION, "ok": false, "error": msg})
+fn error_reply(version: u32, msg: &str) -> Value {
+    json!({"version": version, "ok": false, "error": msg})
 }
 
-/// Answers one request line.
-pub fn handle(line: &str, switch: &Switch) -> Value {
-    let req: Request = match serde_json::from_str(line) {
-        Ok(r) => r,
-        Err(e) => return error_reply(&format!("malformed request: {e}")),
+/// Answers one request line, in the request's protocol version.
+pub fn handle(line: &str, switch: &Switch, info: &DaemonInfo) -> Value {
+    let mut fields: serde_json::Map<String, Value> = match serde_json::from_str(line) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return error_reply(PROTOCOL_VERSION, "malformed request: not a JSON object"),
+        Err(e) => return error_reply(PROTOCOL_VERSION, &format!("malformed request: {e}")),
     };
-    if req.version != PROTOCOL_VERSION {
-        return error_reply(&format!(
-            "unsupported protocol version {} (this daemon speaks {PROTOCOL_VERSION})",
-            req.version
-        ));
+    let mut envelope = serde_json::Map::new();
+    for k in ["version", "cmd", "partition"] {
+        if let Some(v) = fields.remove(k) {
+            envelope.insert(k.to_string(), v);
+        }
     }
-    let result = match req.cmd.as_str() {
-        "show" => show(switch, req.partition.as_deref()),
-        "version" => Ok(json!({"version": PROTOCOL_VERSION, "daemon": env!("CARGO_PKG_VERSION")})),
-        other => Err(format!("unknown command {other:?} (known: show, version)")),
+    let req: Envelope = match serde_json::from_value(Value::Object(envelope)) {
+        Ok(r) => r,
+        Err(e) => return error_reply(PROTOCOL_VERSION, &format!("malformed request: {e}")),
+    };
+    let v = req.version;
+    if !(OLDEST_VERSION..=PROTOCOL_VERSION).contains(&v) {
+        return error_reply(
+            PROTOCOL_VERSION,
+            &format!(
+                "unsupported protocol version {v} (this daemon speaks {OLDEST_VERSION}..={PROTOCOL_VERSION})"
+            ),
+        );
+    }
+    let result = match (req.cmd.as_str(), v) {
+        ("set", 2..) => set(switch, req.partition.as_deref(), fields),
+        ("dump-config", 2..) if fields.is_empty() => Ok(json!({"toml": dump_config(switch, info)})),
+        ("set" | "dump-config", _) => Err(format!("{:?} needs protocol version 2", req.cmd)),
+        (_, _) if !fields.is_empty() => Err(format!(
+            "malformed request: unknown field `{}`",
+            fields.keys().next().map(String::as_str).unwrap_or("?")
+        )),
+        ("show", _) => show(switch, req.partition.as_deref(), v),
+        ("version", _) => Ok(json!({"version": v, "daemon": env!("CARGO_PKG_VERSION")})),
+        (other, _) => Err(format!(
+            "unknown command {other:?} (known: show, version{})",
+            if v >= 2 { ", set, dump-config" } else { "" }
+        )),
     };
     match result {
-        Ok(v) => json!({"version": PROTOCOL_VERSION, "ok": true, "result": v}),
-        Err(e) => error_reply(&e),
+        Ok(r) => json!({"version": v, "ok": true, "result": r}),
+        Err(e) => error_reply(v, &e),
     }
 }
 
-fn show(switch: &Switch, only: Option<&str>) -> Result<Value, String> {
+fn find<'a>(switch: &'a Switch, name: &str) -> Result<&'a Arc<Partition>, String> {
+    switch
+        .partitions()
+        .iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            let vfs = switch.partitions().len() - 1;
+            format!("no partition named {name:?} (pf, or vf0..vf{})", vfs - 1)
+        })
+}
+
+/// `set`: the iproute2 settings of one partition; all or nothing.
+fn set(
+    switch: &Switch,
+    name: Option<&str>,
+    fields: serde_json::Map<String, Value>,
+) -> Result<Value, String> {
+    let name = name.ok_or("set needs \"partition\"")?;
+    let p = find(switch, name)?;
+    let change: AdminChange = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| format!("malformed request: {e}"))?;
+    if change.is_empty() {
+        return Err("set needs at least one setting".into());
+    }
+    switch
+        .set_admin(p.id, &change)
+        .map_err(|e| format!("{name}: {e}"))?;
+    log::info!(
+        "{name}: admin change {}",
+        serde_json::to_string(&change).unwrap_or_default()
+    );
+    Ok(partition_json(p, PROTOCOL_VERSION))
+}
+
+fn show(switch: &Switch, only: Option<&str>, version: u32) -> Result<Value, String> {
+    if let Some(n) = only {
+        find(switch, n)?;
+    }
     let parts: Vec<Value> = switch
         .partitions()
         .iter()
         .filter(|p| only.is_none_or(|n| p.name() == n))
-        .map(|p| partition_json(p))
+        .map(|p| partition_json(p, version))
         .collect();
-    if let (Some(n), true) = (only, parts.is_empty()) {
-        return Err(format!("no partition named {n:?}"));
-    }
-    Ok(json!({"version": PROTOCOL_VERSION, "partitions": parts}))
+    Ok(json!({"version": version, "partitions": parts}))
 }
 
-fn partition_json(p: &Partition) -> Value {
+fn partition_json(p: &Partition, version: u32) -> Value {
     let life = p.lifecycle();
+    let admin = p.admin();
     let queues: Vec<Value> = p
         .counter_snapshots()
         .iter()
         .enumerate()
         .map(|(i, c)| json!({"pair": i, "counters": c}))
         .collect();
-    json!({
+    let mut v = json!({
         "name": p.name(),
         "role": match p.role { Role::Pf => "pf", Role::Vf(_) => "vf" },
         "vf": match p.role { Role::Pf => None, Role::Vf(n) => Some(n) },
-        "mac": p.mac(),
+        "mac": admin.mac,
         "state": life.state.as_str(),
         "connects": life.connects,
         "disconnects": life.disconnects,
@@ -138,10 +213,75 @@ fn partition_json(p: &Partition) -> Value {
         "queue_pairs": p.config.queue_pairs,
         "queue_size": p.config.queue_size,
         "mtu": p.config.mtu,
-        "spoofchk": p.spoofchk(),
+        "spoofchk": admin.spoofchk,
         "counters": p.totals(),
         "queues": queues,
-    })
+    });
+    if version >= 2 {
+        let vlan = admin.vlan;
+        let extra = json!({
+            "vlan": vlan.map_or(0, |v| v.id),
+            "qos": vlan.map_or(0, |v| v.qos),
+            "vlan_protocol": vlan.map_or(VlanProto::Dot1Q, |v| v.proto),
+            "max_tx_rate": admin.max_tx_rate,
+            "min_tx_rate": admin.min_tx_rate,
+            "trust": admin.trust,
+            "link_state": admin.state,
+            "link": if admin.link_up(true) { "up" } else { "down" },
+            "started_mac": p.config.mac,
+        });
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+    }
+    v
+}
+
+/// The running state as a config file: loading it gives a daemon set up the same way.
+pub fn dump_config(switch: &Switch, info: &DaemonInfo) -> String {
+    use toml::{Table, Value as T};
+    let mut root = Table::new();
+    root.insert(
+        "socket_dir".into(),
+        T::String(info.socket_dir.display().to_string()),
+    );
+    root.insert(
+        "vfs".into(),
+        T::Integer(switch.partitions().len() as i64 - 1),
+    );
+    root.insert("poll_us".into(), T::Integer(i64::from(info.poll_us)));
+    let mut vfs = Table::new();
+    let mut pf = Table::new();
+    for p in switch.partitions() {
+        let a = p.admin();
+        let mut t = Table::new();
+        t.insert("mac".into(), T::String(a.mac.to_string()));
+        t.insert(
+            "queue_pairs".into(),
+            T::Integer(p.config.queue_pairs.into()),
+        );
+        t.insert("queue_size".into(), T::Integer(p.config.queue_size.into()));
+        t.insert("mtu".into(), T::Integer(p.config.mtu.into()));
+        if let Some(v) = a.vlan {
+            t.insert("vlan".into(), T::Integer(v.id.into()));
+            t.insert("qos".into(), T::Integer(v.qos.into()));
+            t.insert("proto".into(), T::String(v.proto.as_str().into()));
+        }
+        t.insert("max_tx_rate".into(), T::Integer(a.max_tx_rate.into()));
+        t.insert("min_tx_rate".into(), T::Integer(a.min_tx_rate.into()));
+        t.insert("spoofchk".into(), T::Boolean(a.spoofchk));
+        t.insert("trust".into(), T::Boolean(a.trust));
+        t.insert("state".into(), T::String(a.state.as_str().into()));
+        match p.role {
+            Role::Pf => pf = t,
+            Role::Vf(n) => {
+                vfs.insert(n.to_string(), T::Table(t));
+            }
+        }
+    }
+    root.insert("pf".into(), T::Table(pf));
+    root.insert("vf".into(), T::Table(vfs));
+    toml::to_string(&root).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -167,7 +307,11 @@ mod tests {
 
     #[test]
     fn show_lists_every_partition_with_counters() {
-        let v = handle(r#"{"version":1,"cmd":"show"}"#, &switch());
+        let v = handle(
+            r#"{"version":1,"cmd":"show"}"#,
+            &switch(),
+            &DaemonInfo::default(),
+        );
         assert_eq!(v["ok"], true);
         let parts = v["result"]["partitions"].as_array().unwrap();
         assert_eq!(parts.len(), 2);
@@ -186,8 +330,12 @@ mod tests {
         for (req, needle) in [
             ("not json", "malformed request"),
             (
-                r#"{"version":2,"cmd":"show"}"#,
-                "unsupported protocol version 2",
+                r#"{"version":3,"cmd":"show"}"#,
+                "unsupported protocol version 3",
+            ),
+            (
+                r#"{"version":1,"cmd":"set","partition":"vf0","vlan":5}"#,
+                "needs protocol version 2",
             ),
             (r#"{"version":1,"cmd":"frobnicate"}"#, "unknown command"),
             (r#"{"version":1,"cmd":"show","extra":1}"#, "unknown field"),
@@ -197,11 +345,111 @@ mod tests {
             ),
             (r#"{"cmd":"show"}"#, "missing field `version`"),
         ] {
-            let v = handle(req, &sw);
+            let v = handle(req, &sw, &DaemonInfo::default());
             assert_eq!(v["ok"], false, "{req}");
             assert!(v["error"].as_str().unwrap().contains(needle), "{req}: {v}");
         }
-        let one = handle(r#"{"version":1,"cmd":"show","partition":"pf"}"#, &sw);
+        let one = handle(
+            r#"{"version":1,"cmd":"show","partition":"pf"}"#,
+            &sw,
+            &DaemonInfo::default(),
+        );
         assert_eq!(one["result"]["partitions"].as_array().unwrap().len(), 1);
+    }
+
+    fn req(sw: &Switch, line: &str) -> Value {
+        handle(line, sw, &DaemonInfo::default())
+    }
+
+    #[test]
+    fn version_1_clients_get_version_1_replies() {
+        let sw = switch();
+        let v = req(&sw, r#"{"version":1,"cmd":"show","partition":"vf0"}"#);
+        assert_eq!(v["version"], 1);
+        let p = &v["result"]["partitions"][0];
+        assert_eq!(p["spoofchk"], true);
+        assert!(p.get("vlan").is_none(), "no version 2 fields: {p}");
+        assert_eq!(
+            req(&sw, r#"{"version":1,"cmd":"version"}"#)["result"]["version"],
+            1
+        );
+    }
+
+    #[test]
+    fn set_applies_all_or_nothing_and_show_reports_it() {
+        let sw = switch();
+        let ok = req(
+            &sw,
+            r#"{"version":2,"cmd":"set","partition":"vf0","vlan":5,"qos":1,"proto":"802.1ad","max_tx_rate":100,"state":"disable","trust":true}"#,
+        );
+        assert_eq!(ok["ok"], true, "{ok}");
+        let p = &ok["result"];
+        assert_eq!(
+            (
+                &p["vlan"],
+                &p["qos"],
+                &p["vlan_protocol"],
+                &p["max_tx_rate"]
+            ),
+            (&json!(5), &json!(1), &json!("802.1ad"), &json!(100))
+        );
+        assert_eq!(
+            (&p["link_state"], &p["link"], &p["trust"]),
+            (&json!("disable"), &json!("down"), &json!(true))
+        );
+        // Each rule refuses, and nothing changes.
+        for (bad, needle) in [
+            (r#""vlan":4096"#, "vlan 4096 is out of range"),
+            (r#""vlan":5,"qos":8"#, "qos 8 is out of range"),
+            (r#""vlan":0,"qos":1"#, "needs a VLAN"),
+            (r#""vlan":5,"proto":"802.1x""#, "802.1x"),
+            (r#""max_tx_rate":10,"min_tx_rate":20"#, "below min_tx_rate"),
+            (r#""state":"up""#, "unknown variant"),
+            (r#""mac":"01:00:5e:00:00:01""#, "multicast"),
+            (r#""mac":"02:00:00:00:00:01""#, "already pf's"),
+            (r#""mac":"zz""#, "invalid MAC"),
+            (r#""colour":"red""#, "unknown field"),
+        ] {
+            let v = req(
+                &sw,
+                &format!(r#"{{"version":2,"cmd":"set","partition":"vf0",{bad}}}"#),
+            );
+            assert_eq!(v["ok"], false, "{bad}");
+            assert!(v["error"].as_str().unwrap().contains(needle), "{bad}: {v}");
+        }
+        let now = req(&sw, r#"{"version":2,"cmd":"show","partition":"vf0"}"#);
+        assert_eq!(now["result"]["partitions"][0]["vlan"], 5, "unchanged");
+        let none = req(
+            &sw,
+            r#"{"version":2,"cmd":"set","partition":"vf7","vlan":1}"#,
+        );
+        assert!(none["error"]
+            .as_str()
+            .unwrap()
+            .contains("no partition named \"vf7\""));
+    }
+
+    #[test]
+    fn dump_config_round_trips_through_the_config_loader() {
+        let sw = switch();
+        req(
+            &sw,
+            r#"{"version":2,"cmd":"set","partition":"vf0","vlan":7,"spoofchk":false,"mac":"02:00:00:00:00:77"}"#,
+        );
+        let info = DaemonInfo {
+            socket_dir: "/tmp/x".into(),
+            poll_us: 50,
+        };
+        let text = handle(r#"{"version":2,"cmd":"dump-config"}"#, &sw, &info)["result"]["toml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let s: crate::config::Settings = toml::from_str(&text).unwrap();
+        let c = crate::config::Config::resolve(s).unwrap();
+        assert_eq!(c.poll_us, 50);
+        assert_eq!(c.partitions[1].1.mac.to_string(), "02:00:00:00:00:77");
+        assert_eq!(c.admin[1].vlan, Some(7));
+        assert_eq!(c.admin[1].spoofchk, Some(false));
+        assert_eq!(c.partitions[0].1.queue_pairs, 2);
     }
 }

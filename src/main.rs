@@ -81,10 +81,14 @@ enum Command {
         #[arg(long)]
         nic_only: bool,
     },
-    /// Query a running daemon.
+    /// Administer and query a running daemon, in `ip link`'s words.
     Ctl {
-        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_SOCKET_DIR)]
-        socket_dir: PathBuf,
+        /// The daemon's socket directory [default: the config file's, else /run/vhost-user-sriov-net]
+        #[arg(long, value_name = "DIR", global = true)]
+        socket_dir: Option<PathBuf>,
+        /// The daemon's config file (for its socket directory)
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -92,14 +96,31 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Partitions with MAC, state, queues and counters.
+    /// Partitions as `ip link show` prints VFs: MAC, VLAN, anti-spoof, link state, trust, rates.
     Show {
-        /// Print JSON instead of a table.
+        /// Print JSON (every field and counter).
         #[arg(short = 'j', long)]
         json: bool,
+        /// Add the counters, as `ip -s link` does.
+        #[arg(short = 's', long)]
+        stats: bool,
         /// Only this partition (pf, vf0, vf1, ...).
         partition: Option<String>,
     },
+    /// Set VF N: [mac LLADDR] [vlan VLANID [qos QOS] [proto 802.1Q|802.1ad]] [max_tx_rate MBPS]
+    /// [min_tx_rate MBPS] [spoofchk on|off] [trust on|off] [state auto|enable|disable]
+    Vf {
+        n: u16,
+        #[arg(required = true, value_name = "SETTING VALUE")]
+        settings: Vec<String>,
+    },
+    /// Set the PF's partition, with the same settings as `vf N`.
+    Pf {
+        #[arg(required = true, value_name = "SETTING VALUE")]
+        settings: Vec<String>,
+    },
+    /// Print the running state as a config file (partitions with their admin settings).
+    DumpConfig,
 }
 
 /// Exit status for bad input (config, CLI, socket paths), like clap's usage errors.
@@ -117,21 +138,46 @@ fn main() -> ExitCode {
         }) => run_qemu_args(&config, (!nic_only).then_some(memory.as_str()), shell),
         Some(Command::Ctl {
             socket_dir,
+            config,
             command,
-        }) => match command {
-            CtlCommand::Show { json, partition } => {
-                match ctl::show(&socket_dir, partition.as_deref(), json) {
-                    Ok(out) => {
-                        print!("{out}");
-                        if json {
-                            println!();
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(1, &e),
-                }
-            }
+        }) => run_ctl(socket_dir, config, command),
+    }
+}
+
+fn run_ctl(socket_dir: Option<PathBuf>, config: Option<PathBuf>, command: CtlCommand) -> ExitCode {
+    // --socket-dir, else the config file's socket_dir, else the default.
+    let dir = match (socket_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(f)) => match Settings::from_file(&f) {
+            Ok(s) => s
+                .socket_dir
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET_DIR)),
+            Err(e) => return fail(EXIT_BAD_INPUT, &e),
         },
+        (None, None) => PathBuf::from(config::DEFAULT_SOCKET_DIR),
+    };
+    let out = match command {
+        CtlCommand::Show {
+            json,
+            stats,
+            partition,
+        } => ctl::show(&dir, partition.as_deref(), json, stats).map(|mut o| {
+            if json {
+                o.push('\n');
+            }
+            o
+        }),
+        CtlCommand::Vf { n, settings } => ctl::set(&dir, &format!("vf{n}"), &settings),
+        CtlCommand::Pf { settings } => ctl::set(&dir, "pf", &settings),
+        CtlCommand::DumpConfig => ctl::dump_config(&dir),
+    };
+    match out {
+        Ok(o) => {
+            print!("{o}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ ctl::CtlError::BadInput(_)) => fail(EXIT_BAD_INPUT, &e),
+        Err(e) => fail(1, &e),
     }
 }
 
@@ -199,6 +245,15 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         Ok(s) => Arc::new(s),
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
+    for (id, change) in cfg.admin.iter().enumerate() {
+        if change.is_empty() {
+            continue;
+        }
+        if let Err(e) = switch.set_admin(id, change) {
+            let name = switch.partitions()[id].name();
+            return fail(EXIT_BAD_INPUT, &format!("{name}: {e}"));
+        }
+    }
 
     let dir = &cfg.socket_dir;
     if let Err(e) = server::prepare_dir(dir) {
@@ -240,7 +295,11 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
             return abort(1, &format!("cannot start thread for {}: {e}", p.name()));
         }
     }
-    if let Err(e) = control::spawn(control, switch.clone()) {
+    let info = control::DaemonInfo {
+        socket_dir: cfg.socket_dir.clone(),
+        poll_us: cfg.poll_us,
+    };
+    if let Err(e) = control::spawn(control, switch.clone(), info) {
         return abort(1, &format!("cannot start control server: {e}"));
     }
     if let Some(f) = ready_file {

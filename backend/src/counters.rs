@@ -22,10 +22,16 @@ pub enum DropReason {
     /// Longer than the sender's or the receiver's MTU allows (and not a GSO frame the
     /// receiver takes or the switch can segment to fit).
     Oversize,
+    /// The port's link is administratively down (`state disable`): counted on that port for
+    /// what it sent and for what would have been delivered to it.
+    LinkDown,
+    /// Port VLAN: the partition sent a tagged frame, or unicast to a port not on the frame's
+    /// VLAN.
+    Vlan,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NoRxBuffer,
         DropReason::SpoofedSource,
         DropReason::UnknownDestination,
@@ -33,6 +39,8 @@ impl DropReason {
         DropReason::Hairpin,
         DropReason::MalformedChain,
         DropReason::Oversize,
+        DropReason::LinkDown,
+        DropReason::Vlan,
     ];
 
     pub fn key(self) -> &'static str {
@@ -44,6 +52,8 @@ impl DropReason {
             DropReason::Hairpin => "drop_hairpin",
             DropReason::MalformedChain => "drop_malformed_chain",
             DropReason::Oversize => "drop_oversize",
+            DropReason::LinkDown => "drop_link_down",
+            DropReason::Vlan => "drop_vlan",
         }
     }
 

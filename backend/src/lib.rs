@@ -6,6 +6,7 @@
 //! takes chains off the TX ring ([`ring`]), the [`switch`] picks the destination partition(s), and
 //! [`rx`] copies the frame once ([`frame`]) into the destination's RX buffers.
 
+pub mod admin;
 pub mod counters;
 pub mod device;
 pub mod frame;
@@ -20,6 +21,7 @@ pub mod rx;
 pub mod session;
 pub mod switch;
 pub mod tx;
+pub mod vlan;
 
 #[cfg(test)]
 mod testutil;

@@ -2,11 +2,11 @@
 //! its own configuration, policy, lifecycle, counters and, while a frontend is attached, its
 //! session (guest memory and vrings of that connection).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
+use crate::admin::Admin;
 use crate::counters::{CounterSnapshot, QueueCounters};
 use crate::mac::MacAddr;
 use crate::session::Session;
@@ -75,8 +75,8 @@ pub struct Partition {
     pub id: PartitionId,
     pub role: Role,
     pub config: PartitionConfig,
-    /// Anti-spoof: drop frames whose source MAC is not `config.mac`. Per-VF admin writes it.
-    spoofchk: AtomicBool,
+    /// The operator's settings (see [`crate::admin`]); the switch keeps the data path's copy.
+    admin: Mutex<Admin>,
     life: Mutex<Lifecycle>,
     counters: Vec<QueueCounters>,
     session: ArcSwapOption<Session>,
@@ -90,8 +90,8 @@ impl Partition {
         Partition {
             id,
             role,
+            admin: Mutex::new(Admin::new(config.mac)),
             config,
-            spoofchk: AtomicBool::new(true),
             life: Mutex::new(Lifecycle {
                 state: State::Waiting,
                 connects: 0,
@@ -108,16 +108,18 @@ impl Partition {
         self.role.name()
     }
 
+    /// The port's MAC as administered now (`config.mac` until changed at runtime).
     pub fn mac(&self) -> MacAddr {
-        self.config.mac
+        self.admin().mac
     }
 
-    pub fn spoofchk(&self) -> bool {
-        self.spoofchk.load(Ordering::Relaxed)
+    pub fn admin(&self) -> Admin {
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_spoofchk(&self, on: bool) {
-        self.spoofchk.store(on, Ordering::Relaxed)
+    /// Only the switch calls this, so its forwarding view follows (see `Switch::set_admin`).
+    pub(crate) fn store_admin(&self, a: Admin) {
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = a;
     }
 
     /// Counters of queue pair `pair` (clamped, so a bad index cannot panic).

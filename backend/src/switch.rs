@@ -8,6 +8,14 @@ use std::sync::Arc;
 // (MACs come from the config), so a fast non-keyed hash is fine.
 use rustc_hash::FxHashMap;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
+
+use crate::admin::{Admin, AdminChange, AdminError, PortVlan};
+use crate::vlan;
+
 use std::ops::Range;
 
 use crate::counters::{Cast, DropReason, Tally};
@@ -56,8 +64,17 @@ pub struct TxFrame {
     pub src: MacAddr,
     /// Host address of the chain when it is one buffer in one region ([`crate::ring::Flat`]).
     pub host: Option<HostPtr>,
-    /// The frame carries a VLAN tag (its MTU allowance is 4 bytes more).
-    pub tagged: bool,
+    /// The outer VLAN tag's TPID (0x8100 or 0x88a8), 0 when the frame is untagged.
+    pub tpid: u16,
+    /// The outer VLAN tag's VLAN id (0 when untagged).
+    pub vid: u16,
+}
+
+impl TxFrame {
+    /// Tagged frames have 4 bytes more MTU allowance.
+    pub fn tagged(&self) -> bool {
+        self.tpid != 0
+    }
 }
 
 /// The frames of one TX batch of one queue, in ring order.
@@ -78,6 +95,8 @@ impl TxBatch<'_> {
 pub struct FwdScratch {
     decisions: Vec<Decision>,
     runs: RunScratch,
+    /// The switch's view as of `version` (see [`Switch::view`]).
+    view: Option<(u64, Arc<View>)>,
 }
 
 impl FwdScratch {
@@ -130,52 +149,175 @@ impl RunScratch {
     }
 }
 
-pub struct Switch {
-    partitions: Vec<Arc<Partition>>,
-    /// Partition by MAC ([`MacAddr::key`]).
+/// What the data path needs of one port, copied from its [`Admin`] settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortView {
+    pub mac: MacAddr,
+    pub vlan: Option<PortVlan>,
+    pub spoofchk: bool,
+    /// Link up (state `enable`, or `auto` while no uplink says otherwise).
+    pub up: bool,
+}
+
+/// The data path's copy of every port's settings and the forwarding table. An admin change
+/// builds a new one; senders pick it up at their next batch (see [`Switch::view`]).
+#[derive(Debug)]
+pub struct View {
+    pub ports: Vec<PortView>,
+    /// Partition by MAC ([`MacAddr::key`]). MACs are unique across ports, so forwarding by
+    /// (VLAN, MAC) is this lookup plus the destination's VLAN membership.
     fdb: FxHashMap<u64, PartitionId>,
 }
 
-impl Switch {
-    pub fn new(partitions: Vec<Arc<Partition>>) -> Result<Self, SwitchError> {
+impl View {
+    fn build(partitions: &[Arc<Partition>], admins: &[Admin]) -> Result<View, SwitchError> {
         let mut fdb: FxHashMap<u64, PartitionId> = FxHashMap::default();
-        for (i, p) in partitions.iter().enumerate() {
-            if p.id != i {
-                return Err(SwitchError::BadIndex(i, p.id));
+        let mut ports = Vec::with_capacity(admins.len());
+        for (p, a) in partitions.iter().zip(admins) {
+            if a.mac.is_group() || a.mac.is_zero() {
+                return Err(SwitchError::BadMac(p.name(), a.mac));
             }
-            let mac = p.mac();
-            if mac.is_group() || mac.is_zero() {
-                return Err(SwitchError::BadMac(p.name(), mac));
-            }
-            if let Some(other) = fdb.insert(mac.key(), p.id) {
+            if let Some(other) = fdb.insert(a.mac.key(), p.id) {
                 return Err(SwitchError::DuplicateMac {
-                    mac,
+                    mac: a.mac,
                     first: partitions[other].name(),
                     second: p.name(),
                 });
             }
+            ports.push(PortView {
+                mac: a.mac,
+                vlan: a.vlan,
+                spoofchk: a.spoofchk,
+                up: a.link_up(true),
+            });
         }
-        Ok(Switch { partitions, fdb })
+        Ok(View { ports, fdb })
+    }
+
+    /// What the switch does with a frame from port `from`, by its addresses and tag.
+    pub fn decide(&self, from: PartitionId, f: &TxFrame) -> Decision {
+        let Some(me) = self.ports.get(from) else {
+            return Decision::Drop(DropReason::DestinationDown);
+        };
+        if me.spoofchk && f.src != me.mac {
+            return Decision::Drop(DropReason::SpoofedSource);
+        }
+        // A port-VLAN partition may not pick its own VLAN (ixgbe, mlx5 drop such frames).
+        if me.vlan.is_some() && f.tagged() {
+            return Decision::Drop(DropReason::Vlan);
+        }
+        if f.dst.is_broadcast() {
+            return Decision::Flood(Cast::Broadcast);
+        }
+        if f.dst.is_multicast() {
+            return Decision::Flood(Cast::Multicast);
+        }
+        match self.fdb.get(&f.dst.key()) {
+            None => Decision::Drop(DropReason::UnknownDestination),
+            Some(id) if *id == from => Decision::Drop(DropReason::Hairpin),
+            Some(id) => Decision::Unicast(*id),
+        }
+    }
+
+    /// How a frame from `from` reaches `to`, or None when `to` is not on the frame's VLAN.
+    pub fn vlan_path(&self, from: PartitionId, to: PartitionId, f: &TxFrame) -> Option<Retag> {
+        let (me, dest) = (self.ports.get(from)?, self.ports.get(to)?);
+        match (me.vlan, dest.vlan) {
+            (None, None) => Some(Retag::Keep),
+            // A trunk hears every VLAN, tagged.
+            (Some(v), None) => Some(Retag::Push(v)),
+            (Some(v), Some(d)) => (v.id == d.id && v.proto == d.proto).then_some(Retag::Keep),
+            (None, Some(d)) => {
+                (f.tagged() && f.vid == d.id && f.tpid == d.proto.tpid()).then_some(Retag::Pop)
+            }
+        }
+    }
+}
+
+/// What a frame's VLAN tag becomes on the way to one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retag {
+    Keep,
+    /// Insert this port VLAN's tag after the MAC addresses.
+    Push(PortVlan),
+    /// Remove the outer tag (the receiver's port VLAN).
+    Pop,
+}
+
+pub struct Switch {
+    partitions: Vec<Arc<Partition>>,
+    view: ArcSwap<View>,
+    /// Bumped after every new view: a sender compares one integer per batch.
+    version: AtomicU64,
+    /// Serialises admin changes (validation against every port, then the new view).
+    admin: Mutex<()>,
+}
+
+impl Switch {
+    pub fn new(partitions: Vec<Arc<Partition>>) -> Result<Self, SwitchError> {
+        for (i, p) in partitions.iter().enumerate() {
+            if p.id != i {
+                return Err(SwitchError::BadIndex(i, p.id));
+            }
+        }
+        let admins: Vec<Admin> = partitions.iter().map(|p| p.admin()).collect();
+        let view = View::build(&partitions, &admins)?;
+        Ok(Switch {
+            partitions,
+            view: ArcSwap::from_pointee(view),
+            version: AtomicU64::new(0),
+            admin: Mutex::new(()),
+        })
     }
 
     pub fn partitions(&self) -> &[Arc<Partition>] {
         &self.partitions
     }
 
-    pub fn decide(&self, from: &Partition, src: MacAddr, dst: MacAddr) -> Decision {
-        if from.spoofchk() && src != from.mac() {
-            return Decision::Drop(DropReason::SpoofedSource);
+    /// The current view (control plane and tests; the data path caches it per sender).
+    pub fn current_view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Applies an admin change to partition `id`: validated against every other port first
+    /// (MACs are unique), so a refused change changes nothing. Takes effect in the data path
+    /// at each sender's next batch.
+    pub fn set_admin(&self, id: PartitionId, change: &AdminChange) -> Result<Admin, AdminError> {
+        let _serial = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(part) = self.partitions.get(id) else {
+            return Err(AdminError::State(format!("no partition {id}")));
+        };
+        let new = part.admin().apply(change)?;
+        if let Some(owner) = self
+            .partitions
+            .iter()
+            .find(|p| p.id != id && p.admin().mac == new.mac)
+        {
+            return Err(AdminError::MacInUse {
+                mac: new.mac,
+                owner: owner.name(),
+            });
         }
-        if dst.is_broadcast() {
-            return Decision::Flood(Cast::Broadcast);
+        let mut admins: Vec<Admin> = self.partitions.iter().map(|p| p.admin()).collect();
+        admins[id] = new;
+        // Cannot fail: the MAC was checked above and by `apply`.
+        let view =
+            View::build(&self.partitions, &admins).map_err(|e| AdminError::State(e.to_string()))?;
+        part.store_admin(new);
+        self.view.store(Arc::new(view));
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(new)
+    }
+
+    /// `slot`'s view, refreshed when an admin change made a newer one.
+    fn view<'a>(&self, slot: &'a mut Option<(u64, Arc<View>)>) -> &'a View {
+        let v = self.version.load(Ordering::Acquire);
+        if slot.as_ref().is_none_or(|(seen, _)| *seen != v) {
+            *slot = Some((v, self.view.load_full()));
         }
-        if dst.is_multicast() {
-            return Decision::Flood(Cast::Multicast);
-        }
-        match self.fdb.get(&dst.key()) {
-            None => Decision::Drop(DropReason::UnknownDestination),
-            Some(id) if *id == from.id => Decision::Drop(DropReason::Hairpin),
-            Some(id) => Decision::Unicast(*id),
+        match slot {
+            Some((_, view)) => view,
+            None => unreachable!("just filled"),
         }
     }
 
@@ -183,20 +325,30 @@ impl Switch {
     /// Consecutive frames for the same partition are delivered as one run: the receiver's RX
     /// queue is locked, read and published once per run, not per frame.
     pub fn forward(&self, from: &Partition, pair: usize, batch: &TxBatch<'_>, s: &mut FwdScratch) {
-        let FwdScratch { decisions, runs } = s;
+        let FwdScratch {
+            decisions,
+            runs,
+            view,
+        } = s;
+        let view = self.view(view);
+        let mut tx = Tally::default();
+        if !view.ports.get(from.id).is_some_and(|p| p.up) {
+            tx.drop_n(DropReason::LinkDown, batch.frames.len());
+            from.queue_counters(pair).add_tx(&tx);
+            return;
+        }
         decisions.clear();
-        // A batch is mostly one flow: a frame with the previous frame's addresses gets its
-        // decision without a table lookup.
-        let mut last: Option<(MacAddr, MacAddr, Decision)> = None;
+        // A batch is mostly one flow: a frame with the previous frame's addresses and tag gets
+        // its decision without a table lookup.
+        let mut last: Option<(MacAddr, MacAddr, u16, Decision)> = None;
         decisions.extend(batch.frames.iter().map(|f| match last {
-            Some((src, dst, d)) if src == f.src && dst == f.dst => d,
+            Some((src, dst, tpid, d)) if src == f.src && dst == f.dst && tpid == f.tpid => d,
             _ => {
-                let d = self.decide(from, f.src, f.dst);
-                last = Some((f.src, f.dst, d));
+                let d = view.decide(from.id, f);
+                last = Some((f.src, f.dst, f.tpid, d));
                 d
             }
         }));
-        let mut tx = Tally::default();
         let mut i = 0;
         while i < batch.frames.len() {
             let f = &batch.frames[i];
@@ -208,10 +360,13 @@ impl Switch {
                 Decision::Flood(cast) => {
                     tx.count(f.len, cast);
                     for dest in self.partitions.iter().filter(|p| p.id != from.id) {
+                        // Other VLANs never hear it.
+                        if view.vlan_path(from.id, dest.id, f).is_none() {
+                            continue;
+                        }
                         let run = std::slice::from_ref(f);
-                        // A partition that is not running is not a member of the flood.
                         if let RunResult::Done(t) =
-                            self.deliver(from, dest, pair, batch, run, cast, runs)
+                            self.deliver(view, from, dest, pair, batch, run, cast, runs)
                         {
                             tx.merge_drops(&t);
                         }
@@ -229,7 +384,16 @@ impl Switch {
                     }
                     match self.partitions.get(id) {
                         Some(dest) => {
-                            let r = self.deliver(from, dest, pair, batch, run, Cast::Unicast, runs);
+                            let r = self.deliver(
+                                view,
+                                from,
+                                dest,
+                                pair,
+                                batch,
+                                run,
+                                Cast::Unicast,
+                                runs,
+                            );
                             match r {
                                 RunResult::Done(t) => tx.merge_drops(&t),
                                 RunResult::Down => tx.drop_n(DropReason::DestinationDown, n),
@@ -245,12 +409,10 @@ impl Switch {
         runs.sweep();
     }
 
-    /// Delivers a run of frames to one partition, fixing offloads up in software when its
-    /// driver cannot take them. Drops on the receiver's side are counted there; the returned
-    /// counts are for the sender's books.
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &self,
+        view: &View,
         from: &Partition,
         dest: &Partition,
         pair: usize,
@@ -259,6 +421,13 @@ impl Switch {
         cast: Cast,
         runs: &mut RunScratch,
     ) -> RunResult {
+        if !view.ports.get(dest.id).is_some_and(|p| p.up) {
+            // Counted on the port that is down, as a NIC counts a vport-down discard.
+            let mut t = Tally::default();
+            t.drop_n(DropReason::LinkDown, run.len());
+            dest.queue_counters(pair).add_rx(&t);
+            return RunResult::Done(Tally::default());
+        }
         let RunScratch {
             linear,
             segments,
@@ -281,7 +450,11 @@ impl Switch {
         };
         let mut drops = Tally::default();
         for f in run {
-            match Self::put(from, &mut q, batch, f, cast, linear, segments) {
+            let res = match view.vlan_path(from.id, dest.id, f) {
+                Some(retag) => Self::put(from, &mut q, batch, f, retag, cast, linear, segments),
+                None => Err(DropReason::Vlan),
+            };
+            match res {
                 // NoRxBuffer is the receiver's drop, counted there.
                 Ok(()) | Err(DropReason::NoRxBuffer) => {}
                 Err(r) => drops.drop(r),
@@ -290,24 +463,25 @@ impl Switch {
         RunResult::Done(drops)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn put(
         from: &Partition,
         q: &mut RxQueue<'_>,
         batch: &TxBatch<'_>,
         f: &TxFrame,
+        retag: Retag,
         cast: Cast,
         linear: &mut Vec<u8>,
         segments: &mut Vec<u8>,
     ) -> Result<(), DropReason> {
         let rxo = q.offloads();
         // Only these fields travel; DATA_VALID and num_buffers are the device's to set.
-        let hdr = NetHdr {
+        let mut hdr = NetHdr {
             flags: f.hdr.flags & FLAG_NEEDS_CSUM,
             num_buffers: 0,
             ..f.hdr
         };
         let segs = batch.segs_of(f);
-        let max = offload::max_frame(q.mtu(), f.tagged);
         let bad = |e: &dyn std::fmt::Display| {
             if let Some(own) = from.session() {
                 own.warn_once(
@@ -317,50 +491,67 @@ impl Switch {
             }
             DropReason::MalformedChain
         };
-        // The frame as it is, or None when it must go through the software path.
-        let as_is = if !offload::passes_as_is(&hdr, rxo) {
-            None
-        } else if hdr.is_gso() {
-            // Validated as segmentation would; the receiver's stack segments it later.
-            let mut head = [0u8; offload::GSO_HEAD];
-            let n = f.len.min(head.len());
-            match frame::read(batch.mem, segs, NET_HDR_LEN, &mut head[..n]) {
-                Ok(got) if got == n => {}
-                _ => return Err(DropReason::MalformedChain),
-            }
-            match offload::gso_as_is(&hdr, &head[..n], f.len, max) {
-                Ok(fits) => fits,
-                Err(e) => return Err(bad(&e)),
-            }
-        } else if f.len > max {
-            return Err(DropReason::Oversize);
-        } else {
-            Some(f.len)
-        };
-        if let Some(len) = as_is {
-            let src = match f.host {
-                Some(ptr) => Source::Host {
-                    ptr,
-                    len: NET_HDR_LEN + f.len,
-                },
-                None => Source::Guest {
-                    mem: batch.mem,
-                    segs,
-                },
+        if retag == Retag::Keep {
+            let max = offload::max_frame(q.mtu(), f.tagged());
+            // The frame as it is, or None when it must go through the software path.
+            let as_is = if !offload::passes_as_is(&hdr, rxo) {
+                None
+            } else if hdr.is_gso() {
+                // Validated as segmentation would; the receiver's stack segments it later.
+                let mut head = [0u8; offload::GSO_HEAD];
+                let n = f.len.min(head.len());
+                match frame::read(batch.mem, segs, NET_HDR_LEN, &mut head[..n]) {
+                    Ok(got) if got == n => {}
+                    _ => return Err(DropReason::MalformedChain),
+                }
+                match offload::gso_as_is(&hdr, &head[..n], f.len, max) {
+                    Ok(fits) => fits,
+                    Err(e) => return Err(bad(&e)),
+                }
+            } else if f.len > max {
+                return Err(DropReason::Oversize);
+            } else {
+                Some(f.len)
             };
-            return q.put(&Outgoing {
-                hdr,
-                src,
-                skip: NET_HDR_LEN,
-                len,
-                cast,
-            });
+            if let Some(len) = as_is {
+                let src = match f.host {
+                    Some(ptr) => Source::Host {
+                        ptr,
+                        len: NET_HDR_LEN + f.len,
+                    },
+                    None => Source::Guest {
+                        mem: batch.mem,
+                        segs,
+                    },
+                };
+                return q.put(&Outgoing {
+                    hdr,
+                    src,
+                    skip: NET_HDR_LEN,
+                    len,
+                    cast,
+                });
+            }
         }
         linear.resize(f.len, 0);
         match frame::read(batch.mem, segs, NET_HDR_LEN, linear) {
             Ok(n) if n == f.len => {}
             _ => return Err(DropReason::MalformedChain),
         }
+        let tagged = match retag {
+            Retag::Keep => f.tagged(),
+            Retag::Push(v) => {
+                vlan::push(linear, &mut hdr, v.proto.tpid(), v.tci());
+                true
+            }
+            Retag::Pop => {
+                if let Err(e) = vlan::pop(linear, &mut hdr) {
+                    return Err(bad(&e));
+                }
+                false
+            }
+        };
+        let max = offload::max_frame(q.mtu(), tagged);
         let mut first_err = Ok(());
         let r = offload::resolve(&hdr, linear, rxo, max, segments, &mut |h, bytes| {
             let seg = Outgoing {
@@ -414,6 +605,10 @@ mod tests {
         .unwrap()
     }
 
+    fn decide(s: &Switch, from: &Partition, src: MacAddr, dst: MacAddr) -> Decision {
+        s.current_view().decide(from.id, &frame(src, dst))
+    }
+
     fn mac(s: &str) -> MacAddr {
         s.parse().unwrap()
     }
@@ -427,7 +622,8 @@ mod tests {
             dst,
             src,
             host: None,
-            tagged: false,
+            tpid: 0,
+            vid: 0,
         }
     }
 
@@ -436,12 +632,12 @@ mod tests {
         let s = sw();
         let pf = &s.partitions()[0];
         assert_eq!(
-            s.decide(pf, pf.mac(), mac("02:00:00:00:00:02")),
+            decide(&s, pf, pf.mac(), mac("02:00:00:00:00:02")),
             Decision::Unicast(2)
         );
         let vf0 = &s.partitions()[1];
         assert_eq!(
-            s.decide(vf0, vf0.mac(), mac("02:00:00:00:00:00")),
+            decide(&s, vf0, vf0.mac(), mac("02:00:00:00:00:00")),
             Decision::Unicast(0)
         );
     }
@@ -451,11 +647,11 @@ mod tests {
         let s = sw();
         let vf = &s.partitions()[2];
         assert_eq!(
-            s.decide(vf, vf.mac(), MacAddr::BROADCAST),
+            decide(&s, vf, vf.mac(), MacAddr::BROADCAST),
             Decision::Flood(Cast::Broadcast)
         );
         assert_eq!(
-            s.decide(vf, vf.mac(), mac("33:33:00:00:00:01")),
+            decide(&s, vf, vf.mac(), mac("33:33:00:00:00:01")),
             Decision::Flood(Cast::Multicast)
         );
     }
@@ -465,20 +661,27 @@ mod tests {
         let s = sw();
         let vf = &s.partitions()[1];
         assert_eq!(
-            s.decide(vf, mac("02:00:00:00:00:02"), MacAddr::BROADCAST),
+            decide(&s, vf, mac("02:00:00:00:00:02"), MacAddr::BROADCAST),
             Decision::Drop(DropReason::SpoofedSource)
         );
         assert_eq!(
-            s.decide(vf, vf.mac(), mac("02:00:00:00:99:99")),
+            decide(&s, vf, vf.mac(), mac("02:00:00:00:99:99")),
             Decision::Drop(DropReason::UnknownDestination)
         );
         assert_eq!(
-            s.decide(vf, vf.mac(), vf.mac()),
+            decide(&s, vf, vf.mac(), vf.mac()),
             Decision::Drop(DropReason::Hairpin)
         );
-        vf.set_spoofchk(false);
+        s.set_admin(
+            vf.id,
+            &AdminChange {
+                spoofchk: Some(false),
+                ..AdminChange::default()
+            },
+        )
+        .unwrap();
         assert_eq!(
-            s.decide(vf, mac("02:00:00:00:00:02"), mac("02:00:00:00:00:00")),
+            decide(&s, vf, mac("02:00:00:00:00:02"), mac("02:00:00:00:00:00")),
             Decision::Unicast(0)
         );
     }

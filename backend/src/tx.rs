@@ -279,6 +279,19 @@ fn take_frame(
     }
     let ethertype = u16::from_be_bytes([h[NET_HDR_LEN + 12], h[NET_HDR_LEN + 13]]);
     let tagged = offload::is_vlan_tpid(ethertype);
+    // The tag's VLAN id follows the TPID, just past the headers read for every frame.
+    let (tpid, vid) = if tagged {
+        let mut tci = [0u8; 2];
+        match frame::read(q.mem, &segs[start..], TX_HEADERS, &mut tci) {
+            Ok(2) => (ethertype, u16::from_be_bytes(tci) & 0x0fff),
+            _ => {
+                part.queue_counters(pair).drop(DropReason::MalformedChain);
+                return None;
+            }
+        }
+    } else {
+        (0, 0)
+    };
     // The port's own MTU, as a NIC enforces its VF's maximum frame size on transmit.
     if !hdr.is_gso() && len > offload::max_frame(part.config.mtu, tagged) {
         part.queue_counters(pair).drop(DropReason::Oversize);
@@ -299,7 +312,8 @@ fn take_frame(
         hdr,
         segs: start..segs.len(),
         len,
-        tagged,
+        tpid,
+        vid,
         dst: MacAddr(dst),
         src: MacAddr(src),
         host,
