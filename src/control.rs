@@ -404,7 +404,7 @@ mod tests {
             (r#""vlan":0,"qos":1"#, "needs a VLAN"),
             (r#""vlan":5,"proto":"802.1x""#, "802.1x"),
             (r#""max_tx_rate":10,"min_tx_rate":20"#, "below min_tx_rate"),
-            (r#""state":"up""#, "unknown variant"),
+            (r#""state":"up""#, "expected auto, enable or disable"),
             (r#""mac":"01:00:5e:00:00:01""#, "multicast"),
             (r#""mac":"02:00:00:00:00:01""#, "already pf's"),
             (r#""mac":"zz""#, "invalid MAC"),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::mac::MacAddr;
 
 /// `state auto|enable|disable` (IFLA_VF_LINK_STATE_*).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     /// Follows the uplink's link; up while there is no uplink.
@@ -42,6 +42,13 @@ impl FromStr for LinkState {
             "disable" => Ok(LinkState::Disable),
             _ => Err(AdminError::State(s.to_string())),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for LinkState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -777,4 +777,112 @@ mod tests {
         assert_eq!(t.dropped(DropReason::DestinationDown), 4);
         assert_eq!(t.total_drops(), 4);
     }
+
+    fn admin(f: impl FnOnce(&mut AdminChange)) -> AdminChange {
+        let mut c = AdminChange::default();
+        f(&mut c);
+        c
+    }
+
+    fn tagged(src: MacAddr, dst: MacAddr, tpid: u16, vid: u16) -> TxFrame {
+        TxFrame {
+            tpid,
+            vid,
+            ..frame(src, dst)
+        }
+    }
+
+    #[test]
+    fn vlan_paths_push_pop_keep_or_refuse() {
+        use crate::admin::VlanProto;
+        let s = sw();
+        s.set_admin(1, &admin(|c| c.vlan = Some(10))).unwrap();
+        s.set_admin(
+            2,
+            &admin(|c| {
+                c.vlan = Some(10);
+                c.qos = Some(5);
+                c.proto = Some(VlanProto::Dot1Ad)
+            }),
+        )
+        .unwrap();
+        let v = s.current_view();
+        let (pf, vf0, vf1) = (
+            mac("02:00:00:00:00:00"),
+            mac("02:00:00:00:00:01"),
+            mac("02:00:00:00:00:02"),
+        );
+        let plain = frame(vf0, pf);
+        let p10 = v.ports[1].vlan.unwrap();
+        assert_eq!(
+            v.vlan_path(1, 0, &plain),
+            Some(Retag::Push(p10)),
+            "to the trunk, tagged"
+        );
+        assert_eq!(
+            v.vlan_path(1, 2, &plain),
+            None,
+            "same id, other TPID: another VLAN"
+        );
+        let from_trunk = tagged(pf, vf0, 0x8100, 10);
+        assert_eq!(v.vlan_path(0, 1, &from_trunk), Some(Retag::Pop));
+        assert_eq!(
+            v.vlan_path(0, 2, &from_trunk),
+            None,
+            "802.1Q tag, 802.1ad port"
+        );
+        assert_eq!(
+            v.vlan_path(0, 1, &frame(pf, vf0)),
+            None,
+            "untagged never reaches a port VLAN"
+        );
+        assert_eq!(v.vlan_path(0, 0, &frame(pf, vf0)), Some(Retag::Keep));
+        assert_eq!(
+            v.decide(1, &tagged(vf0, vf1, 0x8100, 10)),
+            Decision::Drop(DropReason::Vlan),
+            "a port-VLAN partition may not tag"
+        );
+        assert_eq!(v.decide(1, &frame(vf0, vf1)), Decision::Unicast(2));
+    }
+
+    #[test]
+    fn admin_changes_reach_senders_through_the_view_version() {
+        let s = sw();
+        let mut slot = None;
+        assert!(s.view(&mut slot).ports[1].up);
+        s.set_admin(
+            1,
+            &admin(|c| c.state = Some(crate::admin::LinkState::Disable)),
+        )
+        .unwrap();
+        assert!(
+            !s.view(&mut slot).ports[1].up,
+            "refreshed on the version bump"
+        );
+        // A refused change leaves the view (and the version) alone.
+        let before = s.version.load(Ordering::Acquire);
+        let dup = admin(|c| c.mac = Some(mac("02:00:00:00:00:00")));
+        assert!(matches!(
+            s.set_admin(1, &dup),
+            Err(AdminError::MacInUse { .. })
+        ));
+        assert_eq!(s.version.load(Ordering::Acquire), before);
+        s.set_admin(1, &admin(|c| c.mac = Some(mac("02:00:00:00:00:09"))))
+            .unwrap();
+        let v = s.view(&mut slot);
+        assert_eq!(
+            v.decide(
+                0,
+                &frame(mac("02:00:00:00:00:00"), mac("02:00:00:00:00:09"))
+            ),
+            Decision::Unicast(1)
+        );
+        assert_eq!(
+            v.decide(
+                0,
+                &frame(mac("02:00:00:00:00:00"), mac("02:00:00:00:00:01"))
+            ),
+            Decision::Drop(DropReason::UnknownDestination)
+        );
+    }
 }
