@@ -19,6 +19,7 @@ pub mod poller;
 pub mod ring;
 pub mod rx;
 pub mod session;
+pub mod shaper;
 pub mod switch;
 pub mod tx;
 pub mod vlan;

@@ -10,6 +10,7 @@ use crate::admin::Admin;
 use crate::counters::{CounterSnapshot, QueueCounters};
 use crate::mac::MacAddr;
 use crate::session::Session;
+use crate::shaper::Shaper;
 
 /// Index into the switch's partition table: 0 is the PF, VF n is n + 1.
 pub type PartitionId = usize;
@@ -77,6 +78,8 @@ pub struct Partition {
     pub config: PartitionConfig,
     /// The operator's settings (see [`crate::admin`]); the switch keeps the data path's copy.
     admin: Mutex<Admin>,
+    /// `max_tx_rate`, applied to what the partition sends.
+    pub shaper: Shaper,
     life: Mutex<Lifecycle>,
     counters: Vec<QueueCounters>,
     session: ArcSwapOption<Session>,
@@ -91,6 +94,7 @@ impl Partition {
             id,
             role,
             admin: Mutex::new(Admin::new(config.mac)),
+            shaper: Shaper::default(),
             config,
             life: Mutex::new(Lifecycle {
                 state: State::Waiting,
@@ -119,7 +123,11 @@ impl Partition {
 
     /// Only the switch calls this, so its forwarding view follows (see `Switch::set_admin`).
     pub(crate) fn store_admin(&self, a: Admin) {
-        *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = a;
+        let mut cur = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.max_tx_rate != a.max_tx_rate {
+            self.shaper.set_mbps(a.max_tx_rate);
+        }
+        *cur = a;
     }
 
     /// Counters of queue pair `pair` (clamped, so a bad index cannot panic).

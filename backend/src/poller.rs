@@ -140,7 +140,8 @@ fn run(shared: &Shared, window: Duration) {
             let idle = match &e.held {
                 Some(h) if h.still_idle(qidx) => true,
                 _ => match e.job.batch(&mut e.held) {
-                    Batch::Sent(_) => {
+                    // A throttled queue still has chains: it stays, as a busy one.
+                    Batch::Sent(_) | Batch::Throttled(_) => {
                         e.idle_since = None;
                         return true;
                     }

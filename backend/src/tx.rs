@@ -17,6 +17,7 @@ use crate::offload;
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, RingError, Seg};
 use crate::session::{Held, Session, Warn};
+use crate::shaper;
 use crate::switch::{FwdScratch, Switch, TxBatch, TxFrame};
 
 /// Chains taken per ring lock; bounds the time a TX ring's used entries wait.
@@ -47,6 +48,8 @@ pub enum Batch {
     Empty,
     /// The ring is not running (not set up, disabled, or broken).
     Stopped,
+    /// `max_tx_rate`: chains wait in the ring; tokens are back after this long.
+    Throttled(std::time::Duration),
 }
 
 impl TxScratch {
@@ -70,6 +73,15 @@ pub fn process_tx(
         match tx_batch(sw, part, h, pair, s) {
             Batch::Sent(_) => {}
             Batch::Stopped => break,
+            Batch::Throttled(wait) => {
+                // Kicks stay suppressed: the alarm kicks the queue when tokens are back.
+                if let Some(v) = h.session.vrings().and_then(|v| v.get(2 * pair + 1)) {
+                    if let Some(k) = v.get_ref().get_kick() {
+                        shaper::Alarm::get().kick_after(k, wait);
+                    }
+                }
+                break;
+            }
             // If the driver added chains meanwhile, keep going.
             Batch::Empty => {
                 h.kicks_rearmed();
@@ -149,16 +161,24 @@ pub fn tx_batch(
         Ok(n) => n,
         Err(e) => return broken(&e),
     };
+    // max_tx_rate: as many chains as the tokens allow (at least one; the bucket may go into
+    // debt by one batch, paid back before the next).
+    let mut n = n.min(TX_BATCH);
+    if part.shaper.limited() {
+        match part.shaper.budget(std::time::Instant::now()) {
+            Ok(bytes) => n = n.min(u16::try_from(1 + bytes / 1514).unwrap_or(TX_BATCH)),
+            Err(wait) => return Batch::Throttled(wait),
+        }
+    }
     if held.suppress_kicks_once() {
         r.suppress_kicks();
     }
-    r.prefetch_used(q, n.min(TX_BATCH));
+    r.prefetch_used(q, n);
     // Most batches go where the previous one went: that receiver's lines are fetched while
     // this batch reads its own.
     s.fwd.warm_last();
     s.heads.clear();
-    s.heads
-        .extend((0..n.min(TX_BATCH)).map(|k| r.avail_head(q, k)));
+    s.heads.extend((0..n).map(|k| r.avail_head(q, k)));
     q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
     held.saw(q.next_avail(), q.next_used());
 
@@ -198,6 +218,10 @@ pub fn tx_batch(
         frames: &s.frames,
     };
     sw.forward(part, pair, &batch, &mut s.fwd);
+    if part.shaper.limited() {
+        part.shaper
+            .charge(s.frames.iter().map(|f| f.len as u64).sum());
+    }
 
     let q = g.get_queue_mut();
     for (k, head) in s.heads.iter().enumerate() {
