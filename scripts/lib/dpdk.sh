@@ -13,9 +13,10 @@ HP_ORIG=
 PREFIXES=()
 EAL_MEM=()
 # Children not yet reaped (a reaped child's PID may be reused: it is forgotten at once).
-declare -A PIDS TP_FD TP_PID TP_LOG TP_FIFO TP_PREFIX
+declare -A PIDS TP_FD TP_PID TP_LOG TP_FIFO TP_PREFIX TP_RC
 
-stop_pid() { # pid [timeout_s]
+STOP_RC=
+stop_pid() { # pid [timeout_s] -> STOP_RC (its exit status; 128+n: signal n)
     local pid=$1 t=${2:-5} i
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
@@ -28,7 +29,8 @@ stop_pid() { # pid [timeout_s]
             kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
-    wait "$pid" 2>/dev/null || true
+    STOP_RC=0
+    wait "$pid" 2>/dev/null || STOP_RC=$?
     unset "PIDS[$pid]"
 }
 
@@ -137,8 +139,12 @@ tp_start() { # name cpu eal-and-app-args...
     for ((i = 0; i < 600; i++)); do
         grep -q 'testpmd> ' "${TP_LOG[$name]}" && return 0
         kill -0 "$pid" 2>/dev/null || {
+            stop_pid "$pid"
             tail -20 "${TP_LOG[$name]}" >&2
-            die "testpmd ($name) exited during start-up; log ${TP_LOG[$name]}"
+            # SIGPIPE: virtio_user wrote to a vhost-user socket the backend had closed.
+            local how="status $STOP_RC"
+            ((STOP_RC > 128)) && how="killed by SIG$(kill -l $((STOP_RC - 128)))"
+            die "testpmd ($name) exited during start-up ($how); log ${TP_LOG[$name]}"
         }
         sleep 0.1
     done
@@ -150,7 +156,7 @@ tp_cmd() { # name command
     printf '%s\n' "$2" >&"${TP_FD[$1]}"
 }
 
-tp_quit() { # name
+tp_quit() { # name -> TP_RC[name]: its exit status
     local name=$1 pid=${TP_PID[$1]} i
     if kill -0 "$pid" 2>/dev/null; then
         printf 'quit\n' >&"${TP_FD[$name]}" || true
@@ -160,6 +166,8 @@ tp_quit() { # name
         done
     fi
     stop_pid "$pid" 3
+    # shellcheck disable=SC2034 # read by the sourcing script
+    TP_RC[$name]=$STOP_RC
     local fd=${TP_FD[$name]}
     exec {fd}>&-
     rm -f "${TP_FIFO[$name]}"
