@@ -95,49 +95,19 @@ die() {
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup: every process this script started, the hugetlbfs mount and its files, DPDK's runtime
-# directories, the sockets (in WORK), and the hugepage count if this script raised it.
+# directories, the sockets (in WORK), and the hugepage count if this script raised it
+# (dpdk_cleanup, scripts/lib/dpdk.sh).
 
 WORK=
-HUGE_MNT=
-HP_SET_BY_US=
-HP_ORIG=
-PREFIXES=()
-# Children not yet reaped (a reaped child's PID may be reused: it is forgotten at once).
-declare -A PIDS TP_FD TP_PID TP_LOG TP_FIFO TP_PREFIX
-
-stop_pid() { # pid [timeout_s]
-    local pid=$1 t=${2:-5} i
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < t * 20; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid did not stop on SIGTERM; SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "PIDS[$pid]"
-}
+LOGDIR=$RESULTS/logs
+DPDK_TAG=sriovbench
+# shellcheck source=lib/dpdk.sh
+. "$ROOT/scripts/lib/dpdk.sh"
 
 cleanup() {
-    local rc=$? pid p
+    local rc=$?
     trap - EXIT INT TERM
-    for pid in "${!PIDS[@]}"; do
-        stop_pid "$pid" 3
-    done
-    for p in "${PREFIXES[@]}"; do
-        rm -rf "/var/run/dpdk/$p"
-    done
-    if [[ -n $HUGE_MNT ]] && mountpoint -q "$HUGE_MNT"; then
-        rm -f "$HUGE_MNT"/* 2>/dev/null || true
-        umount "$HUGE_MNT" 2>/dev/null || umount -l "$HUGE_MNT" 2>/dev/null || true
-    fi
-    if [[ -n $HP_SET_BY_US && $(cat /proc/sys/vm/nr_hugepages) == "$HP_SET_BY_US" ]]; then
-        sysctl -q -w vm.nr_hugepages="$HP_ORIG" || true
-    fi
+    dpdk_cleanup
     [[ -n $WORK ]] && rm -rf "$WORK"
     if ((rc != 0)); then
         log "failed (exit $rc); logs are in $RESULTS/logs"
@@ -150,25 +120,6 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # Setup
-
-install_deps() {
-    local need=()
-    command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
-    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_vhost.so* >/dev/null 2>&1 || need+=(librte-net-vhost23)
-    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_net_virtio.so* >/dev/null 2>&1 || need+=(librte-net-virtio23)
-    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/librte_mempool_ring.so* >/dev/null 2>&1 || need+=(librte-mempool-ring23)
-    command -v python3 >/dev/null || need+=(python3)
-    command -v stdbuf >/dev/null || need+=(coreutils)
-    command -v taskset >/dev/null || need+=(util-linux)
-    command -v mountpoint >/dev/null || need+=(util-linux)
-    if ((${#need[@]})); then
-        log "installing ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${need[@]}" dpdk-dev librte-net-vhost23 \
-            librte-net-virtio23 librte-mempool-ring23 >/dev/null
-    fi
-}
 
 build_daemon() {
     if [[ -z $DAEMON ]]; then
@@ -206,130 +157,6 @@ variant_daemon() { # variant -> BIN, POLL
     b-poll) BIN=$DAEMON_B POLL=$POLL_US ;;
     *) die "unknown variant $1" ;;
     esac
-}
-
-setup_memory() {
-    local free=0 ok=0
-    if [[ $HUGE == auto || $HUGE == 1 ]]; then
-        HP_ORIG=$(cat /proc/sys/vm/nr_hugepages)
-        if ((HP_ORIG < NR_HUGEPAGES)); then
-            if sysctl -q -w vm.nr_hugepages="$NR_HUGEPAGES" 2>/dev/null; then
-                HP_SET_BY_US=$(cat /proc/sys/vm/nr_hugepages)
-            fi
-        fi
-        free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
-        if ((free >= 256)); then
-            HUGE_MNT=$WORK/huge
-            mkdir -p "$HUGE_MNT"
-            if mount -t hugetlbfs -o pagesize=2M nodev "$HUGE_MNT"; then
-                ok=1
-            else
-                HUGE_MNT=
-            fi
-        fi
-        if ((ok)); then
-            HUGE=1
-        else
-            [[ $HUGE == 1 ]] && die "hugepages requested (HUGE=1) but not available"
-            log "hugepages not available ($free free); using --no-huge"
-            HUGE=0
-        fi
-    fi
-    if [[ $HUGE == 1 ]]; then
-        # The frontend passes its memory to the backend as fds: at most 8, hence one file per
-        # memseg list.
-        EAL_MEM=(--huge-dir "$HUGE_MNT" --single-file-segments)
-    else
-        EAL_MEM=(--no-huge -m 1024)
-    fi
-}
-
-# ---------------------------------------------------------------------------------------------
-# testpmd, driven through a FIFO (interactive mode exits at the end of stdin)
-
-N_TP=0
-tp_start() { # name cpu eal-and-app-args...
-    local name=$1 cpu=$2 fd pid
-    shift 2
-    N_TP=$((N_TP + 1))
-    local prefix=sriovbench-$$-$N_TP-$name
-    PREFIXES+=("$prefix")
-    TP_PREFIX[$name]=$prefix
-    TP_FIFO[$name]=$WORK/$name-$N_TP.in
-    TP_LOG[$name]=$RESULTS/logs/$(printf '%03d' "$N_TP")-$name.log
-    mkfifo "${TP_FIFO[$name]}"
-    exec {fd}<>"${TP_FIFO[$name]}"
-    TP_FD[$name]=$fd
-    # Both lcores (main: the command line, 1: forwarding) on one CPU; EAL's control threads
-    # inherit the taskset mask.
-    echo "dpdk-testpmd --lcores 0@$cpu,1@$cpu --file-prefix $prefix $*" >"${TP_LOG[$name]}.cmd"
-    stdbuf -oL -eL taskset -c "$cpu" dpdk-testpmd --lcores "0@$cpu,1@$cpu" --no-pci \
-        --no-telemetry --file-prefix "$prefix" "${EAL_MEM[@]}" "$@" \
-        <"${TP_FIFO[$name]}" >"${TP_LOG[$name]}" 2>&1 &
-    pid=$!
-    TP_PID[$name]=$pid
-    PIDS[$pid]=1
-    local i
-    for ((i = 0; i < 600; i++)); do
-        grep -q 'testpmd> ' "${TP_LOG[$name]}" && return 0
-        kill -0 "$pid" 2>/dev/null || {
-            tail -20 "${TP_LOG[$name]}" >&2
-            die "testpmd ($name) exited during start-up; log ${TP_LOG[$name]}"
-        }
-        sleep 0.1
-    done
-    die "testpmd ($name) not ready after 60 s; log ${TP_LOG[$name]}"
-}
-
-tp_cmd() { # name command
-    kill -0 "${TP_PID[$1]}" 2>/dev/null || die "testpmd ($1) died; log ${TP_LOG[$1]}"
-    printf '%s\n' "$2" >&"${TP_FD[$1]}"
-}
-
-tp_quit() { # name
-    local name=$1 pid=${TP_PID[$1]} i
-    if kill -0 "$pid" 2>/dev/null; then
-        printf 'quit\n' >&"${TP_FD[$name]}" || true
-        for ((i = 0; i < 200; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-    fi
-    stop_pid "$pid" 3
-    local fd=${TP_FD[$name]}
-    exec {fd}>&-
-    rm -f "${TP_FIFO[$name]}"
-    # DPDK leaves its hugepage files and runtime directory behind.
-    local prefix=${TP_PREFIX[$name]}
-    if [[ -n $HUGE_MNT ]]; then
-        rm -f "$HUGE_MNT/$prefix"map_* 2>/dev/null || true
-    fi
-    rm -rf "/var/run/dpdk/$prefix"
-}
-
-# Wait until a command that prints a marker has been answered: count lines before, send, wait.
-tp_wait_for() { # name regex count timeout_s
-    local name=$1 re=$2 want=$3 t=$4 i
-    for ((i = 0; i < t * 20; i++)); do
-        (($(grep -cE "$re" "${TP_LOG[$name]}") >= want)) && return 0
-        kill -0 "${TP_PID[$name]}" 2>/dev/null || die "testpmd ($name) died; log ${TP_LOG[$name]}"
-        sleep 0.05
-    done
-    return 1
-}
-
-fe_links_up() { # nports timeout_s
-    local n=$1 t=$2 i before
-    for ((i = 0; i < t; i++)); do
-        before=$(grep -c 'Link status:' "${TP_LOG[fe]}" || true)
-        tp_cmd fe "show port info all"
-        tp_wait_for fe 'Link status:' $((before + n)) 10 || die "no port info from frontend"
-        if (($(grep 'Link status:' "${TP_LOG[fe]}" | tail -n "$n" | grep -c 'up') == n)); then
-            return 0
-        fi
-        sleep 1
-    done
-    return 1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +244,7 @@ frontend_start() { # mbufs sock1 mac1 sock2 mac2 ...
     done
     tp_start fe "$FRONTEND_CPU" "${vdevs[@]}" -- -i --nb-cores=1 --forward-mode=mac \
         "${peers[@]}" --total-num-mbufs="$mbufs"
-    fe_links_up "$n" 20 || die "frontend links not up after 20 s; log ${TP_LOG[fe]}"
+    tp_links_up fe "$n" 20 || die "frontend links not up after 20 s; log ${TP_LOG[fe]}"
 }
 
 measure() { # nports seconds extra-args... (tags: --tag k=v)
@@ -611,13 +438,13 @@ EOF
 # Everything this script runs itself (bash, python, ctl) stays off the backend's CPU.
 taskset -pc "$FRONTEND_CPU" $$ >/dev/null
 
-install_deps
+dpdk_install_deps
 mkdir -p "$RESULTS/logs"
 EVENTS=$RESULTS/events.jsonl
 : >"$EVENTS"
 WORK=$(mktemp -d /tmp/sriov-bench.XXXXXX)
 build_daemon
-setup_memory
+dpdk_setup_memory
 
 # Busy-poll variants only for a build that has --poll-us (an older one compared as DAEMON_B).
 has_poll() { "$1" --help 2>&1 | grep -c -- '--poll-us' >/dev/null; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): lint, unit + integration tests, then the guest
-# end-to-end (which provisions QEMU, the guest kernel and initramfs itself). Run as root on
-# Debian 12 x86_64; needs network access to the Debian mirrors the first time.
+# The project's test command (README, .ci/run): lint, unit + integration tests, the DPDK
+# virtio_user interop (which installs dpdk-dev itself), then the guest end-to-end (which provisions
+# QEMU, the guest kernel and initramfs itself). Run as root on Debian 12 x86_64; needs network
+# access to the Debian mirrors the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,17 @@ cargo build --release --workspace --all-targets
 # The benchmark itself needs a quiet machine and is not part of the tests; it must still parse.
 bash -n scripts/bench.sh
 bash -n scripts/profile.sh
-python3 -m py_compile scripts/bench/bench.py
+bash -n scripts/lib/dpdk.sh
+python3 -m py_compile scripts/bench/bench.py scripts/dpdk_interop_check.py
+
+if [[ "${SKIP_DPDK:-0}" == 1 ]]; then
+    echo "SKIP_DPDK=1: DPDK interop skipped"
+    dpdk_passed=0
+else
+    step "DPDK interop (testpmd, virtio_user frontend, queue sizes 256, 1024, 4096)"
+    scripts/dpdk-interop.sh | tee /tmp/sriov-net-dpdk-interop.log
+    dpdk_passed=$(grep -c '^| [0-9]* | PASS' /tmp/sriov-net-dpdk-interop.log || true)
+fi
 
 unit_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/sriov-net-cargo-test.log | awk '{s+=$4} END {print s+0}')
 
@@ -42,4 +53,4 @@ fi
 
 echo
 echo "all checks done in $((SECONDS - t0)) s"
-echo "$((unit_passed + e2e_passed)) passed, 0 failed"
+echo "$((unit_passed + dpdk_passed + e2e_passed)) passed, 0 failed"
