@@ -60,8 +60,9 @@ def load_json(path):
 
 
 def partitions(snap):
-    if snap.get("version") != 1:
-        raise CheckError(f"snapshot version {snap.get('version')!r}, expected 1")
+    # Version 2 added fields; everything read here is in both.
+    if snap.get("version") not in (1, 2):
+        raise CheckError(f"snapshot version {snap.get('version')!r}, expected 1 or 2")
     parts = {p["name"]: p for p in snap.get("partitions", [])}
     if "pf" not in parts:
         raise CheckError("snapshot has no pf partition")

@@ -229,6 +229,10 @@ fn partition_json(p: &Partition, version: u32) -> Value {
             "link_state": admin.state,
             "link": if admin.link_up(true) { "up" } else { "down" },
             "started_mac": p.config.mac,
+            // What QEMU reports of the guest (QMP), else the MAC QEMU was started with.
+            "guest_mac": p.guest().map_or(p.config.mac, |g| g.mac),
+            "guest_rx": p.guest(),
+            "switch_mac": p.effective_mac(&admin),
         });
         if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);

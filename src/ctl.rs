@@ -170,6 +170,11 @@ pub fn link_lines(v: &Value, stats: bool) -> String {
                 line += &format!(", {k} {r}Mbps");
             }
         }
+        if let (Some(g), Some(s)) = (p["guest_mac"].as_str(), p["switch_mac"].as_str()) {
+            if g != s {
+                line += &format!(", guest still uses {g}");
+            }
+        }
         line += &format!(", {}", p["state"].as_str().unwrap_or("?"));
         out += &line;
         out.push('\n');

@@ -6,5 +6,6 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod qemu;
+pub mod qmp;
 pub mod server;
 pub mod shim;

@@ -299,6 +299,11 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         socket_dir: cfg.socket_dir.clone(),
         poll_us: cfg.poll_us,
     };
+    // QEMU's QMP socket, if QEMU offers one there (qemu-args adds it): link mirroring and the
+    // guests' MACs. Optional: the thread waits quietly for it.
+    if let Err(e) = vhost_user_sriov_net::qmp::spawn(dir, switch.clone()) {
+        return abort(1, &format!("cannot start the QMP thread: {e}"));
+    }
     if let Err(e) = control::spawn(control, switch.clone(), info) {
         return abort(1, &format!("cannot start control server: {e}"));
     }

@@ -58,6 +58,9 @@ pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, Qem
         ]);
     }
     a.extend([
+        // The daemon connects here to mirror link states and learn guest MACs (see qmp.rs).
+        "-qmp".into(),
+        format!("unix:{dir}/{},server=on,wait=off", crate::qmp::QMP_SOCKET),
         "-device".into(),
         format!("pcie-root-port,id={ROOT_PORT_ID},chassis=1,slot=0"),
     ]);
@@ -96,7 +99,7 @@ pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, Qem
         let addr = format!("addr=0x{:x}.0x{:x}", devfn >> 3, devfn & 7);
         let owner = match role {
             Role::Pf => format!("id={PF_ID},romfile="),
-            Role::Vf(_) => format!("sriov-pf={PF_ID}"),
+            Role::Vf(_) => format!("id={},sriov-pf={PF_ID}", crate::qmp::device_id(*role)),
         };
         a.push("-device".into());
         a.push(format!(

@@ -252,6 +252,15 @@ impl Admin {
     }
 }
 
+/// What the guest's driver asked of its NIC through the control queue, as QEMU reports it
+/// (QMP `query-rx-filter`): QEMU handles the control queue and never tells a vhost-user backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GuestRx {
+    pub mac: MacAddr,
+    pub promiscuous: bool,
+    pub allmulticast: bool,
+}
+
 /// A port's own address must be a unicast, non-zero one.
 pub fn check_mac(mac: MacAddr) -> Result<(), AdminError> {
     if mac.is_group() {

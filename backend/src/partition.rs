@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, GuestRx};
 use crate::counters::{CounterSnapshot, QueueCounters};
 use crate::mac::MacAddr;
 use crate::session::Session;
@@ -80,6 +80,8 @@ pub struct Partition {
     admin: Mutex<Admin>,
     /// `max_tx_rate`, applied to what the partition sends.
     pub shaper: Shaper,
+    /// The guest's MAC and receive modes, when QEMU has told them (QMP).
+    guest: Mutex<Option<GuestRx>>,
     life: Mutex<Lifecycle>,
     counters: Vec<QueueCounters>,
     session: ArcSwapOption<Session>,
@@ -95,6 +97,7 @@ impl Partition {
             role,
             admin: Mutex::new(Admin::new(config.mac)),
             shaper: Shaper::default(),
+            guest: Mutex::new(None),
             config,
             life: Mutex::new(Lifecycle {
                 state: State::Waiting,
@@ -119,6 +122,24 @@ impl Partition {
 
     pub fn admin(&self) -> Admin {
         *self.admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn guest(&self) -> Option<GuestRx> {
+        *self.guest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Only the switch calls this, so its forwarding view follows (`Switch::set_guest_rx`).
+    pub(crate) fn store_guest(&self, g: Option<GuestRx>) {
+        *self.guest.lock().unwrap_or_else(|e| e.into_inner()) = g;
+    }
+
+    /// The MAC the switch uses for this port: the guest's own when it is trusted and QEMU
+    /// reported a usable one, the admin MAC otherwise.
+    pub fn effective_mac(&self, admin: &Admin) -> MacAddr {
+        match self.guest() {
+            Some(g) if admin.trust && crate::admin::check_mac(g.mac).is_ok() => g.mac,
+            _ => admin.mac,
+        }
     }
 
     /// Only the switch calls this, so its forwarding view follows (see `Switch::set_admin`).

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::{Admin, AdminChange, AdminError, PortVlan};
+use crate::admin::{Admin, AdminChange, AdminError, GuestRx, PortVlan};
 use crate::vlan;
 
 use std::ops::Range;
@@ -157,6 +157,8 @@ pub struct PortView {
     pub spoofchk: bool,
     /// Link up (state `enable`, or `auto` while no uplink says otherwise).
     pub up: bool,
+    /// Trusted and in promiscuous mode: hears unicast no port owns.
+    pub promisc: bool,
 }
 
 /// The data path's copy of every port's settings and the forwarding table. An admin change
@@ -184,14 +186,30 @@ impl View {
                     second: p.name(),
                 });
             }
+            let guest = p.guest().filter(|_| a.trust);
             ports.push(PortView {
                 mac: a.mac,
                 vlan: a.vlan,
                 spoofchk: a.spoofchk,
                 up: a.link_up(true),
+                promisc: guest.is_some_and(|g| g.promiscuous),
             });
         }
+        // A trusted guest's own MAC replaces its admin MAC, unless another port has it.
+        for (p, a) in partitions.iter().zip(admins) {
+            let mac = p.effective_mac(a);
+            if mac != a.mac && !fdb.contains_key(&mac.key()) {
+                fdb.remove(&a.mac.key());
+                fdb.insert(mac.key(), p.id);
+                ports[p.id].mac = mac;
+            }
+        }
         Ok(View { ports, fdb })
+    }
+
+    /// Whether any port hears unknown unicast.
+    fn any_promisc(&self) -> bool {
+        self.ports.iter().any(|p| p.promisc)
     }
 
     /// What the switch does with a frame from port `from`, by its addresses and tag.
@@ -213,6 +231,8 @@ impl View {
             return Decision::Flood(Cast::Multicast);
         }
         match self.fdb.get(&f.dst.key()) {
+            // To the promiscuous (trusted) ports only.
+            None if self.any_promisc() => Decision::Flood(Cast::Unicast),
             None => Decision::Drop(DropReason::UnknownDestination),
             Some(id) if *id == from => Decision::Drop(DropReason::Hairpin),
             Some(id) => Decision::Unicast(*id),
@@ -309,6 +329,25 @@ impl Switch {
         Ok(new)
     }
 
+    /// Records what QEMU reports of partition `id`'s guest (its MAC and receive modes). A trusted
+    /// partition's switch MAC and promiscuous mode follow it; an untrusted one keeps its admin
+    /// MAC and the attempt is only reported. Returns whether the guest's MAC is in use.
+    pub fn set_guest_rx(&self, id: PartitionId, g: Option<GuestRx>) -> bool {
+        let _serial = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(part) = self.partitions.get(id) else {
+            return false;
+        };
+        part.store_guest(g);
+        let admins: Vec<Admin> = self.partitions.iter().map(|p| p.admin()).collect();
+        if let Ok(view) = View::build(&self.partitions, &admins) {
+            let applied = g.is_some_and(|g| view.ports[id].mac == g.mac);
+            self.view.store(Arc::new(view));
+            self.version.fetch_add(1, Ordering::Release);
+            return applied;
+        }
+        false
+    }
+
     /// `slot`'s view, refreshed when an admin change made a newer one.
     fn view<'a>(&self, slot: &'a mut Option<(u64, Arc<View>)>) -> &'a View {
         let v = self.version.load(Ordering::Acquire);
@@ -360,8 +399,10 @@ impl Switch {
                 Decision::Flood(cast) => {
                     tx.count(f.len, cast);
                     for dest in self.partitions.iter().filter(|p| p.id != from.id) {
-                        // Other VLANs never hear it.
-                        if view.vlan_path(from.id, dest.id, f).is_none() {
+                        // Other VLANs never hear it; unknown unicast only promiscuous ports.
+                        if view.vlan_path(from.id, dest.id, f).is_none()
+                            || (cast == Cast::Unicast && !view.ports[dest.id].promisc)
+                        {
                             continue;
                         }
                         let run = std::slice::from_ref(f);
@@ -883,6 +924,49 @@ mod tests {
                 &frame(mac("02:00:00:00:00:00"), mac("02:00:00:00:00:01"))
             ),
             Decision::Drop(DropReason::UnknownDestination)
+        );
+    }
+
+    #[test]
+    fn a_trusted_guests_own_mac_and_promiscuous_mode_are_followed() {
+        let s = sw();
+        let (pf, vf0) = (mac("02:00:00:00:00:00"), mac("02:00:00:00:00:01"));
+        let theirs = mac("02:00:00:00:00:55");
+        let g = GuestRx {
+            mac: theirs,
+            promiscuous: true,
+            allmulticast: false,
+        };
+        // Untrusted: reported, not applied.
+        assert!(!s.set_guest_rx(1, Some(g)));
+        let v = s.current_view();
+        assert_eq!(
+            v.decide(0, &frame(pf, theirs)),
+            Decision::Drop(DropReason::UnknownDestination)
+        );
+        assert_eq!(
+            v.decide(1, &frame(theirs, pf)),
+            Decision::Drop(DropReason::SpoofedSource)
+        );
+        // Trusted: the guest's MAC is the port's, and it hears unknown unicast.
+        s.set_admin(1, &admin(|c| c.trust = Some(true))).unwrap();
+        let v = s.current_view();
+        assert_eq!(v.decide(0, &frame(pf, theirs)), Decision::Unicast(1));
+        assert_eq!(v.decide(1, &frame(theirs, pf)), Decision::Unicast(0));
+        assert_eq!(
+            v.decide(1, &frame(vf0, pf)),
+            Decision::Drop(DropReason::SpoofedSource)
+        );
+        assert_eq!(
+            v.decide(0, &frame(pf, mac("02:00:00:00:99:99"))),
+            Decision::Flood(Cast::Unicast)
+        );
+        // A guest MAC another port owns is not taken.
+        let clash = GuestRx { mac: pf, ..g };
+        assert!(!s.set_guest_rx(1, Some(clash)));
+        assert_eq!(
+            s.current_view().decide(0, &frame(pf, vf0)),
+            Decision::Unicast(1)
         );
     }
 }
