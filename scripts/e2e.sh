@@ -156,7 +156,7 @@ choose_accel() {
 standin_args() {
     local i mem=$MEMORY
     # shellcheck disable=SC2054 # commas belong to QEMU option values
-    QARGS=(-machine q35,memory-backend=mem -m "$mem"
+    QARGS=(-machine q35,memory-backend=mem -m "$mem" -smp 1
         -object "memory-backend-memfd,id=mem,size=$mem,share=on"
         -device pcie-root-port,id=rp0,chassis=1,slot=0)
     MACS=02:5e:00:00:00:00
@@ -309,7 +309,7 @@ main() {
     append+=" sriovnet_pings=$PINGS sriovnet_sync=1 sriovnet_only=$ONLY"
     append+=" sriovnet_watchdog=$((QEMU_TIMEOUT > 60 ? QEMU_TIMEOUT - 30 : QEMU_TIMEOUT))"
     local qemu_cmd=(timeout -k 10 "$QEMU_TIMEOUT" "$E2E_QEMU" "${QARGS[@]}"
-        -nodefaults -display none -no-reboot -smp 1 "${ACCEL_ARGS[@]}"
+        -nodefaults -display none -no-reboot "${ACCEL_ARGS[@]}"
         -kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" -append "$append"
         -chardev "file,id=con,path=$RESULTS/console.log" -serial chardev:con
         -chardev "socket,id=sync,path=$RUNDIR/sync.sock" -serial chardev:sync)

@@ -76,10 +76,14 @@ enum Command {
         /// Print one shell-quoted line instead of one argument per line.
         #[arg(long)]
         shell: bool,
-        /// Only the NIC (root port, chardevs, netdevs, devices): shared guest memory and the
-        /// q35 machine are set up by the caller (e.g. libvirt's <memoryBacking>).
-        #[arg(long)]
+        /// Only the NIC (root port, chardevs, netdevs, devices): shared guest memory, the q35
+        /// machine and -smp are set up by the caller.
+        #[arg(long, conflicts_with = "libvirt")]
         nic_only: bool,
+        /// Print a minimal libvirt domain (XML) instead: shared memory of --memory, the vCPUs
+        /// the NIC needs, and the NIC's arguments in <qemu:commandline>.
+        #[arg(long, conflicts_with = "shell")]
+        libvirt: bool,
     },
     /// Administer and query a running daemon, in `ip link`'s words.
     Ctl {
@@ -127,7 +131,10 @@ enum CtlCommand {
 const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     match cli.command {
         None => run_daemon(&cli.config, cli.ready_file.as_deref()),
         Some(Command::QemuArgs {
@@ -135,7 +142,15 @@ fn main() -> ExitCode {
             memory,
             shell,
             nic_only,
-        }) => run_qemu_args(&config, (!nic_only).then_some(memory.as_str()), shell),
+            libvirt,
+        }) => {
+            let format = match (libvirt, shell) {
+                (true, _) => QemuFormat::Libvirt,
+                (false, true) => QemuFormat::Shell,
+                (false, false) => QemuFormat::Lines,
+            };
+            run_qemu_args(&config, &memory, nic_only, format)
+        }
         Some(Command::Ctl {
             socket_dir,
             config,
@@ -181,6 +196,51 @@ fn run_ctl(socket_dir: Option<PathBuf>, config: Option<PathBuf>, command: CtlCom
     }
 }
 
+/// `--help` and `--version` print as clap does; bad command-line input gets one line on stderr
+/// and exit status 2, like bad config.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+        // A subcommand given without its own subcommand (`ctl`): clap prints the whole help.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let text = e.render().to_string();
+            let usage = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Usage:"))
+                .unwrap_or("")
+                .trim();
+            eprintln!("error: a subcommand is missing; usage: {usage} (see --help)");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+        _ => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+/// clap's message on one line: its lines joined with "; ", without the usage block and the
+/// closing "For more information" line, which become a pointer to --help.
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut in_usage = false;
+    for l in rendered.lines() {
+        let t = l.trim();
+        if t.is_empty() {
+            in_usage = false;
+        } else if t.starts_with("Usage:") {
+            in_usage = true;
+        } else if !in_usage && !t.starts_with("For more information") {
+            parts.push(t);
+        }
+    }
+    if parts.is_empty() {
+        parts.push("error: bad command line");
+    }
+    format!("{} (see --help)", parts.join("; "))
+}
+
 fn fail(code: u8, msg: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(code)
@@ -205,20 +265,42 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
     Config::resolve(file.overlay(flags))
 }
 
-fn run_qemu_args(a: &ConfigArgs, memory: Option<&str>, shell: bool) -> ExitCode {
+enum QemuFormat {
+    Lines,
+    Shell,
+    Libvirt,
+}
+
+fn run_qemu_args(a: &ConfigArgs, memory: &str, nic_only: bool, format: QemuFormat) -> ExitCode {
     let cfg = match load_config(a) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
-    let args = match memory
-        .map(qemu::parse_mib)
-        .transpose()
-        .and_then(|m| qemu::args(&cfg, m))
-    {
+    let mib = match qemu::parse_mib(memory) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_BAD_INPUT, &e),
+    };
+    if let QemuFormat::Libvirt = format {
+        return match qemu::libvirt_domain(&cfg, mib) {
+            Ok(x) => {
+                print!("{x}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_BAD_INPUT, &e),
+        };
+    }
+    let args = match qemu::args(&cfg, (!nic_only).then_some(mib)) {
         Ok(a) => a,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
-    if shell {
+    let vcpus = qemu::min_vcpus(&cfg);
+    if nic_only && vcpus > 1 {
+        eprintln!(
+            "note: with every VF enabled the guest needs at least {vcpus} vCPUs for the NIC's \
+             interrupt vectors (-smp {vcpus})"
+        );
+    }
+    if let QemuFormat::Shell = format {
         let line: Vec<String> = args.iter().map(|s| qemu::shell_quote(s)).collect();
         println!("{}", line.join(" "));
     } else {
@@ -323,7 +405,8 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
     );
 
     let sig = signals.forever().next();
-    log::info!("signal {sig:?}: shutting down");
+    let name = sig.and_then(signal_hook::low_level::signal_name);
+    log::info!("{}: shutting down", name.unwrap_or("signal handling ended"));
     server::remove_all(&paths);
     if let Some(f) = ready_file {
         let _ = std::fs::remove_file(f);

@@ -1,5 +1,6 @@
 //! QEMU arguments for the composed SR-IOV NIC, generated from the same configuration the daemon
-//! serves, so MACs, queue counts and socket paths always agree.
+//! serves, so MACs, queue counts and socket paths always agree. The same arguments also come as a
+//! libvirt domain ([`libvirt_domain`]), for libvirt's `<qemu:commandline>` passthrough.
 
 use backend::partition::{PartitionConfig, Role};
 
@@ -8,6 +9,18 @@ use crate::config::Config;
 /// QEMU ids used for the PF device and the root port; documented in qemu/README.md.
 pub const PF_ID: &str = "sriov-pf";
 pub const ROOT_PORT_ID: &str = "sriov-rp0";
+/// The root port's place on q35's `pcie.0` and its PCIe (chassis, slot) pair. libvirt numbers
+/// the root ports it adds chassis 1, 2, ... (the controller index), leaves their slot at 0, and
+/// gives them addresses from `pcie.0` slot 1 upwards; it realizes them after plain `-device`
+/// arguments such as these, so a root port left to QEMU's automatic addressing takes slot 1 from
+/// under libvirt's first one. Slot 0x1c is one that libvirt's q35 layout never claims for itself
+/// (it keeps 0x1f for the ICH9 functions, 0x1e, 0x1d and 0x1a for bridges and USB), and the
+/// nonzero PCIe slot number keeps the (chassis, slot) pair unique against every libvirt port.
+pub const ROOT_PORT_ADDR: &str = "bus=pcie.0,addr=0x1c,chassis=28,slot=1";
+/// Interrupt vectors one x86 guest vCPU is counted on for this NIC. Linux has about 190 vectors
+/// per CPU for devices: with 1 vCPU, 64 functions of 3 vectors each (PF + 63 VFs) bind and the
+/// 65th fails with -ENOSPC. The rest is left to the guest's other devices.
+pub const VECTORS_PER_VCPU: u32 = 160;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QemuArgsError {
@@ -29,6 +42,23 @@ pub fn parse_mib(s: &str) -> Result<u64, QemuArgsError> {
     n.checked_mul(mult).filter(|v| *v >= 64).ok_or_else(err)
 }
 
+/// A value inside a QEMU `key=value,...` option: QEMU reads a comma as the end of the value
+/// unless it is doubled.
+pub fn opt_value(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// The guest vCPUs the NIC needs once every VF is enabled and bound: the Linux driver takes one
+/// vector for config changes and one per RX or TX queue, on each function.
+pub fn min_vcpus(config: &Config) -> u32 {
+    let vectors: u32 = config
+        .partitions
+        .iter()
+        .map(|(_, p)| 1 + 2 * u32::from(p.queue_pairs))
+        .sum();
+    vectors.div_ceil(VECTORS_PER_VCPU).max(1)
+}
+
 fn device_opts(cfg: &PartitionConfig) -> String {
     let mut o = format!(
         "mac={},host_mtu={},rx_queue_size={},tx_queue_size={}",
@@ -41,11 +71,11 @@ fn device_opts(cfg: &PartitionConfig) -> String {
     o
 }
 
-/// The arguments, one per element (suitable for `mapfile -t` or an argv array). Without
-/// `memory_mib` the shared-memory and machine arguments are left to the caller (e.g. libvirt's
-/// `<memoryBacking>`).
+/// The arguments, one per element (suitable for `mapfile -t` or an argv array). With
+/// `memory_mib`, they start with the shared guest memory, the q35 machine and `-smp`
+/// ([`min_vcpus`]); without it, those are left to the caller (e.g. libvirt's `<memoryBacking>`
+/// and `<vcpu>`).
 pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, QemuArgsError> {
-    let dir = config.socket_dir.display();
     let mut a: Vec<String> = Vec::new();
     if let Some(m) = memory_mib {
         a.extend([
@@ -55,14 +85,20 @@ pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, Qem
             "q35,memory-backend=sriov-mem".into(),
             "-m".into(),
             format!("{m}M"),
+            "-smp".into(),
+            min_vcpus(config).to_string(),
         ]);
     }
+    let qmp = config.socket_dir.join(crate::qmp::QMP_SOCKET);
     a.extend([
         // The daemon connects here to mirror link states and learn guest MACs (see qmp.rs).
         "-qmp".into(),
-        format!("unix:{dir}/{},server=on,wait=off", crate::qmp::QMP_SOCKET),
+        format!(
+            "unix:{},server=on,wait=off",
+            opt_value(&qmp.to_string_lossy())
+        ),
         "-device".into(),
-        format!("pcie-root-port,id={ROOT_PORT_ID},chassis=1,slot=0"),
+        format!("pcie-root-port,id={ROOT_PORT_ID},{ROOT_PORT_ADDR}"),
     ]);
     // QEMU requires the VFs to exist before the PF that claims them is realized.
     let vfs = config
@@ -88,9 +124,11 @@ pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, Qem
         } else {
             String::new()
         };
+        let path = config.socket_dir.join(format!("{name}.sock"));
         a.push("-chardev".into());
         a.push(format!(
-            "socket,id=sriov-{name}-chr,path={dir}/{name}.sock,reconnect-ms=1000"
+            "socket,id=sriov-{name}-chr,path={},reconnect-ms=1000",
+            opt_value(&path.to_string_lossy())
         ));
         a.push("-netdev".into());
         a.push(format!(
@@ -108,6 +146,72 @@ pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, Qem
         ));
     }
     Ok(a)
+}
+
+/// The libvirt XML namespace of `<qemu:commandline>`.
+pub const LIBVIRT_QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// Escapes text for an XML attribute value in single quotes or for element content.
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '\'' => o.push_str("&apos;"),
+            '"' => o.push_str("&quot;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Makes text safe inside an XML comment, which must not contain `--` nor end with `-`.
+fn xml_comment(s: &str) -> String {
+    let mut o = s.to_string();
+    while o.contains("--") {
+        o = o.replace("--", "- -");
+    }
+    if o.ends_with('-') {
+        o.push(' ');
+    }
+    o
+}
+
+/// A minimal libvirt q35 domain for the NIC: shared memfd memory (vhost-user needs it), the vCPUs
+/// of [`min_vcpus`], ACPI (without `<acpi/>` libvirt 9 passes `-no-acpi`, which QEMU >= 9
+/// rejects), and the NIC's arguments ([`args`] without memory and machine) in
+/// `<qemu:commandline>`. libvirt has no element for composable SR-IOV (`sriov-pf=`). Add disks,
+/// a kernel or firmware and consoles, or copy these elements into an existing q35 domain.
+pub fn libvirt_domain(config: &Config, memory_mib: u64) -> Result<String, QemuArgsError> {
+    let nic = args(config, None)?;
+    let dir = config.socket_dir.to_string_lossy();
+    let mut x = String::new();
+    x += &format!(
+        "<!-- Generated by vhost-user-sriov-net qemu-args (libvirt output) from the daemon's\n     \
+         configuration: sockets in {}, PF + {} VFs.\n",
+        xml_comment(&dir),
+        config.vfs()
+    );
+    x += "     Regenerate it when the daemon's settings change, and start the daemon before the\n     \
+          domain: QEMU (user libvirt-qemu on Debian) connects to every socket at start-up and\n     \
+          needs write access to them. The domain is minimal: add disks, a kernel or firmware\n     \
+          and consoles, or copy memoryBacking, vcpu, features and qemu:commandline into your\n     \
+          own q35 domain. See qemu/README.md. -->\n";
+    x += &format!("<domain type='kvm' xmlns:qemu='{LIBVIRT_QEMU_NS}'>\n");
+    x += "  <name>sriov-net</name>\n";
+    x += &format!("  <memory unit='MiB'>{memory_mib}</memory>\n");
+    x += &format!("  <vcpu>{}</vcpu>\n", min_vcpus(config));
+    x += "  <memoryBacking>\n    <source type='memfd'/>\n    <access mode='shared'/>\n  </memoryBacking>\n";
+    x += "  <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n  </os>\n";
+    x += "  <features>\n    <acpi/>\n    <apic/>\n  </features>\n";
+    x += "  <qemu:commandline>\n";
+    for a in &nic {
+        x += &format!("    <qemu:arg value='{}'/>\n", xml_escape(a));
+    }
+    x += "  </qemu:commandline>\n</domain>\n";
+    Ok(x)
 }
 
 /// Shell-quotes one argument if it needs it.
@@ -166,6 +270,90 @@ mod tests {
             .iter()
             .any(|s| s.contains("chardev=sriov-vf9-chr,queues=2")));
         assert!(a.iter().any(|s| s.contains("mq=on,vectors=6")));
+    }
+
+    #[test]
+    fn commas_in_the_socket_dir_are_doubled() {
+        let c = Config::resolve(Settings {
+            socket_dir: Some("/x/a,b".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+        let a = args(&c, Some(512)).unwrap();
+        assert!(a.contains(
+            &"socket,id=sriov-pf-chr,path=/x/a,,b/pf.sock,reconnect-ms=1000".to_string()
+        ));
+        assert!(a.contains(&"unix:/x/a,,b/qmp.sock,server=on,wait=off".to_string()));
+        assert!(!a.iter().any(|s| s.contains("a,b/")));
+        assert_eq!(opt_value("a,,b,"), "a,,,,b,,");
+    }
+
+    #[test]
+    fn root_port_is_clear_of_libvirts_ports() {
+        let a = args(&cfg("vfs = 2"), None).unwrap();
+        let ports: Vec<&String> = a
+            .iter()
+            .filter(|s| s.starts_with("pcie-root-port"))
+            .collect();
+        assert_eq!(
+            ports,
+            ["pcie-root-port,id=sriov-rp0,bus=pcie.0,addr=0x1c,chassis=28,slot=1"]
+        );
+    }
+
+    #[test]
+    fn vcpus_follow_the_interrupt_vectors() {
+        let smp = |t: &str| {
+            let a = args(&cfg(t), Some(512)).unwrap();
+            let i = a.iter().position(|s| s == "-smp").unwrap();
+            a[i + 1].parse::<u32>().unwrap()
+        };
+        assert_eq!(smp("vfs = 4"), 1);
+        // 53 functions of 3 vectors fit in one vCPU's share; 64 VFs (195 vectors) need two.
+        assert_eq!(smp("vfs = 52"), 1);
+        assert_eq!(smp("vfs = 53"), 2);
+        assert_eq!(smp("vfs = 64"), 2);
+        assert_eq!(smp("vfs = 255"), 5);
+        assert_eq!(smp("vfs = 64\nqueue_pairs = 4"), 4);
+        assert_eq!(smp("vfs = 2\n[vf.1]\nqueue_pairs = 16"), 1);
+        assert!(!args(&cfg("vfs = 64"), None)
+            .unwrap()
+            .contains(&"-smp".to_string()));
+    }
+
+    #[test]
+    fn libvirt_domain_carries_the_nic_arguments_escaped() {
+        let mut s: Settings = toml::from_str("vfs = 64").unwrap();
+        s.socket_dir = Some("/run/a'b&c,d--e-".into());
+        let c = Config::resolve(s).unwrap();
+        let x = libvirt_domain(&c, 1024).unwrap();
+        assert!(x.contains("<memory unit='MiB'>1024</memory>"));
+        assert!(x.contains("<vcpu>2</vcpu>"));
+        assert!(x.contains("<source type='memfd'/>") && x.contains("<access mode='shared'/>"));
+        assert!(x.contains("machine='q35'") && x.contains("<acpi/>"));
+        let vals: Vec<&str> = x
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("<qemu:arg value='"))
+            .map(|l| l.strip_suffix("'/>").unwrap())
+            .collect();
+        let nic: Vec<String> = args(&c, None)
+            .unwrap()
+            .iter()
+            .map(|a| xml_escape(a))
+            .collect();
+        assert_eq!(vals, nic);
+        assert!(x.contains("path=/run/a&apos;b&amp;c,,d--e-/vf63.sock,reconnect-ms=1000"));
+        // Comments must not contain "--" (the old hand-written snippet was not well-formed).
+        let mut rest = x.as_str();
+        let mut comments = 0;
+        while let Some(i) = rest.find("<!--") {
+            let body = &rest[i + 4..];
+            let end = body.find("-->").unwrap();
+            assert!(!body[..end].contains("--") && !body[..end].ends_with('-'));
+            rest = &body[end + 3..];
+            comments += 1;
+        }
+        assert_eq!(comments, 1);
     }
 
     #[test]

@@ -125,3 +125,106 @@ fn qemu_args_and_ctl_report_errors_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot connect to /nonexistent/control.sock"));
 }
+
+fn one_line_exit_2(args: &[&str], needle: &str) {
+    let out = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{args:?}: {err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_command_lines_get_one_error_line_and_exit_2() {
+    one_line_exit_2(&["--frobnicate"], "unexpected argument '--frobnicate'");
+    one_line_exit_2(&["--vfs", "many"], "invalid value 'many' for '--vfs");
+    one_line_exit_2(&["--base-mac", "zz"], "invalid MAC address");
+    one_line_exit_2(
+        &["ctl"],
+        "a subcommand is missing; usage: vhost-user-sriov-net ctl",
+    );
+    one_line_exit_2(
+        &["qemu-args", "--libvirt", "--shell"],
+        "cannot be used with",
+    );
+    one_line_exit_2(
+        &["qemu-args", "--nic-only", "--libvirt"],
+        "cannot be used with",
+    );
+    one_line_exit_2(&["bogus-subcommand"], "bogus-subcommand");
+    // Help and version stay as clap prints them: several lines on stdout, exit status 0.
+    for a in ["--help", "-h", "--version"] {
+        let out = bin().arg(a).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{a}");
+        assert!(out.stderr.is_empty(), "{a}");
+        assert!(!out.stdout.is_empty(), "{a}");
+    }
+    let help = bin().args(["qemu-args", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).lines().count() > 10);
+}
+
+#[test]
+fn shutdown_log_names_the_signal() {
+    let d = tmpdir("sigterm");
+    let log = d.join("daemon.log");
+    let mut child = bin()
+        .arg("--socket-dir")
+        .arg(&d)
+        .args(["--vfs", "1", "--ready-file"])
+        .arg(d.join("ready"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_for(
+        std::time::Duration::from_secs(10),
+        || d.join("ready").exists(),
+        "ready",
+    );
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("SIGTERM: shutting down"), "{text}");
+    assert!(!text.contains("Some("), "{text}");
+}
+
+#[test]
+fn committed_libvirt_snippet_is_the_generators_output_on_the_default_config() {
+    let out = bin().args(["qemu-args", "--libvirt"]).output().unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/libvirt-snippet.xml"),
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "qemu/libvirt-snippet.xml is stale: regenerate it with \
+         `vhost-user-sriov-net qemu-args --libvirt > qemu/libvirt-snippet.xml`"
+    );
+}
+
+#[test]
+fn qemu_args_asks_for_the_vcpus_64_vfs_need() {
+    let out = bin().args(["qemu-args", "--vfs", "64"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let i = lines.iter().position(|l| *l == "-smp").unwrap();
+    assert_eq!(lines[i + 1], "2");
+    let out = bin()
+        .args(["qemu-args", "--vfs", "64", "--nic-only"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("-smp"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 2 vCPUs"));
+    let out = bin()
+        .args(["qemu-args", "--vfs", "4", "--nic-only"])
+        .output()
+        .unwrap();
+    assert!(out.stderr.is_empty());
+}
