@@ -43,7 +43,7 @@ impl HostPtr {
         HostPtr(self.0.wrapping_add(len.saturating_sub(1))).prefetch();
     }
 
-    /// As [`HostPtr::prefetch_span`], for writing (see [`prefetch_write`]).
+    /// As [`HostPtr::prefetch_span`], for writing (PREFETCHW, see `prefetch_write`).
     #[inline(always)]
     pub fn prefetch_write_span(self, len: usize) {
         prefetch_write(self.0);
