@@ -134,7 +134,7 @@ fn run(shared: &Shared, window: Duration) {
             shared.pending.store(false, Ordering::Release);
         }
         round = round.wrapping_add(1);
-        let now = (round % CLOCK_EVERY == 0).then(Instant::now);
+        let now = round.is_multiple_of(CLOCK_EVERY).then(Instant::now);
         active.retain_mut(|e| {
             let qidx = 2 * e.job.pair + 1;
             let idle = match &e.held {

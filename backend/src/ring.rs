@@ -192,7 +192,7 @@ pub fn walk_chain(
             }
             let len = d.len;
             if len == 0
-                || len % DESC_SIZE as u32 != 0
+                || !len.is_multiple_of(DESC_SIZE as u32)
                 || len / DESC_SIZE as u32 > u32::from(u16::MAX)
             {
                 return Err(ChainError::BadIndirectTable(len));
@@ -343,7 +343,7 @@ impl<'m> Ring<'m> {
         let ev = if event_idx { 2 } else { 0 };
         let area = |what, addr: u64, len: usize, align: usize| {
             mem.ptr(addr, len)
-                .filter(|p| (*p as usize) % align == 0)
+                .filter(|p| (*p as usize).is_multiple_of(align))
                 .ok_or(RingError::Unmapped { what, addr })
         };
         Ok(Ring {
