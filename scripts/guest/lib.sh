@@ -2,7 +2,8 @@
 # Helpers for the guest scenarios (busybox sh; sourced by run.sh). dash-compatible apart from read -t.
 #
 # Naming: a "function" is pf, vf0, vf1, ... Each function's netdev is moved into a network namespace
-# of the same name, renamed net0, and gets the address 10.77.0.1 (pf) or 10.77.0.<K+2> (vfK).
+# of the same name, renamed net0, and gets its address from fn_ip in 10.77.0.0/16: 10.77.0.1 for
+# the PF, 10.77.0.<K+2> for VF K up to VF 248, then 10.77.1.1 on (VF 254: 10.77.1.6).
 # iproute2's ip is installed as "xip": busybox ip cannot move links between namespaces.
 
 FAILED=0
@@ -133,11 +134,18 @@ fn_dir() {
     esac
 }
 
+# The functions' subnet, and an address in it that no function has (the ARP target of scenario d).
+NET_PREFIX=16
+UNUSED_IP=10.77.255.254
+
+# fn_ip FN: function index n (pf 0, vfK K+1) -> 10.77.<n / 250>.<n % 250 + 1>: no octet beyond 250.
 fn_ip() {
+    local _n
     case $1 in
-        pf) echo 10.77.0.1 ;;
-        vf*) echo "10.77.0.$((${1#vf} + 2))" ;;
+        pf) _n=0 ;;
+        vf*) _n=$((${1#vf} + 1)) ;;
     esac
+    echo "10.77.$((_n / 250)).$((_n % 250 + 1))"
 }
 
 # fn_mac FN: expected MAC of function FN, from sriovnet_macs (PF first, then VF0..).
@@ -232,7 +240,7 @@ into_ns() {
     ns_exists "$1" || xip netns add "$1" || fail "ip netns add $1 failed" || return 1
     xip link set dev "$_if" netns "$1" || fail "$1: cannot move $_if into netns $1" || return 1
     xip -n "$1" link set dev "$_if" name net0 || fail "$1: rename failed" || return 1
-    xip -n "$1" addr add "$(fn_ip "$1")/24" dev net0 || fail "$1: addr add failed" || return 1
+    xip -n "$1" addr add "$(fn_ip "$1")/$NET_PREFIX" dev net0 || fail "$1: addr add failed" || return 1
     xip -n "$1" link set dev net0 up || fail "$1: link up failed" || return 1
     xip -n "$1" link set dev lo up
     return 0

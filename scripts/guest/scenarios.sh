@@ -72,7 +72,7 @@ scen_d_broadcast() {
     tx0=$(nstat vf1 tx_packets)
     snap d-start
     # No reply is expected: arping's exit status is meaningless here.
-    xip netns exec vf1 arping -c "$E2E_PINGS" -w $((E2E_PINGS + 5)) -I net0 10.77.0.250 >/dev/null 2>&1
+    xip netns exec vf1 arping -c "$E2E_PINGS" -w $((E2E_PINGS + 5)) -I net0 "$UNUSED_IP" >/dev/null 2>&1
     snap d-end
     tx1=$(nstat vf1 tx_packets)
     [ $((tx1 - tx0)) -ge "$E2E_PINGS" ] || fail "vf1 sent $((tx1 - tx0)) packets, expected >= $E2E_PINGS" || return 1
