@@ -12,8 +12,8 @@
 #
 # Environment:
 #   E2E_RESULTS        results directory
-#   E2E_BIN            daemon binary (default target/release/vhost-user-sriov-net; built with
-#                      `cargo build --release` if missing)
+#   E2E_BIN            daemon binary (default ${CARGO_TARGET_DIR:-target}/release/vhost-user-sriov-net;
+#                      built with `cargo build --release` if missing)
 #   E2E_VFS            --vfs for the daemon (default: the daemon's default)
 #   E2E_CONFIG         --config FILE for the daemon and qemu-args
 #   E2E_MEMORY         guest memory for qemu-args --memory (default 512M)
@@ -23,16 +23,26 @@
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option)
+#   E2E_LIBVIRT        1: start the guest as a transient libvirt domain made from
+#                      `qemu-args --libvirt` (installs libvirt's Debian packages if missing, starts
+#                      libvirtd and virtlogd for the run if none answers, runs the daemon as QEMU's
+#                      user libvirt-qemu). Exits 77 if that user cannot reach QEMU or the guest files.
 #   E2E_STANDIN        DEVELOPER OPTION ONLY: "hubport" runs the guest without the daemon, every
 #                      function on a QEMU hub; host-side checks are skipped. Never used by CI.
+#   E2E_QEMU           QEMU binary (default: the provisioned wrapper, .cache/bin/qemu-system-x86_64)
+#   E2E_KERNEL         guest kernel (default: the provisioned Debian 6.12 kernel)
+#   E2E_INITRD         guest initramfs (default: the provisioned one, built from scripts/guest/)
+#                      These three win over the provisioned paths in $SRIOV_NET_CACHE/e2e.env.
 #   SRIOV_NET_CACHE    provisioning cache (see scripts/provision.sh)
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/e2e_env.sh
+. "$REPO/scripts/e2e_env.sh"
 CACHE=${SRIOV_NET_CACHE:-$REPO/.cache}
 export SRIOV_NET_CACHE=$CACHE
 RESULTS=${E2E_RESULTS:-$REPO/results/e2e-$(date +%Y%m%d-%H%M%S)}
-BIN=${E2E_BIN:-$REPO/target/release/vhost-user-sriov-net}
+BIN=${E2E_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/vhost-user-sriov-net}
 VFS_OPT=${E2E_VFS:-}
 CONFIG=${E2E_CONFIG:-}
 MEMORY=${E2E_MEMORY:-512M}
@@ -43,6 +53,7 @@ READY_TIMEOUT=${E2E_READY_TIMEOUT:-30}
 ACCEL=${E2E_ACCEL:-auto}
 ONLY=${E2E_ONLY:-abcdefgh}
 STANDIN=${E2E_STANDIN:-}
+LIBVIRT=${E2E_LIBVIRT:-0}
 PY=${PYTHON:-python3}
 
 RUNDIR=
@@ -53,6 +64,15 @@ SYNC_PID=
 QEMU_PID=
 TAIL_PID=
 DAEMON_EXIT="not stopped"
+# libvirt mode (E2E_LIBVIRT=1)
+LV_PKGS=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libxml2-utils)
+LV_USER=libvirt-qemu
+LV_NAME=sriov-net-e2e-$$
+LV_RUNNING=0
+LV_LIBVIRTD_PID=
+LV_VIRTLOGD_PID=
+VIRSH=(virsh -q -c qemu:///system)
+DAEMON_AS=()
 
 say() { printf '[e2e] %s\n' "$*"; }
 die() {
@@ -85,10 +105,15 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM ALRM ERR
     stop_pid "$QEMU_PID"
+    if [ "$LV_RUNNING" = 1 ]; then
+        "${VIRSH[@]}" destroy "$LV_NAME" >/dev/null 2>&1 || true
+    fi
     stop_pid "$TAIL_PID"
     stop_pid "$SYNC_PID"
     stop_pid "$DAEMON_PID"
     stop_pid "$CHILD_PID" 1
+    stop_pid "$LV_LIBVIRTD_PID" 1
+    stop_pid "$LV_VIRTLOGD_PID" 1
     stop_pid "$WATCHDOG_PID" 1
     if [ -n "$RUNDIR" ] && [ -d "$RUNDIR" ]; then
         rm -rf --one-file-system "$RUNDIR"
@@ -182,7 +207,7 @@ start_daemon() {
     daemon_common_args
     mkdir -p "$RUNDIR/sock"
     say "starting daemon: $BIN ${DARGS[*]} --ready-file $ready"
-    RUST_LOG=${RUST_LOG:-info} "$BIN" "${DARGS[@]}" --ready-file "$ready" >"$RESULTS/daemon.log" 2>&1 &
+    RUST_LOG=${RUST_LOG:-info} "${DAEMON_AS[@]}" "$BIN" "${DARGS[@]}" --ready-file "$ready" >"$RESULTS/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
         [ -s "$ready" ] && break
@@ -210,6 +235,10 @@ daemon_setup() {
     [ -n "$VFS_OPT" ] && qa+=(--vfs "$VFS_OPT")
     [ -n "$CONFIG" ] && qa+=(--config "$CONFIG")
     timeout 30 "$BIN" "${qa[@]}" >"$RESULTS/qemu-args.txt" || die "'$BIN ${qa[*]}' failed"
+    if [ "$LIBVIRT" = 1 ]; then
+        timeout 30 "$BIN" "${qa[@]}" --libvirt >"$RESULTS/domain-generated.xml" ||
+            die "'$BIN ${qa[*]} --libvirt' failed"
+    fi
     mapfile -t QARGS <"$RESULTS/qemu-args.txt"
     [ ${#QARGS[@]} -gt 0 ] || die "qemu-args printed nothing"
     local params
@@ -256,6 +285,101 @@ final_snapshot() {
     say "daemon exit status: $DAEMON_EXIT"
 }
 
+# as_lv_user CMD...: run CMD as the user libvirt runs QEMU as.
+as_lv_user() { setpriv --reuid="$LV_USER" --regid="$(id -g "$LV_USER")" --clear-groups "$@"; }
+
+# libvirt_setup: packages, a libvirtd that answers, and QEMU's user able to reach what it needs.
+libvirt_setup() {
+    local p missing=() i f
+    for p in "${LV_PKGS[@]}"; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "libvirt: installing ${missing[*]}"
+        if ! in_background env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            "${missing[@]}" >>"$RESULTS/apt.log" 2>&1; then
+            in_background env DEBIAN_FRONTEND=noninteractive apt-get update >>"$RESULTS/apt.log" 2>&1 || true
+            in_background env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+                "${missing[@]}" >>"$RESULTS/apt.log" 2>&1 || die "apt-get install ${missing[*]} failed (see $RESULTS/apt.log)"
+        fi
+    fi
+    id -u "$LV_USER" >/dev/null 2>&1 || die "libvirt: no user $LV_USER (libvirt-daemon-system creates it)"
+    for f in "$E2E_QEMU" "$E2E_KERNEL" "$E2E_INITRD"; do
+        if ! as_lv_user test -r "$f"; then
+            say "SKIP: libvirt runs QEMU as $LV_USER, which cannot read $f (a directory above it not searchable by others?)"
+            exit 77
+        fi
+    done
+    if ! timeout 10 "${VIRSH[@]}" uri >/dev/null 2>&1; then
+        # No libvirtd answers (no systemd here): run one for this test, and virtlogd, which
+        # libvirtd hands QEMU's output to.
+        if ! pgrep -x virtlogd >/dev/null; then
+            setsid virtlogd >"$RESULTS/virtlogd.log" 2>&1 &
+            LV_VIRTLOGD_PID=$!
+        fi
+        setsid libvirtd >"$RESULTS/libvirtd.log" 2>&1 &
+        LV_LIBVIRTD_PID=$!
+        for ((i = 0; i < 300; i++)); do
+            timeout 10 "${VIRSH[@]}" uri >/dev/null 2>&1 && break
+            alive "$LV_LIBVIRTD_PID" || die "libvirtd exited (see $RESULTS/libvirtd.log)"
+            sleep 0.1
+        done
+        timeout 10 "${VIRSH[@]}" uri >/dev/null 2>&1 || die "libvirtd does not answer (see $RESULTS/libvirtd.log)"
+        say "libvirt: started libvirtd (PID $LV_LIBVIRTD_PID) for this run"
+    fi
+    # The daemon runs as QEMU's user, so QEMU may connect to its sockets.
+    mkdir -p "$RUNDIR/sock"
+    chown "$LV_USER:" "$RUNDIR" "$RUNDIR/sock"
+    chmod 755 "$RUNDIR"
+    DAEMON_AS=(setpriv --reuid="$LV_USER" --regid="$(id -g "$LV_USER")" --clear-groups)
+}
+
+# run_guest_libvirt APPEND: boot the guest as a transient domain; sets qemu_rc (0: powered off).
+run_guest_libvirt() {
+    local append=$1 lvlog=/var/log/libvirt/qemu/$LV_NAME.log st reason qpid deadline
+    local accel=tcg
+    [ "${ACCEL_ARGS[1]}" = kvm ] && accel=kvm
+    "$PY" "$REPO/scripts/e2e_libvirt.py" --in "$RESULTS/domain-generated.xml" --out "$RESULTS/domain.xml" \
+        --name "$LV_NAME" --accel "$accel" --emulator "$E2E_QEMU" --kernel "$E2E_KERNEL" \
+        --initrd "$E2E_INITRD" --append "$append" --console "$RESULTS/console.log" \
+        --sync "$RUNDIR/sync.sock" || die "scripts/e2e_libvirt.py failed"
+    virt-xml-validate "$RESULTS/domain.xml" domain >/dev/null || die "$RESULTS/domain.xml does not validate"
+    # QEMU (as $LV_USER) connects to the checkpoint socket.
+    chown "$LV_USER:" "$RUNDIR/sync.sock"
+    rm -f "$lvlog"
+    say "booting the guest as libvirt domain $LV_NAME (timeout ${QEMU_TIMEOUT}s)"
+    if ! timeout 120 "${VIRSH[@]}" create "$RESULTS/domain.xml" >"$RESULTS/virsh.log" 2>&1; then
+        sed 's/^/[e2e]   virsh: /' "$RESULTS/virsh.log"
+        [ -f "$lvlog" ] && cp "$lvlog" "$RESULTS/qemu.log"
+        qemu_rc=1
+        return
+    fi
+    LV_RUNNING=1
+    qpid=$(cat "/run/libvirt/qemu/$LV_NAME.pid" 2>/dev/null || true)
+    if [ -n "$qpid" ]; then
+        tail -n +1 -F --pid="$qpid" "$RESULTS/console.log" 2>/dev/null |
+            sed -u -n 's/\r$//; /^RESULT /s/^/[guest] /p' &
+        TAIL_PID=$!
+    fi
+    deadline=$((SECONDS + QEMU_TIMEOUT))
+    while st=$("${VIRSH[@]}" domstate "$LV_NAME" 2>/dev/null) && [ "$st" != "shut off" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            "${VIRSH[@]}" destroy "$LV_NAME" >/dev/null 2>&1 || true
+            qemu_rc=124
+            break
+        fi
+        sleep 0.5
+    done
+    LV_RUNNING=0
+    [ -f "$lvlog" ] && cp "$lvlog" "$RESULTS/qemu.log"
+    if [ "$qemu_rc" != 124 ]; then
+        reason=$(sed -n 's/.*shutting down, reason=\([a-z]*\).*/\1/p' "$RESULTS/qemu.log" 2>/dev/null | tail -n 1)
+        qemu_rc=1
+        [ "$reason" = shutdown ] && qemu_rc=0
+        say "domain ended (libvirt: reason=${reason:-unknown})"
+    fi
+}
+
 main() {
     local t0=$SECONDS mode=daemon qemu_rc=0 sync_args=() append
     # shellcheck disable=SC2016 # expanded by the inner bash
@@ -278,14 +402,17 @@ main() {
 
     say "provisioning (scripts/provision.sh, cache $CACHE)"
     in_background bash "$REPO/scripts/provision.sh" || die "provisioning failed (see above)"
-    # shellcheck source=/dev/null
-    . "$CACHE/e2e.env"
+    load_e2e_env "$CACHE/e2e.env"
 
     mkdir -p "$RESULTS"
     RESULTS=$(cd "$RESULTS" && pwd)
     RUNDIR=$(mktemp -d /tmp/sriov-net-e2e.XXXXXX)
     say "results: $RESULTS"
     choose_accel
+    if [ "$LIBVIRT" = 1 ]; then
+        [ "$mode" = daemon ] || die "E2E_LIBVIRT=1 needs the daemon (not E2E_STANDIN)"
+        libvirt_setup
+    fi
     say "QEMU $E2E_QEMU_VERSION, guest kernel $E2E_KERNEL_VERSION, accel: ${ACCEL_ARGS[*]}"
 
     if [ "$mode" = standin ]; then
@@ -313,19 +440,23 @@ main() {
         -kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" -append "$append"
         -chardev "file,id=con,path=$RESULTS/console.log" -serial chardev:con
         -chardev "socket,id=sync,path=$RUNDIR/sync.sock" -serial chardev:sync)
-    printf '%q ' "${qemu_cmd[@]}" >"$RESULTS/qemu-cmdline.txt"
-    echo >>"$RESULTS/qemu-cmdline.txt"
     : >"$RESULTS/console.log"
-    say "booting the guest (QEMU timeout ${QEMU_TIMEOUT}s)"
     local tq=$SECONDS
-    "${qemu_cmd[@]}" >"$RESULTS/qemu.log" 2>&1 &
-    QEMU_PID=$!
-    # Progress: the guest's RESULT lines as they come.
-    tail -n +1 -F --pid="$QEMU_PID" "$RESULTS/console.log" 2>/dev/null |
-        sed -u -n 's/\r$//; /^RESULT /s/^/[guest] /p' &
-    TAIL_PID=$!
-    wait "$QEMU_PID" || qemu_rc=$?
-    QEMU_PID=
+    if [ "$LIBVIRT" = 1 ]; then
+        run_guest_libvirt "$append"
+    else
+        printf '%q ' "${qemu_cmd[@]}" >"$RESULTS/qemu-cmdline.txt"
+        echo >>"$RESULTS/qemu-cmdline.txt"
+        say "booting the guest (QEMU timeout ${QEMU_TIMEOUT}s)"
+        "${qemu_cmd[@]}" >"$RESULTS/qemu.log" 2>&1 &
+        QEMU_PID=$!
+        # Progress: the guest's RESULT lines as they come.
+        tail -n +1 -F --pid="$QEMU_PID" "$RESULTS/console.log" 2>/dev/null |
+            sed -u -n 's/\r$//; /^RESULT /s/^/[guest] /p' &
+        TAIL_PID=$!
+        wait "$QEMU_PID" || qemu_rc=$?
+        QEMU_PID=
+    fi
     say "QEMU exited with status $qemu_rc after $((SECONDS - tq))s"
     [ "$qemu_rc" = 124 ] && say "FAIL: QEMU killed after E2E_QEMU_TIMEOUT=${QEMU_TIMEOUT}s"
     [ -s "$RESULTS/qemu.log" ] && sed 's/^/[e2e]   qemu: /' "$RESULTS/qemu.log" | tail -n 20
