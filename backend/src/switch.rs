@@ -162,7 +162,7 @@ pub struct PortView {
 }
 
 /// The data path's copy of every port's settings and the forwarding table. An admin change
-/// builds a new one; senders pick it up at their next batch (see [`Switch::view`]).
+/// builds a new one; senders pick it up at their next batch (see `Switch::view`).
 #[derive(Debug)]
 pub struct View {
     pub ports: Vec<PortView>,
