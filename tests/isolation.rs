@@ -351,7 +351,14 @@ fn connect_close_cycles_leave_fds_and_threads_where_they_were() {
     // A full negotiation first, so anything created lazily on the first connection exists.
     drop(Driver::start(&d.sock("vf0"), plain(), 1));
     d.wait_state("vf0", "waiting");
-    let (fds, thr) = (open_fds(&d), threads(&d));
+    // The baseline at rest: the control-connection thread of wait_state's `show` may still be
+    // finishing.
+    let (mut fds, mut thr) = (open_fds(&d), threads(&d));
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(50));
+        fds = fds.min(open_fds(&d));
+        thr = thr.min(threads(&d));
+    }
     for i in 0..300 {
         let s = UnixStream::connect(d.sock("vf0")).unwrap();
         drop(s);
@@ -361,13 +368,14 @@ fn connect_close_cycles_leave_fds_and_threads_where_they_were() {
     }
     d.wait_state("vf0", "waiting");
     let t = std::time::Instant::now();
-    while (open_fds(&d), threads(&d)) != (fds, thr) && t.elapsed() < Duration::from_secs(10) {
+    while (open_fds(&d) > fds || threads(&d) > thr) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        (open_fds(&d), threads(&d)),
-        (fds, thr),
-        "fds and threads back to where they were"
+    let now = (open_fds(&d), threads(&d));
+    assert!(
+        now.0 <= fds && now.1 <= thr,
+        "fds and threads back to where they were: {now:?}, before {:?}",
+        (fds, thr)
     );
     assert_eq!(d.partition("vf0")["connects"], 307);
     drop(Driver::start(&d.sock("vf0"), plain(), 1));
