@@ -43,11 +43,11 @@ import os
 import re
 import sys
 
-IDS = "abcdefgh"
+IDS = "abcdefghi"
 DROPS = ("drop_no_rx_buffer", "drop_spoofed_source", "drop_unknown_destination",
          "drop_destination_down", "drop_malformed_chain")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-RESULT_RE = re.compile(r"RESULT ([a-h]) (PASS|FAIL)\b ?(.*)$")
+RESULT_RE = re.compile(r"RESULT ([a-i]) (PASS|FAIL)\b ?(.*)$")
 
 
 class CheckError(Exception):
@@ -138,8 +138,8 @@ class Run:
         except (OSError, ValueError) as err:
             raise CheckError(f"snapshot {name} unreadable: {err}") from err
 
-    def pair(self, name):
-        start, end = self.snap(f"{name}-start"), self.snap(f"{name}-end")
+    def pair(self, name, first=None):
+        start, end = self.snap(first or f"{name}-start"), self.snap(f"{name}-end")
         for n in ["pf"] + self.vfs:
             if n not in start or n not in end:
                 raise CheckError(f"partition {n} missing from the {name} snapshots")
@@ -243,6 +243,26 @@ def host_g(run):
     return "only vf0 started"
 
 
+def host_i(run):
+    down = run.snap("i-down")
+    p = down["vf0"]
+    need(p.get("link") == "down", f"vf0 link {p.get('link')!r} while disabled, expected down")
+    # QEMU stops a NIC's vhost rings when its link goes down (set_link).
+    need(p["state"] == "stopped", f"vf0 state {p['state']} while its link is down, expected stopped")
+    vl = run.snap("i-vlan")
+    for n, want in (("vf0", 10), ("vf1", 10), ("vf2", 20)):
+        need(vl[n].get("vlan") == want, f"{n} vlan {vl[n].get('vlan')}, expected {want}")
+    s, e = run.pair("i", first="i-vlan")
+    for n in ("vf0", "vf1"):
+        d = delta(s, e, n, "rx_packets")
+        need(d >= run.pings, f"{n} rx_packets +{d} on VLAN 10, expected >= {run.pings}")
+    d = delta(s, e, "vf2", "tx_packets")
+    need(d >= 1, f"vf2 tx_packets +{d}: it never tried")
+    d = delta(s, e, "vf2", "rx_packets")
+    need(d == 0, f"vf2 rx_packets +{d}: VLAN 20 heard VLAN 10")
+    return "vf0 stopped and link down while disabled; VLAN 10 traffic, vf2 (VLAN 20) heard nothing"
+
+
 def console_end(run):
     """h's QEMU/console part (also in stand-in mode)."""
     rc = run.args.qemu_rc
@@ -269,7 +289,7 @@ def host_h(run):
 
 
 HOST_CHECKS = {"a": host_a, "b": host_b, "c": host_c, "d": host_d, "e": host_e, "f": host_f,
-               "g": host_g, "h": host_h}
+               "g": host_g, "h": host_h, "i": host_i}
 
 
 def read_console(d):
@@ -357,7 +377,7 @@ def cmd_report(args):
         lines.append("!" * 78)
     if args.only != IDS:
         lines.append(f"!! PARTIAL RUN: only scenarios {args.only} (E2E_ONLY)")
-    # A Markdown table: rows start with "| <id> " (scripts/test.sh counts "^| *[a-h] .*PASS").
+    # A Markdown table: rows start with "| <id> " (scripts/test.sh counts "^| *[a-i] .*PASS").
     lines.append("| scenario | result | detail |")
     lines.append("|----------|--------|--------|")
     for r in rows:

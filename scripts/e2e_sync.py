@@ -7,6 +7,9 @@ socket this helper listens on. Protocol, one line each way:
     guest -> host   SNAP <name>          (name: [A-Za-z0-9._-]+)
     host -> guest   ACK <name>           snapshot saved as <results>/snap-<name>.json
                     NAK <name> <reason>  snapshot failed (the guest goes on; the check reports it)
+    guest -> host   CTL <name> <words>   run `<daemon> ctl --socket-dir DIR <words>` (the operator's
+                                         side of an admin scenario; words: [A-Za-z0-9._:]+)
+    host -> guest   ACK <name> / NAK <name> <reason>, as for SNAP
 
 For every SNAP the helper runs `<daemon> ctl --socket-dir DIR show -j` and saves its JSON output
 (checked to parse) atomically. With --standin there is no daemon: every SNAP is acknowledged without
@@ -27,6 +30,7 @@ import sys
 import time
 
 SNAP_RE = re.compile(rb"SNAP ([A-Za-z0-9._-]{1,64})\s*$")
+CTL_RE = re.compile(rb"CTL ([A-Za-z0-9._-]{1,64})((?: [A-Za-z0-9._:]{1,32}){1,24})\s*$")
 T0 = time.monotonic()
 
 
@@ -60,6 +64,23 @@ def take_snapshot(args, name):
     return None
 
 
+def run_ctl(args, words):
+    """Run one ctl command for the guest; returns None on success or a short reason."""
+    if args.standin:
+        return None
+    cmd = [args.ctl, "ctl", "--socket-dir", args.socket_dir] + words
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=args.ctl_timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"ctl timed out after {args.ctl_timeout}s"
+    except OSError as err:
+        return f"cannot run ctl: {err}"
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        return f"ctl exit {proc.returncode}: {err[-1] if err else ''}"
+    return None
+
+
 def serve(args, conn):
     buf = b""
     seen = set()
@@ -72,6 +93,14 @@ def serve(args, conn):
         while b"\n" in buf:
             raw, buf = buf.split(b"\n", 1)
             line = raw.replace(b"\r", b"").replace(b"\0", b"")
+            c = CTL_RE.search(line)
+            if c:
+                name, words = c.group(1).decode(), c.group(2).decode().split()
+                reason = run_ctl(args, words)
+                log(f"CTL {name}: ctl {' '.join(words)}: {'ok' if reason is None else reason}")
+                reply = f"ACK {name}\n" if reason is None else f"NAK {name} {reason}\n"
+                conn.sendall(reply.encode())
+                continue
             m = SNAP_RE.search(line)
             if not m:
                 if line.strip():

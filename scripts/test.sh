@@ -98,7 +98,7 @@ if [[ "${SKIP_E2E:-0}" == 1 ]]; then
 else
     step "guest end-to-end (QEMU composable SR-IOV over the daemon), event-driven"
     scripts/e2e.sh | tee /tmp/sriov-net-e2e.log
-    e2e_passed=$(grep -c '^| *[a-h] .*PASS' /tmp/sriov-net-e2e.log || true)
+    e2e_passed=$(grep -c '^| *[a-i] .*PASS' /tmp/sriov-net-e2e.log || true)
     # Again with the busy-poll thread: a Linux guest negotiates EVENT_IDX, so this covers queues
     # going back to kicks (avail_event re-armed) and being handed to the poller again.
     step "guest end-to-end, busy-poll (poll_us = 50)"
@@ -106,7 +106,7 @@ else
     printf 'poll_us = 50\n' >"$poll_cfg"
     E2E_CONFIG=$poll_cfg scripts/e2e.sh | tee /tmp/sriov-net-e2e-poll.log
     rm -f "$poll_cfg"
-    e2e_passed=$((e2e_passed + $(grep -c '^| *[a-h] .*PASS' /tmp/sriov-net-e2e-poll.log || true)))
+    e2e_passed=$((e2e_passed + $(grep -c '^| *[a-i] .*PASS' /tmp/sriov-net-e2e-poll.log || true)))
     # The same guest as a libvirt domain made from `qemu-args --libvirt` (libvirt's own root
     # ports and default devices next to the NIC's).
     if [[ "${SKIP_LIBVIRT:-0}" == 1 ]]; then
@@ -120,7 +120,7 @@ else
         elif [[ $lv_rc != 0 ]]; then
             exit "$lv_rc"
         else
-            e2e_passed=$((e2e_passed + $(grep -c '^| *[a-h] .*PASS' /tmp/sriov-net-e2e-libvirt.log || true)))
+            e2e_passed=$((e2e_passed + $(grep -c '^| *[a-i] .*PASS' /tmp/sriov-net-e2e-libvirt.log || true)))
         fi
     fi
 fi

@@ -75,6 +75,27 @@ snap() {
     return 1
 }
 
+# hostctl NAME WORDS...: the host runs `ctl WORDS` on the daemon (the operator's side of an
+# admin scenario) and answers ACK NAME once it is done. Needs the sync channel.
+hostctl() {
+    local _name=$1
+    shift
+    [ "$SYNC_OK" = 1 ] || { log "hostctl $_name: no host channel"; return 1; }
+    echo "CTL $_name $*" >&3
+    # shellcheck disable=SC3045 # busybox ash has read -t
+    while read -r -t "$SNAP_TIMEOUT" _line <&3; do
+        case $_line in
+            "ACK $_name") return 0 ;;
+            "NAK $_name"*)
+                log "hostctl $_name refused: $_line"
+                return 1
+                ;;
+        esac
+    done
+    log "hostctl $_name: no answer from host"
+    return 1
+}
+
 # ------------------------------------------------------------------ PCI / netdev helpers
 
 # find_pf: set PF to the sysfs dir of the virtio-net PF (1af4:1041 with SR-IOV capability).

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs the guest scenarios (ids a..h) in order; started by /init. See scenarios.sh.
+# Runs the guest scenarios (ids a..i; h, the power-off, last) in order; started by /init. See scenarios.sh.
 # shellcheck source=/dev/null
 . /e2e/lib.sh
 # shellcheck source=/dev/null
@@ -17,6 +17,7 @@ run_scenario d scen_d_broadcast
 run_scenario e scen_e_cycles
 run_scenario f scen_f_ebusy
 run_scenario g scen_g_autoprobe
+run_scenario i scen_i_admin
 run_scenario h scen_h_end
 
 if [ "$FAILED" != 0 ]; then

@@ -1,5 +1,5 @@
 # shellcheck shell=dash
-# Guest scenarios a..h (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
+# Guest scenarios a..i (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
 # DETAIL. "snap NAME" marks a host checkpoint: the runner saves the daemon's state as
 # results/snap-NAME.json while the guest waits; scripts/e2e_check.py compares the snapshots:
 #
@@ -10,6 +10,8 @@
 #   e-start/end  around two N -> 0 -> N cycles (e: each VF starts +2, stops +2)
 #   f-start/end  around the refused N -> M     (f: no start/stop anywhere)
 #   g-start/end  around autoprobe=0 + bind VF0 (g: only VF0 started)
+#   i-start/down/vlan/end  around ctl state disable/enable and port VLANs (i: VF0 stopped while
+#                down, VF2 on VLAN 20 heard nothing)
 #   (after QEMU exits the runner takes "final": every partition waiting, daemon alive)
 
 # a: the PF is there, bound to virtio-pci, with the expected MAC, sriov_totalvfs = N and no VFs yet.
@@ -157,6 +159,49 @@ scen_g_autoprobe() {
     ping_check pf vf0 || return 1
     snap g-end
     DETAIL="VFs unbound with autoprobe=0, only vf0 bound via driver_override, $PING_DETAIL"
+}
+
+# carrier_is FN 0|1: FN's net0 reports that carrier.
+carrier_is() { [ "$(xip netns exec "$1" cat /sys/class/net/net0/carrier 2>/dev/null)" = "$2" ]; }
+
+# i: per-VF administration from the host (the runner runs `ctl` for the guest over the sync
+# channel): state disable -> the guest's VF0 loses carrier (QMP set_link), enable -> back and
+# traffic again; VF0 and VF1 on port VLAN 10 ping each other while VF2 on VLAN 20 cannot.
+scen_i_admin() {
+    local d
+    [ -n "$PF" ] || fail "no PF" || return 1
+    [ "$E2E_VFS" -ge 3 ] || fail "needs at least 3 VFs" || return 1
+    [ "$SYNC_OK" = 1 ] || fail "needs the host channel (sync)" || return 1
+    # Every VF bound again (g left autoprobe off and only VF0 bound).
+    set_numvfs 0 || fail "echo 0 > sriov_numvfs: $SET_ERR" || return 1
+    wait_for 10 check_no_vfs || fail "VFs left after numvfs=0" || return 1
+    echo 1 >"$PF/sriov_drivers_autoprobe" || fail "cannot write sriov_drivers_autoprobe" || return 1
+    set_numvfs "$E2E_VFS" || fail "echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    setup_all_ns || return 1
+    wait_for 10 carrier_is vf0 1 || fail "vf0 has no carrier to begin with" || return 1
+    snap i-start
+    hostctl i-down vf 0 state disable || fail "ctl vf 0 state disable failed" || return 1
+    wait_for 10 carrier_is vf0 0 || fail "vf0 kept its carrier after state disable" || return 1
+    snap i-down
+    hostctl i-up vf 0 state enable || fail "ctl vf 0 state enable failed" || return 1
+    wait_for 10 carrier_is vf0 1 || fail "vf0 carrier not back after state enable" || return 1
+    ping_check pf vf0 || return 1
+    hostctl i-vlan0 vf 0 vlan 10 || fail "ctl vf 0 vlan 10 failed" || return 1
+    hostctl i-vlan1 vf 1 vlan 10 || fail "ctl vf 1 vlan 10 failed" || return 1
+    hostctl i-vlan2 vf 2 vlan 20 || fail "ctl vf 2 vlan 20 failed" || return 1
+    snap i-vlan
+    ping_check vf0 vf1 || return 1
+    d=$PING_DETAIL
+    if xip netns exec vf2 ping -q -c 2 -i 0.2 -W 1 -w 3 "$(fn_ip vf0)" >/dev/null 2>&1; then
+        fail "vf2 (VLAN 20) reached vf0 (VLAN 10)"
+        return 1
+    fi
+    snap i-end
+    for k in 0 1 2; do
+        hostctl "i-clear$k" vf "$k" vlan 0 || fail "ctl vf $k vlan 0 failed" || return 1
+    done
+    DETAIL="vf0 carrier lost on state disable and back on enable, pf->vf0 ok; VLAN 10: $d, VLAN 20 vf2->vf0 refused"
 }
 
 # h: the end: report, then /init powers off (the host checks the daemon afterwards).
