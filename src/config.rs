@@ -19,6 +19,56 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 pub const DEFAULT_MTU: u16 = 1500;
 /// Upper bound of the busy-poll window: polling is a bounded trade, not a spinning core.
 pub const MAX_POLL_US: u32 = 10_000;
+/// Frontends (QEMU) run as the owner or in the group; nobody else.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Only the daemon's own user administers it.
+pub const DEFAULT_CONTROL_MODE: u32 = 0o600;
+
+/// A socket's permissions, applied after it is bound whatever the umask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub mode: u32,
+    /// None: the daemon's own group.
+    pub gid: Option<u32>,
+}
+
+fn parse_mode(field: &str, s: &str) -> Result<u32, ConfigError> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| invalid(field, format!("{s:?} is not an octal mode like 0660")))?;
+    if m > 0o777 {
+        return Err(invalid(field, format!("{s} has bits beyond 0777")));
+    }
+    Ok(m)
+}
+
+/// A group by name (getgrnam) or number.
+fn parse_group(field: &str, s: &str) -> Result<u32, ConfigError> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| invalid(field, "group name has a NUL"))?;
+    // SAFETY: a valid C string; the result is read at once, before any other getgr* call in
+    // this thread (config is resolved before threads start).
+    let g = unsafe { libc::getgrnam(name.as_ptr()) };
+    if g.is_null() {
+        return Err(invalid(field, format!("no group named {s:?}")));
+    }
+    // SAFETY: non-null, as checked.
+    Ok(unsafe { (*g).gr_gid })
+}
+
+fn access(
+    mode_field: &str,
+    mode: Option<&str>,
+    default: u32,
+    group_field: &str,
+    group: Option<&str>,
+) -> Result<Access, ConfigError> {
+    Ok(Access {
+        mode: mode.map_or(Ok(default), |m| parse_mode(mode_field, m))?,
+        gid: group.map(|g| parse_group(group_field, g)).transpose()?,
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -88,6 +138,13 @@ pub struct Settings {
     pub mtu: Option<u16>,
     /// Busy-poll window in microseconds after a TX queue runs dry; 0 = event-driven.
     pub poll_us: Option<u32>,
+    /// Mode of the PF and VF sockets, octal ("0660"); the control socket has its own.
+    pub socket_mode: Option<String>,
+    /// Group (name or number) given the PF and VF sockets, e.g. the one QEMU runs as.
+    pub socket_group: Option<String>,
+    /// Mode of control.sock: administering VFs is a different right from being a frontend.
+    pub control_mode: Option<String>,
+    pub control_group: Option<String>,
     pub pf: Option<PartitionOverride>,
     /// Keyed by VF index as a string: `[vf.0]`, `[vf.1]`, ...
     pub vf: Option<BTreeMap<String, PartitionOverride>>,
@@ -116,6 +173,10 @@ impl Settings {
             queue_size,
             mtu,
             poll_us,
+            socket_mode,
+            socket_group,
+            control_mode,
+            control_group,
             pf,
             vf,
         } = other;
@@ -127,6 +188,10 @@ impl Settings {
             queue_size: queue_size.or(self.queue_size),
             mtu: mtu.or(self.mtu),
             poll_us: poll_us.or(self.poll_us),
+            socket_mode: socket_mode.or(self.socket_mode),
+            socket_group: socket_group.or(self.socket_group),
+            control_mode: control_mode.or(self.control_mode),
+            control_group: control_group.or(self.control_group),
             pf: pf.or(self.pf),
             vf: vf.or(self.vf),
         }
@@ -138,6 +203,9 @@ impl Settings {
 pub struct Config {
     pub socket_dir: PathBuf,
     pub poll_us: u32,
+    /// Who may connect to the PF and VF sockets, and to control.sock.
+    pub data_access: Access,
+    pub control_access: Access,
     /// Index 0 is the PF, then VF 0..n.
     pub partitions: Vec<(Role, PartitionConfig)>,
     /// Each partition's admin settings at start (same index), already validated.
@@ -164,6 +232,20 @@ impl Config {
                 format!("{poll_us} is above the maximum of {MAX_POLL_US}"),
             ));
         }
+        let data_access = access(
+            "socket_mode",
+            s.socket_mode.as_deref(),
+            DEFAULT_SOCKET_MODE,
+            "socket_group",
+            s.socket_group.as_deref(),
+        )?;
+        let control_access = access(
+            "control_mode",
+            s.control_mode.as_deref(),
+            DEFAULT_CONTROL_MODE,
+            "control_group",
+            s.control_group.as_deref(),
+        )?;
         let base = s.base_mac.unwrap_or(DEFAULT_BASE_MAC);
         check_unicast("base_mac", base)?;
         let global = PartitionOverride {
@@ -245,6 +327,8 @@ impl Config {
         }
         Ok(Config {
             poll_us,
+            data_access,
+            control_access,
             socket_dir: s
                 .socket_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR)),
@@ -375,6 +459,43 @@ mod tests {
         assert_eq!(c.partitions[2].1.queue_pairs, 1);
         assert_eq!(c.partitions[2].1.queue_size, 1024);
         assert_eq!(c.partitions[2].1.mtu, 9000);
+    }
+
+    #[test]
+    fn socket_access_is_parsed_and_checked() {
+        let c = Config::resolve(Settings::default()).unwrap();
+        assert_eq!((c.data_access.mode, c.control_access.mode), (0o660, 0o600));
+        let s: Settings = toml::from_str(
+            "socket_mode = \"0666\"\nsocket_group = \"root\"\ncontrol_group = \"0\"",
+        )
+        .unwrap();
+        let c = Config::resolve(s).unwrap();
+        assert_eq!(
+            c.data_access,
+            Access {
+                mode: 0o666,
+                gid: Some(0)
+            }
+        );
+        assert_eq!(c.control_access.gid, Some(0));
+        for (bad, needle) in [
+            (
+                "socket_mode = \"rw\"",
+                "socket_mode: \"rw\" is not an octal mode",
+            ),
+            (
+                "control_mode = \"1777\"",
+                "control_mode: 1777 has bits beyond 0777",
+            ),
+            (
+                "socket_group = \"no-such-group-here\"",
+                "socket_group: no group named",
+            ),
+        ] {
+            let s: Settings = toml::from_str(bad).unwrap();
+            let e = Config::resolve(s).unwrap_err().to_string();
+            assert!(e.starts_with(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! Protocol version 1 (documented in README). A bad request gets an error reply; the
 //! connection and the daemon carry on.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backend::admin::{AdminChange, VlanProto};
 use backend::partition::{Partition, Role};
@@ -37,23 +38,46 @@ pub struct DaemonInfo {
     pub poll_us: u32,
 }
 
+/// Connections served at once; more are refused with an error line (each costs a thread).
+pub const MAX_CONNECTIONS: usize = 16;
+/// A whole request line must arrive within this long of its first byte.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// A connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub fn spawn(
     listener: UnixListener,
     switch: Arc<Switch>,
     info: DaemonInfo,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     let info = Arc::new(info);
+    let open = Arc::new(AtomicUsize::new(0));
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => {
-                        let (sw, info) = (switch.clone(), info.clone());
-                        let spawned = thread::Builder::new()
-                            .name("control-conn".into())
-                            .spawn(move || serve_conn(stream, &sw, &info));
+                    Ok(mut stream) => {
+                        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                            open.fetch_sub(1, Ordering::AcqRel);
+                            log::warn!(
+                                "control: refused a connection: {MAX_CONNECTIONS} already open"
+                            );
+                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                            let msg = format!("too many control connections ({MAX_CONNECTIONS})");
+                            let _ = writeln!(stream, "{}", error_reply(PROTOCOL_VERSION, &msg));
+                            continue;
+                        }
+                        let (sw, info, open2) = (switch.clone(), info.clone(), open.clone());
+                        let spawned =
+                            thread::Builder::new()
+                                .name("control-conn".into())
+                                .spawn(move || {
+                                    serve_conn(stream, &sw, &info);
+                                    open2.fetch_sub(1, Ordering::AcqRel);
+                                });
                         if let Err(e) = spawned {
+                            open.fetch_sub(1, Ordering::AcqRel);
                             log::warn!("control: cannot start connection thread: {e}");
                         }
                     }
@@ -63,31 +87,76 @@ pub fn spawn(
         })
 }
 
-fn serve_conn(stream: UnixStream, switch: &Switch, info: &DaemonInfo) {
-    // A silent client must not pin a thread forever.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
+/// Why a request line could not be read.
+enum LineError {
+    /// The peer closed, or stayed silent past [`IDLE_TIMEOUT`]: just close.
+    Gone,
+    /// Longer than [`MAX_REQUEST`], or not complete within [`REQUEST_DEADLINE`]: say so, close.
+    Refused(String),
+}
+
+/// Reads one request line. Waiting for a request is bounded by [`IDLE_TIMEOUT`]; once its first
+/// byte came, the whole line by [`REQUEST_DEADLINE`], however the bytes trickle in.
+fn read_request(stream: &mut UnixStream, pending: &mut Vec<u8>) -> Result<Vec<u8>, LineError> {
+    let mut started: Option<Instant> = (!pending.is_empty()).then(Instant::now);
+    let idle_since = Instant::now();
     loop {
-        let mut line = String::new();
-        let n = match (&mut reader).take(MAX_REQUEST + 1).read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let reply = if n as u64 > MAX_REQUEST {
-            error_reply(
-                PROTOCOL_VERSION,
-                &format!("request longer than {MAX_REQUEST} bytes"),
-            )
-        } else {
-            handle(line.trim(), switch, info)
-        };
-        if writeln!(writer, "{reply}").is_err() {
-            return;
+        if let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let rest = pending.split_off(i + 1);
+            let line = std::mem::replace(pending, rest);
+            return Ok(line);
         }
-        if n as u64 > MAX_REQUEST {
+        if pending.len() as u64 > MAX_REQUEST {
+            return Err(LineError::Refused(format!(
+                "request longer than {MAX_REQUEST} bytes"
+            )));
+        }
+        let left = match started {
+            Some(t) => REQUEST_DEADLINE.checked_sub(t.elapsed()),
+            None => IDLE_TIMEOUT.checked_sub(idle_since.elapsed()),
+        };
+        let Some(left) = left.filter(|d| !d.is_zero()) else {
+            return match started {
+                Some(_) => Err(LineError::Refused(format!(
+                    "request not complete within {REQUEST_DEADLINE:?}"
+                ))),
+                None => Err(LineError::Gone),
+            };
+        };
+        let _ = stream.set_read_timeout(Some(left));
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(LineError::Gone),
+            Ok(n) => {
+                started.get_or_insert_with(Instant::now);
+                pending.extend_from_slice(&buf[..n]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return Err(LineError::Gone),
+        }
+    }
+}
+
+fn serve_conn(mut stream: UnixStream, switch: &Switch, info: &DaemonInfo) {
+    // A reader that never reads its replies must not pin the thread either.
+    let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
+    let mut pending = Vec::new();
+    loop {
+        let reply = match read_request(&mut stream, &mut pending) {
+            Ok(line) => handle(String::from_utf8_lossy(&line).trim(), switch, info),
+            Err(LineError::Gone) => return,
+            Err(LineError::Refused(why)) => {
+                let _ = writeln!(stream, "{}", error_reply(PROTOCOL_VERSION, &why));
+                return;
+            }
+        };
+        if writeln!(stream, "{reply}").is_err() {
             return;
         }
     }

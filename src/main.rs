@@ -62,6 +62,18 @@ struct ConfigArgs {
     /// kick wakes the partition's worker; idle partitions cost nothing either way]
     #[arg(long, value_name = "US")]
     poll_us: Option<u32>,
+    /// Mode of the PF and VF sockets, octal [default: 0660]
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
+    /// Group of the PF and VF sockets (name or number), e.g. the one QEMU runs as
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Mode of control.sock, octal [default: 0600, owner only]
+    #[arg(long, value_name = "MODE")]
+    control_mode: Option<String>,
+    /// Group of control.sock (name or number)
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +271,10 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
         queue_size: a.queue_size,
         mtu: a.mtu,
         poll_us: a.poll_us,
+        socket_mode: a.socket_mode.clone(),
+        socket_group: a.socket_group.clone(),
+        control_mode: a.control_mode.clone(),
+        control_group: a.control_group.clone(),
         pf: None,
         vf: None,
     };
@@ -348,15 +364,32 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         .collect();
     let control_path = dir.join("control.sock");
     paths.push(control_path.clone());
-    let mut listeners = match server::bind_all(&paths) {
+    // Sockets are born owner-only (whatever the umask) and opened up as configured after.
+    // SAFETY: umask has no memory effects; no other thread runs yet.
+    let old_umask = unsafe { libc::umask(0o177) };
+    let bound = server::bind_all(&paths);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_umask) };
+    let mut listeners = match bound {
         Ok(l) => l,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
     // From here on, a failed start takes its sockets with it.
     let abort = |code: u8, msg: &dyn std::fmt::Display| {
         server::remove_all(&paths);
+        let _ = std::fs::remove_dir_all(server::internal_dir(dir));
         fail(code, msg)
     };
+    for (i, p) in paths.iter().enumerate() {
+        let access = if i + 1 == paths.len() {
+            cfg.control_access
+        } else {
+            cfg.data_access
+        };
+        if let Err(e) = server::apply_access(p, access) {
+            return abort(EXIT_BAD_INPUT, &e);
+        }
+    }
     let Some(control) = listeners.pop() else {
         return abort(1, &"no control socket bound");
     };
@@ -372,10 +405,23 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
             Err(e) => return abort(1, &format!("cannot start the polling thread: {e}")),
         },
     };
+    let internal = match server::prepare_internal_dir(dir) {
+        Ok(d) => d,
+        Err(e) => return abort(EXIT_BAD_INPUT, &e),
+    };
+    let mut acceptor = match server::Acceptor::new() {
+        Ok(a) => a,
+        Err(e) => return abort(1, &format!("cannot start the acceptor: {e}")),
+    };
     for (p, l) in switch.partitions().iter().zip(listeners) {
-        if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), poller.clone(), l) {
+        let started =
+            acceptor.add_partition(p.clone(), switch.clone(), poller.clone(), l, &internal);
+        if let Err(e) = started {
             return abort(1, &format!("cannot start thread for {}: {e}", p.name()));
         }
+    }
+    if let Err(e) = acceptor.spawn() {
+        return abort(1, &format!("cannot start the acceptor: {e}"));
     }
     let info = control::DaemonInfo {
         socket_dir: cfg.socket_dir.clone(),
@@ -408,6 +454,7 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
     let name = sig.and_then(signal_hook::low_level::signal_name);
     log::info!("{}: shutting down", name.unwrap_or("signal handling ended"));
     server::remove_all(&paths);
+    let _ = std::fs::remove_dir_all(server::internal_dir(dir));
     if let Some(f) = ready_file {
         let _ = std::fs::remove_file(f);
     }

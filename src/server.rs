@@ -4,12 +4,11 @@
 //! device, while the listening socket stays bound (no window where the file is missing).
 
 use std::io;
-use std::os::linux::net::SocketAddrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use backend::poller::Poller;
 use backend::switch::Switch;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::shim;
 
@@ -34,6 +34,21 @@ pub enum SetupError {
     Stale { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error("cannot set the mode or group of {path}: {source}")]
+    Access { path: PathBuf, source: io::Error },
+}
+
+/// Gives a bound socket its configured mode and group.
+pub fn apply_access(path: &Path, access: crate::config::Access) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| SetupError::Access {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode)).map_err(err)
 }
 
 /// Makes sure `dir` exists and is writable by us.
@@ -102,51 +117,216 @@ pub fn remove_all(paths: &[PathBuf]) {
     }
 }
 
-/// Serves one partition on `listener` forever: one frontend at a time, any number in turn.
-pub fn spawn_partition(
-    partition: Arc<Partition>,
-    switch: Arc<Switch>,
-    poller: Option<Arc<Poller>>,
-    listener: UnixListener,
-) -> io::Result<thread::JoinHandle<()>> {
-    let listener = Listener::from(listener);
-    let name = partition.name();
-    // The framework accepts from a private abstract-namespace socket (no file on disk); the
-    // public socket's connections reach it through the message pump (see shim.rs).
-    let addr = SocketAddr::from_abstract_name(format!(
-        "vhost-user-sriov-net/{}/{}/{name}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ))?;
-    let mut internal = Listener::from(UnixListener::bind_addr(&addr)?);
-    thread::Builder::new()
-        .name(format!("serve-{name}"))
-        .spawn(move || {
-            let device = NetDevice::new(partition, switch, poller);
-            loop {
-                if let Err(e) = serve_one(&device, &listener, &mut internal, &addr) {
-                    log::error!("{name}: {e}; retrying");
-                    thread::sleep(Duration::from_millis(200));
-                }
-            }
-        })
+/// Where the framework's private sockets live: `DIR/.internal`, mode 0700, so only the daemon's
+/// user can reach the vhost-user handler directly (an abstract socket would let any local user
+/// queue a connection the handler then takes for the frontend's).
+pub fn internal_dir(socket_dir: &Path) -> PathBuf {
+    socket_dir.join(".internal")
 }
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
+/// Creates [`internal_dir`] afresh, owner-only.
+pub fn prepare_internal_dir(socket_dir: &Path) -> Result<PathBuf, SetupError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let d = internal_dir(socket_dir);
+    let err = |source| SetupError::Dir {
+        path: d.clone(),
+        source,
+    };
+    match std::fs::remove_dir_all(&d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&d)
+        .map_err(err)?;
+    Ok(d)
+}
+
+/// The frontend a partition's serve thread is to take next, handed over by the [`Acceptor`].
+#[derive(Default)]
+struct Slot {
+    next: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    frontend: Option<UnixStream>,
+    /// A frontend is waiting in `frontend` or being served: another one is refused.
+    busy: bool,
+}
+
+/// One thread that accepts on every partition's socket. A partition takes one frontend at a
+/// time; a second one is refused at once and logged (it would otherwise wait in the backlog
+/// and take the VF over when the first one leaves). Every peer's credentials are logged.
+pub struct Acceptor {
+    epoll: Epoll,
+    ports: Vec<(String, UnixListener, Arc<Slot>)>,
+}
+
+impl Acceptor {
+    pub fn new() -> io::Result<Acceptor> {
+        Ok(Acceptor {
+            epoll: Epoll::new()?,
+            ports: Vec::new(),
+        })
+    }
+
+    /// Serves `partition` on `listener` (one frontend at a time, any number in turn), with its
+    /// framework socket in `internal` (see [`internal_dir`]).
+    pub fn add_partition(
+        &mut self,
+        partition: Arc<Partition>,
+        switch: Arc<Switch>,
+        poller: Option<Arc<Poller>>,
+        listener: UnixListener,
+        internal: &Path,
+    ) -> io::Result<thread::JoinHandle<()>> {
+        let name = partition.name();
+        listener.set_nonblocking(true)?;
+        let token = self.ports.len() as u64;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+        let slot = Arc::new(Slot::default());
+        self.ports.push((name.clone(), listener, slot.clone()));
+        let path = internal.join(format!("{name}.sock"));
+        let mut internal = Listener::from(UnixListener::bind(&path)?);
+        thread::Builder::new()
+            .name(format!("serve-{name}"))
+            .spawn(move || {
+                let device = NetDevice::new(partition, switch, poller);
+                loop {
+                    let frontend = slot.take();
+                    if let Err(e) = serve_one(&device, frontend, &slot, &mut internal, &path) {
+                        slot.release();
+                        log::error!("{name}: {e}; retrying");
+                        thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            })
+    }
+
+    pub fn spawn(self) -> io::Result<thread::JoinHandle<()>> {
+        thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let mut events = vec![EpollEvent::default(); self.ports.len().max(1)];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("acceptor: epoll failed: {e}");
+                    thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+            for ev in &events[..n] {
+                if let Some((name, listener, slot)) = self.ports.get(ev.data() as usize) {
+                    accept_all(name, listener, slot);
+                }
+            }
+        }
+    }
+}
+
+fn accept_all(name: &str, listener: &UnixListener, slot: &Slot) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and the like: logged, and the next event tries again.
+                log::warn!("{name}: accept failed: {e}");
+                return;
+            }
+        };
+        let who = peer(&stream);
+        if let Err(e) = stream.set_nonblocking(false) {
+            log::warn!("{name}: frontend {who}: {e}; closed");
+            continue;
+        }
+        match slot.offer(stream) {
+            Ok(()) => log::info!("{name}: frontend {who} accepted"),
+            Err(refused) => {
+                log::warn!("{name}: frontend {who} refused: the partition already has a frontend");
+                drop(refused);
+            }
+        }
+    }
+}
+
+/// "pid P uid U gid G" of a connected peer (SO_PEERCRED).
+pub fn peer(s: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and sized for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        format!("pid {} uid {} gid {}", cred.pid, cred.uid, cred.gid)
+    } else {
+        format!("(credentials unknown: {})", io::Error::last_os_error())
+    }
+}
+
+impl Slot {
+    /// Hands `s` to the serve thread unless the partition is busy (then `s` comes back).
+    fn offer(&self, s: UnixStream) -> Result<(), UnixStream> {
+        let mut st = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if st.busy {
+            return Err(s);
+        }
+        st.busy = true;
+        st.frontend = Some(s);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn take(&self) -> UnixStream {
+        let mut st = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(s) = st.frontend.take() {
+                return s;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn release(&self) {
+        self.next.lock().unwrap_or_else(|e| e.into_inner()).busy = false;
+    }
+}
 
 fn serve_one(
     device: &NetDevice,
-    public: &Listener,
+    frontend: UnixStream,
+    slot: &Slot,
     internal: &mut Listener,
-    internal_addr: &SocketAddr,
+    internal_path: &Path,
 ) -> Result<(), String> {
     let part = device.partition();
     let name = part.name();
-    let frontend = match public.accept() {
-        Ok(Some(s)) => s,
-        Ok(None) => return Ok(()),
-        Err(e) => return Err(format!("accept failed: {e}")),
-    };
     let session = device
         .new_session()
         .map_err(|e| format!("cannot create session: {e}"))?;
@@ -165,7 +345,7 @@ fn serve_one(
             return Err(format!("cannot create vhost-user daemon: {e}"));
         }
     };
-    let framework_side = match UnixStream::connect_addr(internal_addr) {
+    let framework_side = match UnixStream::connect(internal_path) {
         Ok(s) => s,
         Err(e) => {
             finish(Some(daemon));
@@ -184,6 +364,8 @@ fn serve_one(
     }
     let result = daemon.wait();
     finish(Some(daemon));
+    // The next frontend may come now; `waiting` below then means it will be taken.
+    slot.release();
     part.on_disconnect();
     use vhost::vhost_user::Error as Proto;
     use vhost_user_backend::Error::HandleRequest;

@@ -363,6 +363,9 @@ fn connect_close_cycles_leave_fds_and_threads_where_they_were() {
         let s = UnixStream::connect(d.sock("vf0")).unwrap();
         drop(s);
         if i % 50 == 0 {
+            // While an earlier bare connection is still being torn down a new frontend would
+            // be refused (one frontend per partition), so wait for the partition first.
+            d.wait_state("vf0", "waiting");
             drop(Driver::start(&d.sock("vf0"), plain(), 1));
         }
     }
@@ -377,7 +380,15 @@ fn connect_close_cycles_leave_fds_and_threads_where_they_were() {
         "fds and threads back to where they were: {now:?}, before {:?}",
         (fds, thr)
     );
-    assert_eq!(d.partition("vf0")["connects"], 307);
+    // Every connection was served or, arriving while one was, refused and logged.
+    let refused_n = d
+        .log()
+        .matches("refused: the partition already has a frontend")
+        .count();
+    assert_eq!(
+        d.partition("vf0")["connects"].as_u64().unwrap() + refused_n as u64,
+        307
+    );
     drop(Driver::start(&d.sock("vf0"), plain(), 1));
 }
 
@@ -490,4 +501,120 @@ fn ring_sizes_beyond_the_configured_default_are_accepted() {
         d.wait_state("vf0", "waiting");
     }
     assert!(!d.log().contains("connection dropped"));
+}
+
+/// The control server is bounded: at most 16 connections at once (the rest get an error line),
+/// and a request must be complete within 10 s of its first byte, however slowly it trickles.
+#[test]
+fn control_connections_are_capped_and_requests_have_a_deadline() {
+    use std::io::{BufRead, BufReader, Read};
+    let d = Daemon::start(&["--vfs", "1"]);
+    let base = threads(&d);
+    let ctl = d.dir.join("control.sock");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let s = UnixStream::connect(&ctl).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut line = String::new();
+        match BufReader::new(&s).read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                assert!(line.contains("too many control connections"), "{line}");
+                refused += 1;
+            }
+            _ => held.push(s),
+        }
+    }
+    assert_eq!((held.len(), refused), (16, 24));
+    assert!(
+        threads(&d) <= base + 16,
+        "{} threads for 16 clients",
+        threads(&d)
+    );
+    drop(held);
+    wait_for(
+        Duration::from_secs(5),
+        || d.ctl(&["show", "-j"]).contains("\"partitions\""),
+        "control answers again",
+    );
+    // A byte every 2 s: cut off at the deadline, with a reason.
+    let mut slow = UnixStream::connect(&ctl).unwrap();
+    let t = std::time::Instant::now();
+    let mut reply = String::new();
+    slow.set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    for b in br#"{"version":2,"cmd":"show"}"#.iter() {
+        if slow.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2000));
+        let mut buf = [0u8; 256];
+        if let Ok(n) = slow.read(&mut buf) {
+            reply.push_str(&String::from_utf8_lossy(&buf[..n]));
+            break;
+        }
+    }
+    assert!(reply.contains("not complete within"), "{reply:?}");
+    assert!(t.elapsed() < Duration::from_secs(15));
+}
+
+/// One frontend per partition: a second one is refused at once and logged with its
+/// credentials, the first keeps working, and once it leaves the next is taken.
+#[test]
+fn a_second_frontend_is_refused_and_the_first_keeps_the_partition() {
+    use std::io::Read;
+    let d = Daemon::start(&["--vfs", "1"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    let mut second = UnixStream::connect(d.sock("vf0")).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        second.read(&mut buf).unwrap(),
+        0,
+        "closed at once, not queued"
+    );
+    let log = d.log();
+    let me = format!("uid {}", unsafe { libc::getuid() });
+    assert!(
+        log.lines()
+            .any(|l| l.contains("vf0: frontend pid") && l.contains(&me) && l.contains("refused")),
+        "{log}"
+    );
+    ping(&d, &mut pf, &mut vf0, 1);
+    assert_eq!(d.partition("vf0")["connects"], 1);
+    drop(vf0);
+    d.wait_state("vf0", "waiting");
+    let mut again = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    ping(&d, &mut pf, &mut again, 2);
+}
+
+/// Sockets get their modes whatever the umask: data sockets 0660 and control.sock 0600 by
+/// default, or as configured; the framework's private sockets are in an owner-only directory.
+#[test]
+fn socket_modes_are_set_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let d = Daemon::start(&["--vfs", "1"]);
+    assert_eq!(mode(&d.sock("vf0")), 0o660);
+    assert_eq!(mode(&d.sock("pf")), 0o660);
+    assert_eq!(mode(&d.dir.join("control.sock")), 0o600);
+    assert_eq!(mode(&d.dir.join(".internal")), 0o700);
+    let d2 = Daemon::start(&[
+        "--vfs",
+        "1",
+        "--socket-mode",
+        "0666",
+        "--control-mode",
+        "0640",
+        "--socket-group",
+        "0",
+    ]);
+    assert_eq!(mode(&d2.sock("vf0")), 0o666);
+    assert_eq!(mode(&d2.dir.join("control.sock")), 0o640);
 }
