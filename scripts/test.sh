@@ -41,6 +41,14 @@ cargo build --release --workspace --all-targets
 bash -n scripts/bench.sh
 bash -n scripts/profile.sh
 bash -n scripts/lib/dpdk.sh
+# The systemd units as shipped, with ExecStart pointed at the binary just built.
+if command -v systemd-analyze >/dev/null; then
+    units=$(mktemp -d /tmp/sriov-net-units.XXXXXX)
+    cp systemd/*.service systemd/*.socket "$units/"
+    sed -i "s|/usr/local/bin/vhost-user-sriov-net|${CARGO_TARGET_DIR:-$PWD/target}/release/vhost-user-sriov-net|" "$units"/*.service
+    (cd "$units" && systemd-analyze verify --man=no ./*.service ./*.socket)
+    rm -rf "$units"
+fi
 python3 -m py_compile scripts/bench/bench.py scripts/dpdk_interop_check.py
 
 if [[ "${SKIP_DPDK:-0}" == 1 ]]; then

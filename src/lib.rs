@@ -5,6 +5,7 @@
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod lifecycle;
 pub mod qemu;
 pub mod qmp;
 pub mod server;

@@ -11,10 +11,11 @@ use backend::partition::Partition;
 use backend::poller::Poller;
 use backend::switch::Switch;
 use clap::{Args, Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use vhost_user_sriov_net::config::{self, Config, Settings};
-use vhost_user_sriov_net::{control, ctl, qemu, server};
+use vhost_user_sriov_net::{control, ctl, lifecycle, qemu, server};
 
 #[derive(Parser)]
 #[command(
@@ -367,21 +368,21 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
     // Sockets are born owner-only (whatever the umask) and opened up as configured after.
     // SAFETY: umask has no memory effects; no other thread runs yet.
     let old_umask = unsafe { libc::umask(0o177) };
-    let bound = server::bind_all(&paths);
+    let bound = server::bind_all(&paths, lifecycle::inherited_listeners());
     // SAFETY: as above.
     unsafe { libc::umask(old_umask) };
-    let mut listeners = match bound {
+    let (mut listeners, owned) = match bound {
         Ok(l) => l,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
-    // From here on, a failed start takes its sockets with it.
+    // From here on, a failed start takes its sockets with it (not systemd's: they stay).
     let abort = |code: u8, msg: &dyn std::fmt::Display| {
-        server::remove_all(&paths);
+        server::remove_all(&owned);
         let _ = std::fs::remove_dir_all(server::internal_dir(dir));
         fail(code, msg)
     };
-    for (i, p) in paths.iter().enumerate() {
-        let access = if i + 1 == paths.len() {
+    for p in &owned {
+        let access = if *p == control_path {
             cfg.control_access
         } else {
             cfg.data_access
@@ -390,11 +391,12 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
             return abort(EXIT_BAD_INPUT, &e);
         }
     }
+    lifecycle::check_layout(dir, &switch);
     let Some(control) = listeners.pop() else {
         return abort(1, &"no control socket bound");
     };
 
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return abort(1, &format!("cannot install signal handlers: {e}")),
     };
@@ -450,10 +452,26 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         control_path.display()
     );
 
-    let sig = signals.forever().next();
-    let name = sig.and_then(signal_hook::low_level::signal_name);
+    lifecycle::notify(&[NotifyState::Ready]);
+
+    let mut last = None;
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            last = Some(sig);
+            break;
+        }
+        log::info!("SIGHUP: re-reading the configuration");
+        lifecycle::notify(&[NotifyState::Reloading]);
+        match load_config(a) {
+            Ok(new) => lifecycle::reload(&cfg, &new, &switch),
+            Err(e) => log::error!("SIGHUP: {e}; nothing changed"),
+        }
+        lifecycle::notify(&[NotifyState::Ready]);
+    }
+    let name = last.and_then(signal_hook::low_level::signal_name);
     log::info!("{}: shutting down", name.unwrap_or("signal handling ended"));
-    server::remove_all(&paths);
+    lifecycle::notify(&[NotifyState::Stopping]);
+    server::remove_all(&owned);
     let _ = std::fs::remove_dir_all(server::internal_dir(dir));
     if let Some(f) = ready_file {
         let _ = std::fs::remove_file(f);

@@ -90,16 +90,30 @@ pub fn claim_path(path: &Path) -> Result<(), SetupError> {
 }
 
 /// Claims every path first, then binds them all; on any failure removes what it bound.
-pub fn bind_all(paths: &[PathBuf]) -> Result<Vec<UnixListener>, SetupError> {
-    for p in paths {
+/// Sockets systemd holds (socket activation) are taken as they are; the rest are claimed, then
+/// bound. Returns the listeners in `paths`' order and the paths this daemon bound itself (its
+/// to remove). On any failure removes what it bound.
+pub fn bind_all(
+    paths: &[PathBuf],
+    mut inherited: std::collections::HashMap<PathBuf, UnixListener>,
+) -> Result<(Vec<UnixListener>, Vec<PathBuf>), SetupError> {
+    for p in paths.iter().filter(|p| !inherited.contains_key(*p)) {
         claim_path(p)?;
     }
     let mut out = Vec::with_capacity(paths.len());
+    let mut bound = Vec::new();
     for p in paths {
+        if let Some(l) = inherited.remove(p) {
+            out.push(l);
+            continue;
+        }
         match UnixListener::bind(p) {
-            Ok(l) => out.push(l),
+            Ok(l) => {
+                out.push(l);
+                bound.push(p.clone());
+            }
             Err(source) => {
-                remove_all(&paths[..out.len()]);
+                remove_all(&bound);
                 return Err(SetupError::Bind {
                     path: p.clone(),
                     source,
@@ -107,7 +121,13 @@ pub fn bind_all(paths: &[PathBuf]) -> Result<Vec<UnixListener>, SetupError> {
             }
         }
     }
-    Ok(out)
+    for p in inherited.keys() {
+        log::warn!(
+            "socket activation: {} is not a socket of this config; ignored",
+            p.display()
+        );
+    }
+    Ok((out, bound))
 }
 
 /// Removes socket files this daemon bound (on shutdown, or when start-up fails after binding).
@@ -417,7 +437,7 @@ mod tests {
         let live = d.join("b.sock");
         let _l = UnixListener::bind(&live).unwrap();
         let paths = vec![d.join("a.sock"), live.clone()];
-        assert!(bind_all(&paths).is_err());
+        assert!(bind_all(&paths, Default::default()).is_err());
         assert!(!d.join("a.sock").exists(), "nothing half-started");
     }
 }

@@ -85,6 +85,62 @@ impl Daemon {
         d
     }
 
+    /// A fresh, empty directory for a daemon started by [`Daemon::start_cmd`].
+    pub fn fresh_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sriov-net-it-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Starts `cmd` (which must run the daemon with `--socket-dir DIR --ready-file DIR/ready`),
+    /// logging to DIR/daemon.log, and waits until it is ready.
+    pub fn start_cmd(dir: PathBuf, mut cmd: Command) -> Daemon {
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .unwrap();
+        let child = cmd
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, dir };
+        wait_for(
+            Duration::from_secs(10),
+            || ready.exists(),
+            "daemon ready file",
+        );
+        d
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for the daemon to exit; its status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon binary.
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_vhost-user-sriov-net")
+    }
+
     pub fn sock(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.sock"))
     }
