@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod lifecycle;
+pub mod metrics;
 pub mod qemu;
 pub mod qmp;
 pub mod server;

@@ -30,6 +30,9 @@ struct Cli {
     /// Write the daemon's PID to this file once every socket listens.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// Serve the counters as Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9857).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -149,7 +152,11 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     match cli.command {
-        None => run_daemon(&cli.config, cli.ready_file.as_deref()),
+        None => run_daemon(
+            &cli.config,
+            cli.ready_file.as_deref(),
+            cli.metrics.as_deref(),
+        ),
         Some(Command::QemuArgs {
             config,
             memory,
@@ -328,7 +335,7 @@ fn run_qemu_args(a: &ConfigArgs, memory: &str, nic_only: bool, format: QemuForma
     ExitCode::SUCCESS
 }
 
-fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
+fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cfg = match load_config(a) {
         Ok(c) => c,
@@ -433,6 +440,11 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
     // guests' MACs. Optional: the thread waits quietly for it.
     if let Err(e) = vhost_user_sriov_net::qmp::spawn(dir, switch.clone()) {
         return abort(1, &format!("cannot start the QMP thread: {e}"));
+    }
+    if let Some(addr) = metrics {
+        if let Err(e) = vhost_user_sriov_net::metrics::spawn(addr, switch.clone()) {
+            return abort(EXIT_BAD_INPUT, &e);
+        }
     }
     if let Err(e) = control::spawn(control, switch.clone(), info) {
         return abort(1, &format!("cannot start control server: {e}"));

@@ -183,3 +183,48 @@ fn a_restart_with_another_mac_layout_is_named_loudly() {
     );
     assert!(line.contains("ERROR"));
 }
+
+/// `--metrics ADDR` serves the counters to a Prometheus scrape, with the traffic just sent.
+#[test]
+fn metrics_are_served_over_http() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&["--vfs", "1", "--metrics", &addr]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 4, 2048);
+    let f = test_frame(d.mac("vf0"), d.mac("pf"), 1, 100);
+    pf.send(0, &f);
+    vf0.recv_n(0, 1);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    assert!(body.contains("application/openmetrics-text"));
+    let want = format!(
+        "vhost_sriov_network_receive_bytes_total{{partition=\"vf0\"}} {}",
+        f.len()
+    );
+    assert!(body.lines().any(|l| l == want), "{want} missing:\n{body}");
+    assert!(body
+        .lines()
+        .any(|l| l == "vhost_sriov_started{partition=\"vf0\"} 1"));
+    // A second daemon on the same address fails to start, with the address named.
+    let out = Command::new(Daemon::bin())
+        .args(["--vfs", "1", "--metrics", &addr, "--socket-dir"])
+        .arg(d.dir.join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("--metrics {addr}")));
+}
