@@ -742,3 +742,6 @@ impl Driver {
         self.kick(qi);
     }
 }
+
+// The hostile-frontend soak's helpers (tests/hostile.rs).
+pub mod soak;
