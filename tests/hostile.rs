@@ -269,7 +269,7 @@ impl Good {
         let seq = self.rng.u32();
         let p = self.rng.bytes(len);
         let mut sport = self.rng.u16();
-        if sport == PROBE_PORT {
+        if sport == PROBE_PORT || sport == MSS_PROBE_PORT {
             sport += 1;
         }
         frame_v4(dst, src, 6, tcp_seg(sport, 80, seq, 0x18, &p), mode)
@@ -991,7 +991,7 @@ impl Hostile<'_> {
         let raw = L4Csum::Raw(r.u16());
         let mode = r.pick(&[L4Csum::Partial, L4Csum::Full, raw]);
         let mut sport = r.u16();
-        if sport == PROBE_PORT {
+        if sport == PROBE_PORT || sport == MSS_PROBE_PORT {
             sport += 1;
         }
         let mut frame = match r.below(8) {
@@ -1129,7 +1129,7 @@ impl Hostile<'_> {
                     dst,
                     me,
                     6,
-                    tcp_seg(1, 2, 0, 0x18, &r.bytes(len)),
+                    tcp_seg(MSS_PROBE_PORT, 2, 0, 0x18, &r.bytes(len)),
                     L4Csum::Partial,
                 );
                 (hdr(1, 1, 54, mss, 34, 16), f)

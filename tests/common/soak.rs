@@ -553,6 +553,15 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 /// TCP source port of the soak's IP-total-length probes: their payload byte at sequence number
 /// `s` is `pat(s)`, and whatever follows the IP total length is 0xff, which `pat` never yields.
 pub const PROBE_PORT: u16 = 0x5eed;
+/// TCP source port of the soak's super-frames whose gso_size is above what the receivers' MTU
+/// can carry: a frame from it over the MTU is a segment cut at the sender's gso_size.
+pub const MSS_PROBE_PORT: u16 = 0x6d55;
+
+/// The TCP source port of an untagged IPv4 TCP frame.
+fn tcp4_sport(f: &[u8]) -> Option<u16> {
+    (f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[14] == 0x45 && f[23] == 6)
+        .then(|| u16::from_be_bytes([f[34], f[35]]))
+}
 
 pub fn pat(seq: u32) -> u8 {
     (seq % 251) as u8
@@ -750,10 +759,7 @@ pub fn probe_tcp4(dst: [u8; 6], src: [u8; 6], seq: u32, n: usize, trailing: usiz
 /// length is the sender's. Other frames pass.
 pub fn probe_payload(frame: &[u8]) -> Result<(), String> {
     let (f, _) = untagged(frame);
-    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[14] != 0x45 || f[23] != 6 {
-        return Ok(());
-    }
-    if u16::from_be_bytes([f[34], f[35]]) != PROBE_PORT {
+    if tcp4_sport(&f) != Some(PROBE_PORT) {
         return Ok(());
     }
     let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
@@ -843,8 +849,13 @@ impl RxRules {
         let tagged = f.len() >= 14 && is_vlan(u16::from_be_bytes([f[12], f[13]]));
         let max = self.mtu + 14 + if tagged { 4 } else { 0 };
         if f.len() > max && !(h.gso_type != 0 && gso_ok) {
+            let kind = if tcp4_sport(f) == Some(MSS_PROBE_PORT) {
+                "segment over the receiver's MTU delivered (cut at the sender's gso_size)"
+            } else {
+                "frame over the receiver's MTU delivered"
+            };
             bad.push((
-                "frame over the receiver's MTU delivered",
+                kind,
                 format!(
                     "{} > MTU {} + {} (not GSO)",
                     desc(),
