@@ -22,7 +22,7 @@ cargo test --release --quiet --test hostile --no-run
 log=$(mktemp /tmp/sriov-net-soak.XXXXXX.out)
 echo "soak: ${secs} s hostile phase, release build; full output in $log"
 set +e
-SOAK_SECS=$secs cargo test --release --quiet --test hostile -- --nocapture 2>&1 |
+SOAK_SECS=$secs RUST_BACKTRACE=0 cargo test --release --quiet --test hostile -- --nocapture 2>&1 |
     tee "$log" | grep --line-buffered -E '^soak:|^  - |^      |^hostile soak|^daemon log|^test result'
 rc=${PIPESTATUS[0]}
 set -e
