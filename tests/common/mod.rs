@@ -798,3 +798,6 @@ impl Driver {
         self.kick(qi);
     }
 }
+
+// The hostile-frontend soak's helpers (tests/hostile.rs).
+pub mod soak;
