@@ -131,7 +131,8 @@ impl Collector for Partitions {
                 ConstCounter::new(c.dropped(r)).encode(m.encode_family(&l)?)?;
             }
         }
-        let gauges: [(&str, &str, fn(&Partition) -> i64); 2] = [
+        type GaugeOf = fn(&Partition) -> i64;
+        let gauges: [(&str, &str, GaugeOf); 2] = [
             (
                 "network_up",
                 "1 when the partition's admin link is up.",
