@@ -3,6 +3,7 @@
 //! connection and the daemon carry on.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -149,7 +150,14 @@ fn serve_conn(mut stream: UnixStream, switch: &Switch, info: &DaemonInfo) {
     let mut pending = Vec::new();
     loop {
         let reply = match read_request(&mut stream, &mut pending) {
-            Ok(line) => handle(String::from_utf8_lossy(&line).trim(), switch, info),
+            Ok(line) => {
+                let line = String::from_utf8_lossy(&line);
+                if let Some((name, count)) = capture_request(line.trim()) {
+                    // The connection carries the capture from here on.
+                    return stream_capture(stream, switch, &name, count);
+                }
+                handle(line.trim(), switch, info)
+            }
             Err(LineError::Gone) => return,
             Err(LineError::Refused(why)) => {
                 let _ = writeln!(stream, "{}", error_reply(PROTOCOL_VERSION, &why));
@@ -160,6 +168,107 @@ fn serve_conn(mut stream: UnixStream, switch: &Switch, info: &DaemonInfo) {
             return;
         }
     }
+}
+
+/// A well-formed version 2 `capture` request: the partition and how many frames (0: until the
+/// client leaves). Anything else goes through [`handle`], which explains what is wrong.
+fn capture_request(line: &str) -> Option<(String, u64)> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        version: u32,
+        cmd: String,
+        partition: String,
+        #[serde(default)]
+        count: u64,
+    }
+    let r: Req = serde_json::from_str(line).ok()?;
+    (r.cmd == "capture" && r.version == PROTOCOL_VERSION).then_some((r.partition, r.count))
+}
+
+/// `capture`: one reply line, then a pcap stream (Ethernet) of what the partition sends and
+/// receives, until `count` frames went out, the client closes, or another capture of the same
+/// partition starts.
+fn stream_capture(mut stream: UnixStream, switch: &Switch, name: &str, count: u64) {
+    use backend::capture::Direction;
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    use std::sync::mpsc::RecvTimeoutError;
+    let Some(p) = switch.partitions().iter().find(|p| p.name() == name) else {
+        let _ = writeln!(
+            stream,
+            "{}",
+            error_reply(PROTOCOL_VERSION, &format!("no partition named {name:?}"))
+        );
+        return;
+    };
+    let ok = json!({"version": PROTOCOL_VERSION, "ok": true,
+                    "result": {"format": "pcap", "partition": name, "count": count}});
+    if writeln!(stream, "{ok}").is_err() {
+        return;
+    }
+    let rx = p.capture.start();
+    log::info!(
+        "{name}: capture started ({} frames)",
+        if count == 0 {
+            "unlimited".to_string()
+        } else {
+            count.to_string()
+        }
+    );
+    let Ok(mut w) = stream
+        .try_clone()
+        .map_err(|_| ())
+        .and_then(|s| PcapWriter::new(s).map_err(|_| ()))
+    else {
+        p.capture.stop();
+        return;
+    };
+    let mut written = 0u64;
+    let mut tx_rx = [0u64; 2];
+    let end = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(c) => {
+                let ts =
+                    c.at.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                let pkt = PcapPacket::new(ts, c.frame.len() as u32, &c.frame);
+                if w.write_packet(&pkt).is_err() {
+                    break "client gone";
+                }
+                tx_rx[usize::from(c.dir == Direction::Rx)] += 1;
+                written += 1;
+                if count != 0 && written >= count {
+                    break "count reached";
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // A client that left while nothing passed: a peek sees the end of stream.
+                let mut b = [0u8; 1];
+                // SAFETY: a valid buffer of one byte; MSG_PEEK leaves any data in place.
+                let n = unsafe {
+                    libc::recv(
+                        stream.as_raw_fd(),
+                        b.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                if n == 0 {
+                    break "client gone";
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break "another capture started",
+        }
+    };
+    if !matches!(end, "another capture started") {
+        p.capture.stop();
+    }
+    log::info!(
+        "{name}: capture ended ({end}): {} sent, {} received, {} lost to a slow reader",
+        tx_rx[0],
+        tx_rx[1],
+        p.capture.dropped()
+    );
 }
 
 fn error_reply(version: u32, msg: &str) -> Value {
@@ -195,7 +304,10 @@ pub fn handle(line: &str, switch: &Switch, info: &DaemonInfo) -> Value {
     let result = match (req.cmd.as_str(), v) {
         ("set", 2..) => set(switch, req.partition.as_deref(), fields),
         ("dump-config", 2..) if fields.is_empty() => Ok(json!({"toml": dump_config(switch, info)})),
-        ("set" | "dump-config", _) => Err(format!("{:?} needs protocol version 2", req.cmd)),
+        ("capture", 2..) => Err("capture needs \"partition\" and an optional \"count\"".into()),
+        ("set" | "dump-config" | "capture", _) => {
+            Err(format!("{:?} needs protocol version 2", req.cmd))
+        }
         (_, _) if !fields.is_empty() => Err(format!(
             "malformed request: unknown field `{}`",
             fields.keys().next().map(String::as_str).unwrap_or("?")

@@ -74,6 +74,48 @@ pub fn set(socket_dir: &Path, partition: &str, words: &[String]) -> Result<Strin
     Ok(link_lines(&json!({"partitions": [v]}), false))
 }
 
+/// `ctl capture PARTITION -w FILE [-c COUNT]`: the daemon's pcap stream into FILE ("-":
+/// stdout), until COUNT frames (0: until interrupted). Returns a summary line.
+pub fn capture(
+    socket_dir: &Path,
+    partition: &str,
+    file: &Path,
+    count: u64,
+) -> Result<String, CtlError> {
+    let path = socket_dir.join("control.sock");
+    let mut s = UnixStream::connect(&path)
+        .map_err(|e| CtlError::Daemon(format!("cannot connect to {}: {e}", path.display())))?;
+    let req = json!({"version": PROTOCOL_VERSION, "cmd": "capture", "partition": partition, "count": count});
+    writeln!(s, "{req}").map_err(|e| CtlError::Daemon(format!("cannot send request: {e}")))?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| CtlError::Daemon(format!("no reply: {e}")))?;
+    let v: Value = serde_json::from_str(&line)
+        .map_err(|e| CtlError::Daemon(format!("unreadable reply: {e}")))?;
+    if v["ok"] != true {
+        return Err(CtlError::BadInput(
+            v["error"].as_str().unwrap_or("unknown error").to_string(),
+        ));
+    }
+    let mut out: Box<dyn Write> = if file == Path::new("-") {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::File::create(file)
+                .map_err(|e| CtlError::BadInput(format!("{}: {e}", file.display())))?,
+        )
+    };
+    let bytes = std::io::copy(&mut r, &mut out)
+        .map_err(|e| CtlError::Daemon(format!("capture interrupted: {e}")))?;
+    out.flush()
+        .map_err(|e| CtlError::Daemon(format!("cannot write the capture: {e}")))?;
+    Ok(format!(
+        "{partition}: {bytes} bytes of pcap written to {}\n",
+        file.display()
+    ))
+}
+
 pub fn dump_config(socket_dir: &Path) -> Result<String, CtlError> {
     let v = call(
         socket_dir,

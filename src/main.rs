@@ -141,6 +141,17 @@ enum CtlCommand {
     },
     /// Print the running state as a config file (partitions with their admin settings).
     DumpConfig,
+    /// Capture what a partition sends and receives as pcap (tcpdump -r reads it).
+    Capture {
+        /// pf, vf0, vf1, ...
+        partition: String,
+        /// Write the pcap here ("-": stdout).
+        #[arg(short = 'w', value_name = "FILE")]
+        file: PathBuf,
+        /// Stop after this many frames [default: until interrupted]
+        #[arg(short = 'c', value_name = "COUNT", default_value_t = 0)]
+        count: u64,
+    },
 }
 
 /// Exit status for bad input (config, CLI, socket paths), like clap's usage errors.
@@ -205,6 +216,15 @@ fn run_ctl(socket_dir: Option<PathBuf>, config: Option<PathBuf>, command: CtlCom
         CtlCommand::Vf { n, settings } => ctl::set(&dir, &format!("vf{n}"), &settings),
         CtlCommand::Pf { settings } => ctl::set(&dir, "pf", &settings),
         CtlCommand::DumpConfig => ctl::dump_config(&dir),
+        CtlCommand::Capture {
+            partition,
+            file,
+            count,
+        } => ctl::capture(&dir, &partition, &file, count).map(|summary| {
+            // The summary goes to stderr, so `-w -` stays a clean pcap on stdout.
+            eprint!("{summary}");
+            String::new()
+        }),
     };
     match out {
         Ok(o) => {

@@ -171,6 +171,29 @@ pub fn copy(
 
 /// Host address of `len` bytes starting `skip` bytes into the chain, when they lie in one buffer
 /// inside one memory region.
+/// Copies `len` bytes of `src` from `skip` into `out` (a capture's copy of a frame).
+pub fn gather(
+    src: &Source<'_>,
+    skip: usize,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CopyError> {
+    out.resize(len, 0);
+    match src {
+        Source::Guest { mem, segs } => match read(mem, segs, skip, out)? {
+            n if n == len => Ok(()),
+            _ => Err(CopyError::Short),
+        },
+        _ => {
+            let p = src.contiguous(skip, len).ok_or(CopyError::Short)?;
+            // SAFETY: `contiguous` vouches for `len` bytes at `p`; a host source stays mapped
+            // while its sender's snapshot is held, which it is for the whole delivery.
+            unsafe { std::ptr::copy(p, out.as_mut_ptr(), len) };
+            Ok(())
+        }
+    }
+}
+
 fn contiguous(mem: &HostMem<'_>, segs: &[Seg], mut skip: usize, len: usize) -> Option<*mut u8> {
     for s in segs {
         let l = s.len as usize;

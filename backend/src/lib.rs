@@ -7,6 +7,7 @@
 //! [`rx`] copies the frame once ([`frame`]) into the destination's RX buffers.
 
 pub mod admin;
+pub mod capture;
 pub mod counters;
 pub mod device;
 pub mod frame;

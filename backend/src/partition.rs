@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 
 use crate::admin::{Admin, GuestRx};
+use crate::capture::Capture;
 use crate::counters::{CounterSnapshot, QueueCounters};
 use crate::mac::MacAddr;
 use crate::session::Session;
@@ -82,6 +83,8 @@ pub struct Partition {
     pub shaper: Shaper,
     /// The guest's MAC and receive modes, when QEMU has told them (QMP).
     guest: Mutex<Option<GuestRx>>,
+    /// `ctl capture`: copies of what the partition sends and receives, while someone asks.
+    pub capture: Capture,
     life: Mutex<Lifecycle>,
     counters: Vec<QueueCounters>,
     session: ArcSwapOption<Session>,
@@ -98,6 +101,7 @@ impl Partition {
             admin: Mutex::new(Admin::new(config.mac)),
             shaper: Shaper::default(),
             guest: Mutex::new(None),
+            capture: Capture::default(),
             config,
             life: Mutex::new(Lifecycle {
                 state: State::Waiting,

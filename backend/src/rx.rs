@@ -9,6 +9,7 @@ use std::sync::RwLockWriteGuard;
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 
+use crate::capture::Direction;
 use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
 use crate::hostmem::HostMem;
@@ -156,7 +157,20 @@ impl<'a> RxQueue<'a> {
 
     /// Writes the virtio-net header and the frame into the receiver's RX buffers, as one or
     /// (mergeable) several chains. Receiver-side drops are counted on the receiver.
+    /// Delivers one frame (a copy goes to the partition's capture, if one runs).
     pub fn put(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
+        self.put_frame(out)?;
+        if self.dest.capture.on() {
+            self.dest.capture.record(Direction::Rx, |buf| {
+                if frame::gather(&out.src, out.skip, out.len, buf).is_err() {
+                    buf.clear();
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn put_frame(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
         if self.held.session.is_broken(self.qidx) {
             return Err(DropReason::DestinationDown);
         }

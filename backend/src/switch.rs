@@ -18,6 +18,7 @@ use crate::vlan;
 
 use std::ops::Range;
 
+use crate::capture::Direction;
 use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
 use crate::hostmem::{HostMem, HostPtr};
@@ -370,6 +371,15 @@ impl Switch {
             view,
         } = s;
         let view = self.view(view);
+        if from.capture.on() {
+            for f in batch.frames {
+                from.capture.record(Direction::Tx, |buf| {
+                    buf.resize(f.len, 0);
+                    let n = frame::read(batch.mem, batch.segs_of(f), NET_HDR_LEN, buf).unwrap_or(0);
+                    buf.truncate(n);
+                });
+            }
+        }
         let mut tx = Tally::default();
         if !view.ports.get(from.id).is_some_and(|p| p.up) {
             tx.drop_n(DropReason::LinkDown, batch.frames.len());
