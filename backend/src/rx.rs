@@ -57,6 +57,9 @@ pub struct RxQueue<'a> {
     mergeable: bool,
     indirect: bool,
     offloads: RxOffloads,
+    /// The receiver's MTU, and whether a capture of it runs, read once per run.
+    mtu: u16,
+    capturing: bool,
     /// Chains the driver had posted beyond next_avail when avail.idx was last read. avail.idx is
     /// a line the driver's core writes, so it is only read again when these run out.
     avail: u16,
@@ -122,6 +125,8 @@ impl<'a> RxQueue<'a> {
             mergeable: session.mergeable(),
             indirect: session.indirect(),
             offloads: session.rx_offloads(),
+            mtu: dest.config.mtu,
+            capturing: dest.capture.on(),
             avail: 0,
             published,
             to_come: frames,
@@ -135,8 +140,9 @@ impl<'a> RxQueue<'a> {
     }
 
     /// The receiving port's MTU.
+    #[inline]
     pub fn mtu(&self) -> u16 {
-        self.dest.config.mtu
+        self.mtu
     }
 
     fn reload(&mut self) -> Result<(), DropReason> {
@@ -160,7 +166,7 @@ impl<'a> RxQueue<'a> {
     /// Delivers one frame (a copy goes to the partition's capture, if one runs).
     pub fn put(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
         self.put_frame(out)?;
-        if self.dest.capture.on() {
+        if self.capturing {
             self.dest.capture.record(Direction::Rx, |buf| {
                 if frame::gather(&out.src, out.skip, out.len, buf).is_err() {
                     buf.clear();

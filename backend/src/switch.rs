@@ -500,8 +500,17 @@ impl Switch {
             Err(_) => return RunResult::Down,
         };
         let mut drops = Tally::default();
+        // Between two trunks (no port VLANs: the default) every frame keeps its tag; only
+        // otherwise does the path depend on each frame's tag.
+        let trunks = view.ports.get(from.id).is_some_and(|p| p.vlan.is_none())
+            && view.ports.get(dest.id).is_some_and(|p| p.vlan.is_none());
         for f in run {
-            let res = match view.vlan_path(from.id, dest.id, f) {
+            let path = if trunks {
+                Some(Retag::Keep)
+            } else {
+                view.vlan_path(from.id, dest.id, f)
+            };
+            let res = match path {
                 Some(retag) => Self::put(from, &mut q, batch, f, retag, cast, linear, segments),
                 None => Err(DropReason::Vlan),
             };
