@@ -320,6 +320,15 @@ pub fn dump_config(switch: &Switch, info: &DaemonInfo) -> String {
     }
     root.insert("pf".into(), T::Table(pf));
     root.insert("vf".into(), T::Table(vfs));
+    let uplinks: Vec<T> = switch
+        .uplinks()
+        .iter()
+        .filter_map(|u| u.config.spec.parse::<crate::config::UplinkSettings>().ok())
+        .filter_map(|u| T::try_from(u).ok())
+        .collect();
+    if !uplinks.is_empty() {
+        root.insert("uplink".into(), T::Array(uplinks));
+    }
     toml::to_string(&root).unwrap_or_default()
 }
 
@@ -519,6 +528,19 @@ mod tests {
         assert_eq!(v["partitions"][1]["link"], "up");
         let v1 = req(&sw, r#"{"version":1,"cmd":"show"}"#)["result"].clone();
         assert!(v1.get("uplinks").is_none(), "{v1}");
+        let dump = req(&sw, r#"{"version":2,"cmd":"dump-config"}"#)["result"]["toml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let back: crate::config::Settings = toml::from_str(&dump).unwrap();
+        assert_eq!(
+            back.uplink,
+            Some(vec![crate::config::UplinkSettings::Stream {
+                path: "/tmp/w.sock".into(),
+                mtu: None
+            }]),
+            "{dump}"
+        );
         let text = crate::ctl::uplink_lines(&v, true);
         assert!(
             text.starts_with("    uplink0  stream:/tmp/w.sock mtu 1500, link up, peers 0"),

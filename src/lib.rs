@@ -8,3 +8,4 @@ pub mod ctl;
 pub mod qemu;
 pub mod server;
 pub mod shim;
+pub mod uplinks;

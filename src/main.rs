@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use vhost_user_sriov_net::config::{self, Config, Settings};
-use vhost_user_sriov_net::{control, ctl, qemu, server};
+use vhost_user_sriov_net::{control, ctl, qemu, server, uplinks};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,12 @@ struct ConfigArgs {
     /// kick wakes the partition's worker; idle partitions cost nothing either way]
     #[arg(long, value_name = "US")]
     poll_us: Option<u32>,
+    /// An uplink port (repeatable; replaces the config file's [[uplink]] entries):
+    /// tap:NAME, stream:PATH (QEMU -netdev stream framing; relative to the socket directory) or
+    /// vxlan:VNI,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=...]; each takes ,mtu=N and VXLAN
+    /// ,underlay_mtu=N
+    #[arg(long, value_name = "SPEC")]
+    uplink: Vec<config::UplinkSettings>,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +207,7 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
         poll_us: a.poll_us,
         pf: None,
         vf: None,
+        uplink: (!a.uplink.is_empty()).then(|| a.uplink.clone()),
     };
     Config::resolve(file.overlay(flags))
 }
@@ -241,7 +248,7 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         .enumerate()
         .map(|(i, (role, pc))| Arc::new(Partition::new(i, *role, pc.clone())))
         .collect();
-    let switch = match Switch::new(partitions) {
+    let switch = match Switch::with_uplinks(partitions, uplinks::ports(&cfg.uplinks)) {
         Ok(s) => Arc::new(s),
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
@@ -270,6 +277,16 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
+    // Uplink stream sockets: claimed and bound as the partitions' are.
+    let stream_paths = uplinks::socket_paths(&cfg.uplinks);
+    let stream_listeners = match server::bind_all(&stream_paths) {
+        Ok(l) => l,
+        Err(e) => {
+            server::remove_all(&paths);
+            return fail(EXIT_BAD_INPUT, &e);
+        }
+    };
+    paths.extend(stream_paths);
     // From here on, a failed start takes its sockets with it.
     let abort = |code: u8, msg: &dyn std::fmt::Display| {
         server::remove_all(&paths);
@@ -290,6 +307,9 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>) -> ExitCode {
             Err(e) => return abort(1, &format!("cannot start the polling thread: {e}")),
         },
     };
+    if let Err(e) = uplinks::start(&switch, &cfg.uplinks, stream_listeners) {
+        return abort(EXIT_BAD_INPUT, &e);
+    }
     for (p, l) in switch.partitions().iter().zip(listeners) {
         if let Err(e) = server::spawn_partition(p.clone(), switch.clone(), poller.clone(), l) {
             return abort(1, &format!("cannot start thread for {}: {e}", p.name()));

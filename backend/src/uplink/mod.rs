@@ -6,6 +6,9 @@
 //! Counters of an uplink are the wire's view, as `ip -s link` shows a NIC's port: `rx` is what
 //! came in from the wire (into the switch), `tx` what the switch put on the wire.
 
+pub mod event_loop;
+pub mod stream;
+
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock, RwLock};
