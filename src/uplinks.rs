@@ -10,6 +10,7 @@ use backend::offload::{RxOffloads, TxOffloads};
 use backend::switch::Switch;
 use backend::uplink::event_loop::{self, Port};
 use backend::uplink::stream::StreamPort;
+use backend::uplink::tap::TapPort;
 use backend::uplink::{Uplink, UplinkConfig};
 
 use crate::config::{UplinkKind, UplinkPlan};
@@ -86,7 +87,10 @@ pub fn start(
                         .map_err(|e| format!("{name} ({}): {e}", plan.spec()))?,
                 )
             }
-            UplinkKind::Tap { .. } | UplinkKind::Vxlan { .. } => {
+            UplinkKind::Tap { name: tap } => Box::new(
+                TapPort::open(up.clone(), tap).map_err(|e| format!("{name} (tap {tap}): {e}"))?,
+            ),
+            UplinkKind::Vxlan { .. } => {
                 return Err(format!(
                     "{name}: {} uplinks are not built yet",
                     plan.kind_name()

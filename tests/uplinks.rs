@@ -253,3 +253,211 @@ fn bad_uplink_specs_and_paths_fail_start_up() {
     assert!(!dir.join("pf.sock").exists(), "nothing half-started");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// tap: a network namespace created here holds the tap (the daemon runs in it, so the tap is
+// created there), with an address, and talks to a partition driven by the test driver.
+
+use common::netns::{ping, root_or_skip, NetNs, PacketSock, PktHdr, Responder};
+
+const NS_IP: [u8; 4] = [10, 77, 0, 1];
+const VF_IP: [u8; 4] = [10, 77, 0, 2];
+const TAP: &str = "sriov0";
+
+/// A namespace with the daemon in it (VF0 and VF1), its tap up at 10.77.0.1/24; VF0 started
+/// with `features` and RX buffers posted.
+fn tap_setup(features: u64) -> (NetNs, Daemon, Driver) {
+    let ns = NetNs::new("tap");
+    let d = Daemon::start_with(
+        ns.command(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
+        &["--vfs", "2", "--uplink", &format!("tap:{TAP}")],
+    );
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", TAP]);
+    ns.ip(&["link", "set", TAP, "up"]);
+    let mut vf0 = Driver::start(&d.sock("vf0"), features, 1);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 128, 4096);
+    assert_eq!(uplink(&d, 0)["link"], "up");
+    (ns, d, vf0)
+}
+
+/// Receives on VF0, answering ARP and echo requests as VF_IP, until `done` says a frame is what
+/// is waited for (which it returns), or `stop` is true. Keeps RX buffers posted.
+fn serve(
+    vf0: &mut Driver,
+    me: &Responder,
+    mut done: impl FnMut(&[u8]) -> bool,
+    stop: impl Fn() -> bool,
+) -> Option<Vec<u8>> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let got = vf0.recv(0);
+        if !got.is_empty() {
+            vf0.post_rx(0, got.len(), 4096);
+        }
+        for (_, f) in got {
+            if let Some(r) = me.answer(&f) {
+                vf0.send(0, &r);
+            }
+            if done(&f) {
+                return Some(f);
+            }
+        }
+        if stop() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("timed out serving VF0");
+}
+
+#[test]
+fn a_namespace_behind_the_tap_and_a_partition_ping_each_other() {
+    if !root_or_skip("a_namespace_behind_the_tap_and_a_partition_ping_each_other") {
+        return;
+    }
+    let (ns, d, mut vf0) = tap_setup(plain());
+    let me = Responder {
+        mac: d.mac("vf0"),
+        ip: VF_IP,
+    };
+    // The namespace pings the partition (ARP first, from its stack).
+    let pinger = ns.spawn(|| {
+        (1..=3)
+            .map(|seq| ping(VF_IP, 0x77, seq, b"sriov-ping"))
+            .collect::<Vec<_>>()
+    });
+    serve(&mut vf0, &me, |_| false, || pinger.is_finished());
+    let replies = pinger.join().unwrap();
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_deref() == Some(&b"sriov-ping"[..])),
+        "{replies:?}"
+    );
+    // And the partition pings the namespace.
+    vf0.send(0, &me.arp_request(NS_IP));
+    let arp = serve(
+        &mut vf0,
+        &me,
+        |f| f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == NS_IP,
+        || false,
+    )
+    .unwrap();
+    let tap_mac: [u8; 6] = arp[22..28].try_into().unwrap();
+    assert_eq!(tap_mac, ns.mac(TAP));
+    vf0.send(0, &me.echo_request(tap_mac, NS_IP, 9, 1, b"from-vf0"));
+    let reply = serve(
+        &mut vf0,
+        &me,
+        |f| f[12..14] == [8, 0] && f[23] == 1 && f[26..30] == NS_IP && f[34] == 0,
+        || false,
+    )
+    .unwrap();
+    assert_eq!(&reply[42..], b"from-vf0");
+    let c = &uplink(&d, 0)["counters"];
+    assert!(c["rx_packets"].as_u64().unwrap() >= 5, "{c}");
+    assert!(c["tx_packets"].as_u64().unwrap() >= 5, "{c}");
+    assert_eq!(c["drop_bad_frame"], 0);
+}
+
+fn is_tcp(f: &[u8]) -> bool {
+    f.len() > 54 && f[12..14] == [8, 0] && f[23] == 6
+}
+
+#[test]
+fn checksum_and_tso_frames_cross_the_tap_byte_exact() {
+    if !root_or_skip("checksum_and_tso_frames_cross_the_tap_byte_exact") {
+        return;
+    }
+    let (ns, d, mut vf0) = tap_setup(full_offloads());
+    let mut vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
+    d.wait_state("vf1", "started");
+    vf1.post_rx(0, 16, 4096);
+    let ps = ns.run(|| PacketSock::open(TAP));
+    let tap_mac = ns.mac(TAP);
+    let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+
+    // Partition to namespace: the super-frame and its header reach the tap's stack unchanged.
+    let big = tcp4(tap_mac, d.mac("vf0"), 1000, 0x18, &payload);
+    vf0.send_with_hdr(0, &hdr(1, 1, 54, 1448, 34, 16), &big);
+    let (h, f) = ps.recv_where(is_tcp);
+    assert_eq!(f, big);
+    assert_eq!(
+        h,
+        PktHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: h.hdr_len,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16
+        }
+    );
+    let small = tcp4(tap_mac, d.mac("vf0"), 5000, 0x18, &[0x33; 200]);
+    vf0.send_with_hdr(0, &hdr(1, 0, 0, 0, 34, 16), &small);
+    let (h, f) = ps.recv_where(is_tcp);
+    assert_eq!(f, small, "a partial checksum left for the stack");
+    assert_eq!(
+        (h.flags, h.gso_type, h.csum_start, h.csum_offset),
+        (1, 0, 34, 16)
+    );
+
+    // Namespace to partition: as it is for a partition with the offloads...
+    let gso = PktHdr {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let to0 = tcp4(d.mac("vf0"), tap_mac, 7, 0x18, &payload);
+    ps.send(gso, &to0);
+    let got = serve(
+        &mut vf0,
+        &Responder {
+            mac: d.mac("vf0"),
+            ip: VF_IP,
+        },
+        is_tcp,
+        || false,
+    )
+    .unwrap();
+    assert_eq!(got, to0);
+    // ... and cut into checksummed segments for one without.
+    let to1 = tcp4(d.mac("vf1"), tap_mac, 7, 0x18, &payload);
+    ps.send(gso, &to1);
+    let mut segs: Vec<Vec<u8>> = Vec::new();
+    let t = Instant::now();
+    while segs.len() < 3 {
+        segs.extend(
+            vf1.recv(0)
+                .into_iter()
+                .map(|(_, f)| f)
+                .filter(|f| is_tcp(f)),
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "vf1 segments");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut data = Vec::new();
+    for s in &segs {
+        assert!(ipv4_l4_valid(s) && s.len() <= 1514);
+        data.extend_from_slice(&s[54..]);
+    }
+    assert_eq!(data, payload);
+    assert_eq!(uplink(&d, 0)["counters"]["drop_bad_frame"], 0);
+}
+
+#[test]
+fn a_tap_that_disappears_takes_only_its_own_link() {
+    if !root_or_skip("a_tap_that_disappears_takes_only_its_own_link") {
+        return;
+    }
+    let (ns, mut d, _vf0) = tap_setup(plain());
+    ns.ip(&["link", "del", TAP]);
+    wait_link(&d, 0, "down");
+    assert!(d.alive());
+    assert_eq!(d.state("vf0"), "started");
+    assert!(d.log().contains("is gone"), "logged");
+}
