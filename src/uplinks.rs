@@ -11,6 +11,7 @@ use backend::switch::Switch;
 use backend::uplink::event_loop::{self, Port};
 use backend::uplink::stream::StreamPort;
 use backend::uplink::tap::TapPort;
+use backend::uplink::vxlan::{VxlanConfig, VxlanPort};
 use backend::uplink::{Uplink, UplinkConfig};
 
 use crate::config::{UplinkKind, UplinkPlan};
@@ -90,11 +91,21 @@ pub fn start(
             UplinkKind::Tap { name: tap } => Box::new(
                 TapPort::open(up.clone(), tap).map_err(|e| format!("{name} (tap {tap}): {e}"))?,
             ),
-            UplinkKind::Vxlan { .. } => {
-                return Err(format!(
-                    "{name}: {} uplinks are not built yet",
-                    plan.kind_name()
-                ))
+            UplinkKind::Vxlan {
+                vni,
+                local,
+                remotes,
+                ..
+            } => {
+                let c = VxlanConfig {
+                    vni: *vni,
+                    local: *local,
+                    remotes: remotes.clone(),
+                };
+                Box::new(
+                    VxlanPort::bind(up.clone(), c)
+                        .map_err(|e| format!("{name} ({}): {e}", plan.spec()))?,
+                )
             }
         };
         io.push(port);

@@ -461,3 +461,241 @@ fn a_tap_that_disappears_takes_only_its_own_link() {
     assert_eq!(d.state("vf0"), "started");
     assert!(d.log().contains("is gone"), "logged");
 }
+
+// ---------------------------------------------------------------------------------------------
+// VXLAN: two daemons on 127.0.0.0/8 as one segment; raw UDP sockets as remote VTEPs; Linux's
+// vxlan device in a namespace as the peer.
+
+use std::net::UdpSocket;
+
+/// A UDP port for this test binary's VXLAN sockets (`k` apart per test).
+fn vx_port(k: u16) -> u16 {
+    20000 + (std::process::id() % 4000) as u16 * 8 + k
+}
+
+const VXH42: [u8; 8] = [0x08, 0, 0, 0, 0, 0, 42, 0];
+
+#[test]
+fn two_daemons_over_vxlan_form_one_segment() {
+    let p = vx_port(0);
+    let a = Daemon::start(&[
+        "--vfs",
+        "2",
+        "--mtu",
+        "1450",
+        "--uplink",
+        &format!("vxlan:42,local=127.0.0.1:{p},remote=127.0.0.2:{p}"),
+    ]);
+    let b = Daemon::start(&[
+        "--vfs",
+        "2",
+        "--mtu",
+        "1450",
+        "--base-mac",
+        "02:bb:00:00:00:00",
+        "--uplink",
+        &format!("vxlan:42,local=127.0.0.2:{p},remote=127.0.0.1:{p}"),
+    ]);
+    let mut a0 = Driver::start(&a.sock("vf0"), plain(), 1);
+    let mut b0 = Driver::start(&b.sock("vf0"), plain(), 1);
+    let mut b1 = Driver::start(&b.sock("vf1"), plain(), 1);
+    a.wait_state("vf0", "started");
+    b.wait_state("vf0", "started");
+    b.wait_state("vf1", "started");
+    for v in [&mut a0, &mut b0, &mut b1] {
+        v.post_rx(0, 16, 2048);
+    }
+    assert_eq!(uplink(&a, 0)["link"], "up");
+    // A broadcast from A's VF0 reaches every partition of B.
+    let who = test_frame(BCAST, a.mac("vf0"), 1, 46);
+    a0.send(0, &who);
+    assert_eq!(b0.recv_n(0, 1)[0].1, who);
+    assert_eq!(b1.recv_n(0, 1)[0].1, who);
+    // The answer finds its way back: B learned A's VF0 behind its uplink.
+    let reply = test_frame(a.mac("vf0"), b.mac("vf0"), 2, 1436);
+    b0.send(0, &reply);
+    assert_eq!(a0.recv_n(0, 1)[0].1, reply);
+    let to_b1 = test_frame(b.mac("vf1"), a.mac("vf0"), 3, 200);
+    a0.send(0, &to_b1);
+    assert_eq!(b1.recv_n(0, 1)[0].1, to_b1);
+    a0.wait_tx_done(0, 2);
+    assert!(b0.recv(0).is_empty(), "unicast reached its partition only");
+    let ua = uplink(&a, 0);
+    assert_eq!(
+        (&ua["counters"]["tx_packets"], &ua["counters"]["rx_packets"]),
+        (&2.into(), &1.into())
+    );
+    assert_eq!(ua["learned_macs"], 1);
+    let ub = uplink(&b, 0);
+    assert_eq!(ub["counters"]["rx_broadcast"], 1);
+    assert_eq!(ub["kind"], "vxlan");
+}
+
+fn vtep(addr: &str) -> UdpSocket {
+    let s = UdpSocket::bind(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+fn vx_recv(s: &UdpSocket) -> Option<Vec<u8>> {
+    let mut b = vec![0u8; 65536];
+    s.recv(&mut b).ok().map(|n| b[..n].to_vec())
+}
+
+#[test]
+fn bum_is_replicated_to_every_remote_and_known_unicast_goes_to_one() {
+    let p = vx_port(1);
+    let a = Daemon::start(&[
+        "--vfs",
+        "1",
+        "--mtu",
+        "1450",
+        "--uplink",
+        &format!("vxlan:42,local=127.0.0.1:{p},remote=127.0.0.3:{p},remote=127.0.0.4:{p}"),
+    ]);
+    let (c, e) = (
+        vtep(&format!("127.0.0.3:{p}")),
+        vtep(&format!("127.0.0.4:{p}")),
+    );
+    let mut vf0 = Driver::start(&a.sock("vf0"), plain(), 1);
+    a.wait_state("vf0", "started");
+    vf0.post_rx(0, 16, 2048);
+    let b = test_frame(BCAST, a.mac("vf0"), 1, 46);
+    vf0.send(0, &b);
+    let mut want = VXH42.to_vec();
+    want.extend_from_slice(&b);
+    assert_eq!(
+        vx_recv(&c).unwrap(),
+        want,
+        "RFC 7348 header, then the frame"
+    );
+    assert_eq!(vx_recv(&e).unwrap(), want);
+    // A station behind C answers; it is learned behind C.
+    let mut d = VXH42.to_vec();
+    d.extend_from_slice(&test_frame(a.mac("vf0"), PEER, 2, 46));
+    c.send_to(&d, format!("127.0.0.1:{p}")).unwrap();
+    assert_eq!(vf0.recv_n(0, 1)[0].1, d[8..]);
+    let u = test_frame(PEER, a.mac("vf0"), 3, 46);
+    vf0.send(0, &u);
+    assert_eq!(vx_recv(&c).unwrap()[8..], u);
+    assert!(vx_recv(&e).is_none(), "known unicast goes to its VTEP only");
+    // Malformed datagrams: no I flag, another VNI, too short. Counted, nothing delivered.
+    let bad_flags = [&[0u8, 0, 0, 0, 0, 0, 42, 0][..], &d[8..]].concat();
+    let bad_vni = [&[8u8, 0, 0, 0, 0, 0, 43, 0][..], &d[8..]].concat();
+    for bad in [&bad_flags[..], &bad_vni[..], &d[..12]] {
+        e.send_to(bad, format!("127.0.0.1:{p}")).unwrap();
+    }
+    wait_for(
+        Duration::from_secs(5),
+        || uplink(&a, 0)["counters"]["drop_bad_frame"] == 3,
+        "three bad datagrams counted",
+    );
+    e.send_to(&d, format!("127.0.0.1:{p}")).unwrap();
+    assert_eq!(vf0.recv_n(0, 1)[0].1, d[8..], "the port still works");
+    assert!(a.log().contains("without the I flag"), "logged once");
+}
+
+#[test]
+fn linux_vxlan_in_a_namespace_is_a_peer() {
+    if !root_or_skip("linux_vxlan_in_a_namespace_is_a_peer") {
+        return;
+    }
+    // The daemon's namespace and the Linux VTEP's, cabled by a veth pair (the underlay).
+    let (n1, n2) = (NetNs::new("vx1"), NetNs::new("vx2"));
+    n1.ip(&[
+        "link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", &n2.name,
+    ]);
+    n1.ip(&["addr", "add", "10.88.0.1/24", "dev", "u1"]);
+    n2.ip(&["addr", "add", "10.88.0.2/24", "dev", "u2"]);
+    n1.ip(&["link", "set", "u1", "up"]);
+    n2.ip(&["link", "set", "u2", "up"]);
+    let d = Daemon::start_with(
+        n1.command(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
+        &[
+            "--vfs",
+            "1",
+            "--mtu",
+            "1450",
+            "--uplink",
+            "vxlan:42,local=10.88.0.1,remote=10.88.0.2",
+        ],
+    );
+    n2.ip(&[
+        "link",
+        "add",
+        "vx42",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "dstport",
+        "4789",
+        "local",
+        "10.88.0.2",
+        "nolearning",
+        "dev",
+        "u2",
+    ]);
+    let out = n2
+        .command("bridge")
+        .args([
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vx42",
+            "dst",
+            "10.88.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n2.ip(&["addr", "add", "10.99.0.1/24", "dev", "vx42"]);
+    n2.ip(&["link", "set", "vx42", "up"]);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 128, 4096);
+    let me = Responder {
+        mac: d.mac("vf0"),
+        ip: [10, 99, 0, 2],
+    };
+    let pinger = n2.spawn(|| {
+        (1..=3)
+            .map(|seq| ping([10, 99, 0, 2], 0x42, seq, b"over-vxlan"))
+            .collect::<Vec<_>>()
+    });
+    serve(&mut vf0, &me, |_| false, || pinger.is_finished());
+    let replies = pinger.join().unwrap();
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_deref() == Some(&b"over-vxlan"[..])),
+        "{replies:?}"
+    );
+    vf0.send(0, &me.arp_request([10, 99, 0, 1]));
+    let arp = serve(
+        &mut vf0,
+        &me,
+        |f| f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == [10, 99, 0, 1],
+        || false,
+    )
+    .unwrap();
+    let mac: [u8; 6] = arp[22..28].try_into().unwrap();
+    assert_eq!(mac, n2.mac("vx42"));
+    vf0.send(0, &me.echo_request(mac, [10, 99, 0, 1], 5, 1, b"to-linux"));
+    let reply = serve(
+        &mut vf0,
+        &me,
+        |f| f[12..14] == [8, 0] && f[23] == 1 && f[26..30] == [10, 99, 0, 1] && f[34] == 0,
+        || false,
+    )
+    .unwrap();
+    assert_eq!(&reply[42..], b"to-linux");
+    let c = &uplink(&d, 0)["counters"];
+    assert_eq!(c["drop_bad_frame"], 0, "{c}");
+}

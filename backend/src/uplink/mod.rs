@@ -9,6 +9,7 @@
 pub mod event_loop;
 pub mod stream;
 pub mod tap;
+pub mod vxlan;
 
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
