@@ -2,12 +2,13 @@
 //! resolved into one validated partition table. Every error names the field it is about.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use backend::admin::{Admin, AdminChange, LinkState, VlanProto};
 use backend::mac::MacAddr;
 use backend::partition::{PartitionConfig, Role};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SOCKET_DIR: &str = "/run/vhost-user-sriov-net";
 pub const DEFAULT_VFS: u16 = 4;
@@ -148,6 +149,8 @@ pub struct Settings {
     pub pf: Option<PartitionOverride>,
     /// Keyed by VF index as a string: `[vf.0]`, `[vf.1]`, ...
     pub vf: Option<BTreeMap<String, PartitionOverride>>,
+    /// `[[uplink]]` entries; `--uplink` flags replace them.
+    pub uplink: Option<Vec<UplinkSettings>>,
 }
 
 impl Settings {
@@ -179,6 +182,7 @@ impl Settings {
             control_group,
             pf,
             vf,
+            uplink,
         } = other;
         Settings {
             socket_dir: socket_dir.or(self.socket_dir),
@@ -194,6 +198,7 @@ impl Settings {
             control_group: control_group.or(self.control_group),
             pf: pf.or(self.pf),
             vf: vf.or(self.vf),
+            uplink: uplink.or(self.uplink),
         }
     }
 }
@@ -210,6 +215,8 @@ pub struct Config {
     pub partitions: Vec<(Role, PartitionConfig)>,
     /// Each partition's admin settings at start (same index), already validated.
     pub admin: Vec<AdminChange>,
+    /// Uplink ports, in order (`uplink0`, `uplink1`, ...).
+    pub uplinks: Vec<UplinkPlan>,
 }
 
 impl Config {
@@ -325,15 +332,23 @@ impl Config {
                 }
             }
         }
+        let socket_dir = s
+            .socket_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR));
+        let uplinks = resolve_uplinks(
+            s.uplink.as_deref().unwrap_or_default(),
+            &socket_dir,
+            s.mtu.unwrap_or(DEFAULT_MTU),
+            &partitions,
+        )?;
         Ok(Config {
             poll_us,
             data_access,
             control_access,
-            socket_dir: s
-                .socket_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR)),
+            socket_dir,
             partitions,
             admin,
+            uplinks,
         })
     }
 }
@@ -407,6 +422,304 @@ fn check_unicast(field: &str, mac: MacAddr) -> Result<(), ConfigError> {
         return Err(invalid(field, "00:00:00:00:00:00 is not a usable address"));
     }
     Ok(())
+}
+
+/// One `[[uplink]]` entry, or one `--uplink` flag (see [`UplinkSettings::from_str`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum UplinkSettings {
+    /// A Linux tap (opened, or created if missing) with a virtio-net header.
+    Tap {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u16>,
+    },
+    /// A Unix socket speaking QEMU's `-netdev stream` framing; relative to `socket_dir`.
+    Stream {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u16>,
+    },
+    /// A VXLAN segment (RFC 7348) over UDP: local `ADDR[:PORT]`, remotes `ADDR[:PORT]`, port
+    /// 4789 by default.
+    Vxlan {
+        vni: u32,
+        local: String,
+        remote: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        underlay_mtu: Option<u16>,
+    },
+}
+
+impl std::str::FromStr for UplinkSettings {
+    type Err = String;
+
+    /// `tap:NAME[,mtu=N]`, `stream:PATH[,mtu=N]` or
+    /// `vxlan:VNI,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=...][,mtu=N][,underlay_mtu=N]`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let usage =
+            "expected tap:NAME, stream:PATH or vxlan:VNI,local=ADDR[:PORT],remote=ADDR[:PORT]";
+        let (kind, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("{spec:?}: {usage}"))?;
+        let mut parts = rest.split(',');
+        let first = parts.next().unwrap_or_default().to_string();
+        let (mut mtu, mut underlay_mtu, mut local, mut remote) = (None, None, None, Vec::new());
+        for kv in parts {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("{spec:?}: {kv:?} is not KEY=VALUE"))?;
+            let num = |v: &str| {
+                v.parse::<u16>()
+                    .map_err(|_| format!("{spec:?}: {k}={v} is not a number up to 65535"))
+            };
+            match (kind, k) {
+                (_, "mtu") => mtu = Some(num(v)?),
+                ("vxlan", "underlay_mtu") => underlay_mtu = Some(num(v)?),
+                ("vxlan", "local") => local = Some(v.to_string()),
+                ("vxlan", "remote") => remote.push(v.to_string()),
+                _ => return Err(format!("{spec:?}: unknown option {k:?} for {kind}")),
+            }
+        }
+        Ok(match kind {
+            "tap" => UplinkSettings::Tap { name: first, mtu },
+            "stream" => UplinkSettings::Stream {
+                path: PathBuf::from(first),
+                mtu,
+            },
+            "vxlan" => UplinkSettings::Vxlan {
+                vni: first
+                    .parse()
+                    .map_err(|_| format!("{spec:?}: VNI {first:?} is not a number"))?,
+                local: local.ok_or_else(|| format!("{spec:?}: vxlan needs local=ADDR[:PORT]"))?,
+                remote,
+                mtu,
+                underlay_mtu,
+            },
+            other => return Err(format!("{spec:?}: unknown uplink kind {other:?}; {usage}")),
+        })
+    }
+}
+
+/// The IANA port for VXLAN (Linux's default is 8472: give `dstport 4789` to its vxlan devices).
+pub const VXLAN_PORT: u16 = 4789;
+/// Bytes VXLAN adds to each frame on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
+/// the inner Ethernet header (14), which the inner MTU does not count. 70 over IPv6.
+pub const VXLAN_OVERHEAD_V4: u16 = 50;
+pub const VXLAN_OVERHEAD_V6: u16 = 70;
+
+/// A validated uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkPlan {
+    pub kind: UplinkKind,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkKind {
+    Tap {
+        name: String,
+    },
+    Stream {
+        path: PathBuf,
+    },
+    Vxlan {
+        vni: u32,
+        local: SocketAddr,
+        remotes: Vec<SocketAddr>,
+        underlay_mtu: u16,
+    },
+}
+
+impl UplinkPlan {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            UplinkKind::Tap { .. } => "tap",
+            UplinkKind::Stream { .. } => "stream",
+            UplinkKind::Vxlan { .. } => "vxlan",
+        }
+    }
+
+    /// The canonical spec (what `--uplink` takes; `show` prints it; `dump-config` reads it).
+    pub fn spec(&self) -> String {
+        match &self.kind {
+            UplinkKind::Tap { name } => format!("tap:{name},mtu={}", self.mtu),
+            UplinkKind::Stream { path } => format!("stream:{},mtu={}", path.display(), self.mtu),
+            UplinkKind::Vxlan {
+                vni,
+                local,
+                remotes,
+                underlay_mtu,
+            } => {
+                let mut s = format!("vxlan:{vni},local={local}");
+                for r in remotes {
+                    s += &format!(",remote={r}");
+                }
+                s + &format!(",mtu={},underlay_mtu={underlay_mtu}", self.mtu)
+            }
+        }
+    }
+}
+
+/// `ADDR[:PORT]` (IPv6 with a port as `[ADDR]:PORT`), port 4789 by default.
+pub fn parse_vtep(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, VXLAN_PORT))
+        .map_err(|_| format!("{s:?} is not ADDR or ADDR:PORT"))
+}
+
+fn resolve_uplinks(
+    list: &[UplinkSettings],
+    socket_dir: &Path,
+    global_mtu: u16,
+    partitions: &[(Role, PartitionConfig)],
+) -> Result<Vec<UplinkPlan>, ConfigError> {
+    let mut out: Vec<UplinkPlan> = Vec::with_capacity(list.len());
+    for (i, u) in list.iter().enumerate() {
+        let field = |k: &str| format!("uplink.{i}.{k}");
+        let (kind, mtu) = match u {
+            UplinkSettings::Tap { name, mtu } => {
+                let ok = !name.is_empty()
+                    && name.len() < 16
+                    && !name.contains(['/', ':', ',', '%'])
+                    && !name.chars().any(char::is_whitespace)
+                    && name != "."
+                    && name != "..";
+                if !ok {
+                    return Err(invalid(
+                        field("name"),
+                        format!("{name:?} is not an interface name (1..=15 characters, no '/', ':' or spaces)"),
+                    ));
+                }
+                (UplinkKind::Tap { name: name.clone() }, *mtu)
+            }
+            UplinkSettings::Stream { path, mtu } => {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(field("path"), "a socket path is needed"));
+                }
+                let path = socket_dir.join(path);
+                let taken = path.parent() == Some(socket_dir)
+                    && path.file_name().is_some_and(|f| {
+                        let f = f.to_string_lossy();
+                        f == "control.sock"
+                            || f == "pf.sock"
+                            || (f.starts_with("vf") && f.ends_with(".sock"))
+                    });
+                if taken {
+                    return Err(invalid(
+                        field("path"),
+                        format!("{} is a partition's or the control socket", path.display()),
+                    ));
+                }
+                (UplinkKind::Stream { path }, *mtu)
+            }
+            UplinkSettings::Vxlan {
+                vni,
+                local,
+                remote,
+                mtu,
+                underlay_mtu,
+            } => {
+                if *vni > 0x00ff_ffff {
+                    return Err(invalid(
+                        field("vni"),
+                        format!("{vni} does not fit 24 bits (0..=16777215)"),
+                    ));
+                }
+                let local = parse_vtep(local).map_err(|e| invalid(field("local"), e))?;
+                if remote.is_empty() {
+                    return Err(invalid(
+                        field("remote"),
+                        "at least one remote VTEP is needed (head-end replication)",
+                    ));
+                }
+                let mut remotes = Vec::with_capacity(remote.len());
+                for r in remote {
+                    let a = parse_vtep(r).map_err(|e| invalid(field("remote"), e))?;
+                    if a.is_ipv4() != local.is_ipv4() {
+                        return Err(invalid(
+                            field("remote"),
+                            format!("{a} is not of the local address's family ({local})"),
+                        ));
+                    }
+                    if a == local {
+                        return Err(invalid(field("remote"), format!("{a} is the local VTEP")));
+                    }
+                    if !remotes.contains(&a) {
+                        remotes.push(a);
+                    }
+                }
+                let underlay = underlay_mtu.unwrap_or(DEFAULT_MTU);
+                let overhead = if local.is_ipv4() {
+                    VXLAN_OVERHEAD_V4
+                } else {
+                    VXLAN_OVERHEAD_V6
+                };
+                let inner = mtu.unwrap_or(global_mtu);
+                if u32::from(inner) + u32::from(overhead) > u32::from(underlay) {
+                    return Err(invalid(
+                        if mtu.is_some() { field("mtu") } else { format!("uplink.{i}") },
+                        format!(
+                            "MTU {inner} + {overhead} bytes of VXLAN overhead exceeds underlay_mtu {underlay}: set mtu = {} here and on the partitions, or raise underlay_mtu",
+                            underlay.saturating_sub(overhead)
+                        ),
+                    ));
+                }
+                for (role, pc) in partitions {
+                    if pc.mtu > inner {
+                        return Err(invalid(
+                            format!("uplink.{i}"),
+                            format!(
+                                "{} has MTU {} above this VXLAN segment's {inner}: its larger frames would be dropped",
+                                role.name(),
+                                pc.mtu
+                            ),
+                        ));
+                    }
+                }
+                (
+                    UplinkKind::Vxlan {
+                        vni: *vni,
+                        local,
+                        remotes,
+                        underlay_mtu: underlay,
+                    },
+                    Some(inner),
+                )
+            }
+        };
+        let mtu = mtu.unwrap_or(global_mtu);
+        if mtu < 68 {
+            return Err(invalid(
+                field("mtu"),
+                format!("{mtu} is below the IPv4 minimum of 68"),
+            ));
+        }
+        let plan = UplinkPlan { kind, mtu };
+        if let Some(j) = out.iter().position(|o| same_endpoint(&o.kind, &plan.kind)) {
+            return Err(invalid(
+                format!("uplink.{i}"),
+                format!("{} is also uplink.{j}", plan.spec()),
+            ));
+        }
+        out.push(plan);
+    }
+    Ok(out)
+}
+
+fn same_endpoint(a: &UplinkKind, b: &UplinkKind) -> bool {
+    match (a, b) {
+        (UplinkKind::Tap { name: x }, UplinkKind::Tap { name: y }) => x == y,
+        (UplinkKind::Stream { path: x }, UplinkKind::Stream { path: y }) => x == y,
+        (UplinkKind::Vxlan { local: x, .. }, UplinkKind::Vxlan { local: y, .. }) => x == y,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -531,5 +844,110 @@ mod tests {
         assert!(err("mtu = 20").starts_with("mtu: 20 is below"));
         assert!(err("base_mac = \"02:00:00:ff:ff:fe\"").starts_with("base_mac: "));
         assert!(err("poll_us = 10001").starts_with("poll_us: 10001 is above"));
+    }
+
+    #[test]
+    fn uplinks_from_the_file_and_from_specs() {
+        let c = parse(
+            r#"
+            socket_dir = "/run/x"
+            mtu = 1450
+            [[uplink]]
+            kind = "stream"
+            path = "wire0.sock"
+            [[uplink]]
+            kind = "tap"
+            name = "sriov0"
+            mtu = 9000
+            [[uplink]]
+            kind = "vxlan"
+            vni = 42
+            local = "127.0.0.1"
+            remote = ["127.0.0.2", "127.0.0.3:5000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.uplinks.len(), 3);
+        assert_eq!(
+            c.uplinks[0].kind,
+            UplinkKind::Stream {
+                path: "/run/x/wire0.sock".into()
+            },
+            "relative to the socket directory"
+        );
+        assert_eq!(c.uplinks[0].mtu, 1450, "the global MTU by default");
+        assert_eq!(c.uplinks[1].spec(), "tap:sriov0,mtu=9000");
+        assert_eq!(
+            c.uplinks[2].spec(),
+            "vxlan:42,local=127.0.0.1:4789,remote=127.0.0.2:4789,remote=127.0.0.3:5000,mtu=1450,underlay_mtu=1500"
+        );
+        // Every canonical spec parses back to the same plan.
+        for u in &c.uplinks {
+            let again: UplinkSettings = u.spec().parse().unwrap();
+            let s = Settings {
+                socket_dir: Some("/run/x".into()),
+                mtu: Some(1450),
+                uplink: Some(vec![again]),
+                ..Default::default()
+            };
+            assert_eq!(&Config::resolve(s).unwrap().uplinks[0], u);
+        }
+        let spec: UplinkSettings = "vxlan:7,local=[::1]:4790,remote=::2,underlay_mtu=9000"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            spec,
+            UplinkSettings::Vxlan {
+                vni: 7,
+                local: "[::1]:4790".into(),
+                remote: vec!["::2".into()],
+                mtu: None,
+                underlay_mtu: Some(9000)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_uplinks_name_their_field() {
+        let bad_spec = |s: &str| s.parse::<UplinkSettings>().unwrap_err();
+        assert!(bad_spec("wire0.sock").contains("expected tap:NAME"));
+        assert!(bad_spec("ether:x").contains("unknown uplink kind"));
+        assert!(bad_spec("tap:t0,speed=1").contains("unknown option \"speed\""));
+        assert!(bad_spec("vxlan:x,local=1.2.3.4").contains("VNI"));
+        assert!(bad_spec("vxlan:1,remote=1.2.3.4").contains("needs local="));
+        assert!(err("[[uplink]]\nkind = \"tap\"\nname = \"t0\"\ncolour = 1")
+            .contains("unknown field `colour`"));
+        assert!(err("[[uplink]]\nkind = \"wire\"").contains("unknown variant `wire`"));
+        assert!(err("[[uplink]]\nkind = \"tap\"\nname = \"a/b\"").starts_with("uplink.0.name: "));
+        assert!(err("[[uplink]]\nkind = \"stream\"\npath = \"vf0.sock\"")
+            .starts_with("uplink.0.path: "));
+        let vx = |extra: &str| {
+            err(&format!(
+                "mtu = 1450\n[[uplink]]\nkind = \"vxlan\"\nvni = 5\nlocal = \"127.0.0.1\"\n{extra}"
+            ))
+        };
+        assert!(vx("remote = []").starts_with("uplink.0.remote: at least one"));
+        assert!(vx("remote = [\"::1\"]").contains("family"));
+        assert!(vx("remote = [\"127.0.0.1\"]").contains("is the local VTEP"));
+        assert!(err(
+            "mtu = 1450\n[[uplink]]\nkind = \"vxlan\"\nvni = 16777216\nlocal = \"127.0.0.1\"\nremote = [\"127.0.0.2\"]"
+        )
+        .starts_with("uplink.0.vni: 16777216 does not fit"));
+        assert_eq!(
+            vx("remote = [\"127.0.0.2\"]\nmtu = 1460"),
+            "uplink.0.mtu: MTU 1460 + 50 bytes of VXLAN overhead exceeds underlay_mtu 1500: set mtu = 1450 here and on the partitions, or raise underlay_mtu"
+        );
+        // The partitions' MTU is checked too: the default 1500 does not fit.
+        assert_eq!(
+            err("[[uplink]]\nkind = \"vxlan\"\nvni = 5\nlocal = \"127.0.0.1\"\nremote = [\"127.0.0.2\"]\nmtu = 1450"),
+            "uplink.0: pf has MTU 1500 above this VXLAN segment's 1450: its larger frames would be dropped"
+        );
+        assert!(err("mtu = 1500\n[[uplink]]\nkind = \"vxlan\"\nvni = 5\nlocal = \"127.0.0.1\"\nremote = [\"127.0.0.2\"]")
+            .starts_with("uplink.0: MTU 1500 + 50 bytes"));
+        assert!(vx("remote = [\"127.0.0.2\"]\nunderlay_mtu = 1400")
+            .contains("exceeds underlay_mtu 1400"));
+        let two =
+            "[[uplink]]\nkind = \"tap\"\nname = \"t0\"\n[[uplink]]\nkind = \"tap\"\nname = \"t0\"";
+        assert!(err(two).starts_with("uplink.1: tap:t0,mtu=1500 is also uplink.0"));
     }
 }

@@ -356,7 +356,7 @@ fn set(
         "{name}: admin change {}",
         serde_json::to_string(&change).unwrap_or_default()
     );
-    Ok(partition_json(p, PROTOCOL_VERSION))
+    Ok(with_link(switch, p, partition_json(p, PROTOCOL_VERSION)))
 }
 
 fn show(switch: &Switch, only: Option<&str>, version: u32) -> Result<Value, String> {
@@ -367,9 +367,48 @@ fn show(switch: &Switch, only: Option<&str>, version: u32) -> Result<Value, Stri
         .partitions()
         .iter()
         .filter(|p| only.is_none_or(|n| p.name() == n))
-        .map(|p| partition_json(p, version))
+        .map(|p| with_link(switch, p, partition_json(p, version)))
         .collect();
-    Ok(json!({"version": version, "partitions": parts}))
+    let mut out = json!({"version": version, "partitions": parts});
+    if version >= 2 {
+        out["uplinks"] = uplinks_json(switch);
+    }
+    Ok(out)
+}
+
+/// Version 2's `link` is the effective one: `state auto` follows the uplinks.
+fn with_link(switch: &Switch, p: &Partition, mut v: Value) -> Value {
+    if v.get("link").is_some() {
+        v["link"] = json!(if switch.link_up(p.id) { "up" } else { "down" });
+    }
+    v
+}
+
+/// Version 2's `uplinks`: each uplink port with its link, peer events and counters (`rx` is
+/// what came in from the wire, `tx` what went onto it).
+pub fn uplinks_json(switch: &Switch) -> Value {
+    let ups: Vec<Value> = switch
+        .uplinks()
+        .iter()
+        .map(|u| {
+            let c = &u.config;
+            let life = u.life();
+            json!({
+                "name": c.name,
+                "kind": c.kind,
+                "spec": c.spec,
+                "mtu": c.mtu,
+                "link": if u.carrier() { "up" } else { "down" },
+                "offloads": {"csum": c.offloads.csum, "tso4": c.offloads.tso4, "tso6": c.offloads.tso6},
+                "connects": life.connects,
+                "disconnects": life.disconnects,
+                "refused": life.refused,
+                "learned_macs": switch.learned().count(u.id),
+                "counters": u.counters(),
+            })
+        })
+        .collect();
+    Value::Array(ups)
 }
 
 fn partition_json(p: &Partition, version: u32) -> Value {
@@ -466,6 +505,15 @@ pub fn dump_config(switch: &Switch, info: &DaemonInfo) -> String {
     }
     root.insert("pf".into(), T::Table(pf));
     root.insert("vf".into(), T::Table(vfs));
+    let uplinks: Vec<T> = switch
+        .uplinks()
+        .iter()
+        .filter_map(|u| u.config.spec.parse::<crate::config::UplinkSettings>().ok())
+        .filter_map(|u| T::try_from(u).ok())
+        .collect();
+    if !uplinks.is_empty() {
+        root.insert("uplink".into(), T::Array(uplinks));
+    }
     toml::to_string(&root).unwrap_or_default()
 }
 
@@ -612,6 +660,77 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("no partition named \"vf7\""));
+    }
+
+    #[test]
+    fn version_2_shows_uplinks_and_the_effective_link() {
+        use backend::offload::{RxOffloads, TxOffloads};
+        use backend::uplink::{Uplink, UplinkConfig};
+        let mk = |id: usize, role| {
+            Arc::new(Partition::new(
+                id,
+                role,
+                PartitionConfig {
+                    mac: backend::mac::MacAddr([2, 0, 0, 0, 0, id as u8 + 1]),
+                    queue_pairs: 1,
+                    queue_size: 256,
+                    mtu: 1500,
+                },
+            ))
+        };
+        let up = Arc::new(Uplink::new(
+            0,
+            UplinkConfig {
+                name: "uplink0".into(),
+                kind: "stream",
+                spec: "stream:/tmp/w.sock".into(),
+                mtu: 1500,
+                offloads: RxOffloads::default(),
+                accepts: TxOffloads::default(),
+            },
+        ));
+        let sw = Switch::with_uplinks(vec![mk(0, Role::Pf), mk(1, Role::Vf(0))], vec![up]).unwrap();
+        let v = req(&sw, r#"{"version":2,"cmd":"show"}"#)["result"].clone();
+        let u = &v["uplinks"][0];
+        assert_eq!(
+            (&u["name"], &u["kind"], &u["link"], &u["mtu"]),
+            (
+                &json!("uplink0"),
+                &json!("stream"),
+                &json!("down"),
+                &json!(1500)
+            )
+        );
+        assert_eq!(u["counters"]["drop_bad_frame"], 0);
+        assert_eq!(u["counters"]["rx_packets"], 0);
+        assert_eq!(
+            v["partitions"][1]["link"], "down",
+            "auto follows the uplink, which has no peer"
+        );
+        sw.set_carrier(0, true);
+        let v = req(&sw, r#"{"version":2,"cmd":"show"}"#)["result"].clone();
+        assert_eq!(v["uplinks"][0]["link"], "up");
+        assert_eq!(v["partitions"][1]["link"], "up");
+        let v1 = req(&sw, r#"{"version":1,"cmd":"show"}"#)["result"].clone();
+        assert!(v1.get("uplinks").is_none(), "{v1}");
+        let dump = req(&sw, r#"{"version":2,"cmd":"dump-config"}"#)["result"]["toml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let back: crate::config::Settings = toml::from_str(&dump).unwrap();
+        assert_eq!(
+            back.uplink,
+            Some(vec![crate::config::UplinkSettings::Stream {
+                path: "/tmp/w.sock".into(),
+                mtu: None
+            }]),
+            "{dump}"
+        );
+        let text = crate::ctl::uplink_lines(&v, true);
+        assert!(
+            text.starts_with("    uplink0  stream:/tmp/w.sock mtu 1500, link up, peers 0"),
+            "{text}"
+        );
     }
 
     #[test]

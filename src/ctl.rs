@@ -61,7 +61,56 @@ pub fn show(
     if json_out {
         return serde_json::to_string_pretty(&v).map_err(|e| CtlError::Daemon(e.to_string()));
     }
-    Ok(link_lines(&v, stats))
+    Ok(link_lines(&v, stats) + &uplink_lines(&v, stats))
+}
+
+/// One line per uplink after the partitions: its kind, spec, link and peer events; with
+/// `stats`, its counters as `ip -s link` prints a port's (RX from the wire, TX onto it).
+pub fn uplink_lines(v: &Value, stats: bool) -> String {
+    let mut out = String::new();
+    for u in v["uplinks"].as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+        let n = |k: &str| u[k].as_u64().unwrap_or(0);
+        out += &format!(
+            "    {:<8} {} mtu {}, link {}",
+            u["name"].as_str().unwrap_or("?"),
+            u["spec"].as_str().unwrap_or("?"),
+            n("mtu"),
+            u["link"].as_str().unwrap_or("?"),
+        );
+        if u["kind"] == "stream" {
+            out += &format!(", peers {} (refused {})", n("connects"), n("refused"));
+        }
+        out += &format!(", learned {}\n", n("learned_macs"));
+        if stats {
+            let c = &u["counters"];
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let drops = |keys: &[&str]| keys.iter().map(|k| n(k)).sum::<u64>();
+            out += "    RX: bytes  packets  mcast   bcast   dropped\n";
+            out += &format!(
+                "    {:<10} {:<8} {:<7} {:<7} {}\n",
+                n("rx_bytes"),
+                n("rx_packets"),
+                n("rx_multicast"),
+                n("rx_broadcast"),
+                drops(&[
+                    "drop_bad_frame",
+                    "drop_oversize",
+                    "drop_unknown_destination",
+                    "drop_spoofed_source",
+                    "drop_vlan",
+                    "drop_destination_down",
+                ])
+            );
+            out += "    TX: bytes  packets  dropped\n";
+            out += &format!(
+                "    {:<10} {:<8} {}\n",
+                n("tx_bytes"),
+                n("tx_packets"),
+                drops(&["drop_tx_busy", "drop_link_down"])
+            );
+        }
+    }
+    out
 }
 
 /// `ctl vf N ...` / `ctl pf ...`: `words` in `ip link set ... vf N` syntax.

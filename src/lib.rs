@@ -11,3 +11,4 @@ pub mod qemu;
 pub mod qmp;
 pub mod server;
 pub mod shim;
+pub mod uplinks;

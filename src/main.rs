@@ -15,7 +15,7 @@ use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use vhost_user_sriov_net::config::{self, Config, Settings};
-use vhost_user_sriov_net::{control, ctl, lifecycle, qemu, server};
+use vhost_user_sriov_net::{control, ctl, lifecycle, qemu, server, uplinks};
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +78,12 @@ struct ConfigArgs {
     /// Group of control.sock (name or number)
     #[arg(long, value_name = "GROUP")]
     control_group: Option<String>,
+    /// An uplink port (repeatable; replaces the config file's [[uplink]] entries):
+    /// tap:NAME, stream:PATH (QEMU -netdev stream framing; relative to the socket directory) or
+    /// vxlan:VNI,local=ADDR[:PORT],remote=ADDR[:PORT][,remote=...]; each takes ,mtu=N and VXLAN
+    /// ,underlay_mtu=N
+    #[arg(long, value_name = "SPEC")]
+    uplink: Vec<config::UplinkSettings>,
 }
 
 #[derive(Subcommand)]
@@ -305,6 +311,7 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
         control_group: a.control_group.clone(),
         pf: None,
         vf: None,
+        uplink: (!a.uplink.is_empty()).then(|| a.uplink.clone()),
     };
     Config::resolve(file.overlay(flags))
 }
@@ -367,7 +374,7 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) 
         .enumerate()
         .map(|(i, (role, pc))| Arc::new(Partition::new(i, *role, pc.clone())))
         .collect();
-    let switch = match Switch::new(partitions) {
+    let switch = match Switch::with_uplinks(partitions, uplinks::ports(&cfg.uplinks)) {
         Ok(s) => Arc::new(s),
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
@@ -402,6 +409,22 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) 
         Ok(l) => l,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
+    // Uplink stream sockets: claimed and bound as the partitions' are.
+    let stream_paths = uplinks::socket_paths(&cfg.uplinks);
+    // SAFETY: as above.
+    let old_umask = unsafe { libc::umask(0o177) };
+    let stream_bound = server::bind_all(&stream_paths, Default::default());
+    // SAFETY: as above.
+    unsafe { libc::umask(old_umask) };
+    let (stream_listeners, stream_owned) = match stream_bound {
+        Ok(l) => l,
+        Err(e) => {
+            server::remove_all(&owned);
+            return fail(EXIT_BAD_INPUT, &e);
+        }
+    };
+    let mut owned = owned;
+    owned.extend(stream_owned);
     // From here on, a failed start takes its sockets with it (not systemd's: they stay).
     let abort = |code: u8, msg: &dyn std::fmt::Display| {
         server::remove_all(&owned);
@@ -442,6 +465,9 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) 
         Ok(a) => a,
         Err(e) => return abort(1, &format!("cannot start the acceptor: {e}")),
     };
+    if let Err(e) = uplinks::start(&switch, &cfg.uplinks, stream_listeners) {
+        return abort(EXIT_BAD_INPUT, &e);
+    }
     for (p, l) in switch.partitions().iter().zip(listeners) {
         let started =
             acceptor.add_partition(p.clone(), switch.clone(), poller.clone(), l, &internal);

@@ -131,17 +131,17 @@ impl Collector for Partitions {
                 ConstCounter::new(c.dropped(r)).encode(m.encode_family(&l)?)?;
             }
         }
-        type GaugeOf = fn(&Partition) -> i64;
+        type GaugeOf = fn(&Switch, &Partition) -> i64;
         let gauges: [(&str, &str, GaugeOf); 2] = [
             (
                 "network_up",
-                "1 when the partition's admin link is up.",
-                |p| i64::from(p.admin().link_up(true)),
+                "1 when the partition's link is up (admin state, uplinks).",
+                |s, p| i64::from(s.link_up(p.id)),
             ),
             (
                 "started",
                 "1 while the partition's rings run (its driver is up).",
-                |p| i64::from(p.state() == State::Started),
+                |_, p| i64::from(p.state() == State::Started),
             ),
         ];
         for (name, help, get) in gauges {
@@ -150,7 +150,7 @@ impl Collector for Partitions {
                 enc.encode_descriptor(&name, help, None, ConstGauge::new(0i64).metric_type())?;
             for (p, _) in &parts {
                 let l = label(p);
-                ConstGauge::new(get(p)).encode(m.encode_family(&l)?)?;
+                ConstGauge::new(get(&self.0, p)).encode(m.encode_family(&l)?)?;
             }
         }
         Ok(())

@@ -156,7 +156,7 @@ impl Session {
         }
         loop {
             for p in switch.partitions() {
-                let want = p.admin().link_up(true);
+                let want = switch.link_up(p.id);
                 let connects = p.lifecycle().connects;
                 if told.get(&p.id) != Some(&(want, connects)) {
                     // Only a partition QEMU knows: its NIC exists once it connected.

@@ -23,6 +23,7 @@ pub mod session;
 pub mod shaper;
 pub mod switch;
 pub mod tx;
+pub mod uplink;
 pub mod vlan;
 
 #[cfg(test)]

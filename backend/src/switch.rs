@@ -23,12 +23,13 @@ use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
 use crate::hostmem::{HostMem, HostPtr};
 use crate::mac::MacAddr;
-use crate::net_hdr::{NetHdr, FLAG_NEEDS_CSUM, NET_HDR_LEN};
+use crate::net_hdr::{NetHdr, ETH_HLEN, FLAG_NEEDS_CSUM, NET_HDR_LEN};
 use crate::offload;
 use crate::partition::{Partition, PartitionId};
 use crate::ring::Seg;
 use crate::rx::{Outgoing, RxQueue, RxScratch};
 use crate::session::{Held, Warn};
+use crate::uplink::{Learned, Uplink, UplinkId, WireDrop, WireError, WireWarn};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SwitchError {
@@ -42,6 +43,8 @@ pub enum SwitchError {
     BadMac(String, MacAddr),
     #[error("partition table must be indexed 0..n (PF at 0); entry {0} has id {1}")]
     BadIndex(usize, PartitionId),
+    #[error("uplink table must be indexed 0..n; entry {0} has id {1}")]
+    BadUplinkIndex(usize, UplinkId),
 }
 
 /// What the switch does with one frame.
@@ -49,8 +52,12 @@ pub enum SwitchError {
 pub enum Decision {
     Drop(DropReason),
     Unicast(PartitionId),
-    /// To every other running partition.
+    /// To every other running partition, and to every uplink when from a partition.
     Flood(Cast),
+    /// Unicast to a MAC learned behind this uplink.
+    Uplink(UplinkId),
+    /// Unicast to a MAC nobody here owns and nothing learned: to every uplink.
+    FloodUplinks,
 }
 
 /// A frame taken from a TX queue, still in the sender's guest memory.
@@ -170,12 +177,23 @@ pub struct View {
     /// Partition by MAC ([`MacAddr::key`]). MACs are unique across ports, so forwarding by
     /// (VLAN, MAC) is this lookup plus the destination's VLAN membership.
     fdb: FxHashMap<u64, PartitionId>,
+    /// Partitions are ports 0..parts; uplink u is port parts + u (a trunk: no port VLAN).
+    parts: usize,
+    /// MACs learned behind uplinks; None without uplinks (unknown unicast is then dropped).
+    learned: Option<Arc<Learned>>,
 }
 
 impl View {
-    fn build(partitions: &[Arc<Partition>], admins: &[Admin]) -> Result<View, SwitchError> {
+    fn build(
+        partitions: &[Arc<Partition>],
+        admins: &[Admin],
+        uplinks: &[Arc<Uplink>],
+        learned: &Arc<Learned>,
+    ) -> Result<View, SwitchError> {
         let mut fdb: FxHashMap<u64, PartitionId> = FxHashMap::default();
-        let mut ports = Vec::with_capacity(admins.len());
+        let mut ports = Vec::with_capacity(admins.len() + uplinks.len());
+        // `state auto` follows the uplinks: up while any has its link, or when there is none.
+        let uplink_up = uplinks.is_empty() || uplinks.iter().any(|u| u.carrier());
         for (p, a) in partitions.iter().zip(admins) {
             if a.mac.is_group() || a.mac.is_zero() {
                 return Err(SwitchError::BadMac(p.name(), a.mac));
@@ -192,7 +210,7 @@ impl View {
                 mac: a.mac,
                 vlan: a.vlan,
                 spoofchk: a.spoofchk,
-                up: a.link_up(true),
+                up: a.link_up(uplink_up),
                 promisc: guest.is_some_and(|g| g.promiscuous),
             });
         }
@@ -205,7 +223,25 @@ impl View {
                 ports[p.id].mac = mac;
             }
         }
-        Ok(View { ports, fdb })
+        let parts = ports.len();
+        ports.extend(uplinks.iter().map(|u| PortView {
+            mac: MacAddr([0; 6]),
+            vlan: None,
+            spoofchk: false,
+            up: u.carrier(),
+            promisc: false,
+        }));
+        Ok(View {
+            ports,
+            fdb,
+            parts,
+            learned: (!uplinks.is_empty()).then(|| learned.clone()),
+        })
+    }
+
+    /// The port number of uplink `u` (for [`View::vlan_path`] and `ports`).
+    pub fn uplink_port(&self, u: UplinkId) -> usize {
+        self.parts + u
     }
 
     /// Whether any port hears unknown unicast.
@@ -232,11 +268,54 @@ impl View {
             return Decision::Flood(Cast::Multicast);
         }
         match self.fdb.get(&f.dst.key()) {
-            // To the promiscuous (trusted) ports only.
-            None if self.any_promisc() => Decision::Flood(Cast::Unicast),
-            None => Decision::Drop(DropReason::UnknownDestination),
+            // Unknown unicast: behind an uplink, and to the promiscuous (trusted) ports.
+            None => match self.beyond(me, f) {
+                Decision::Drop(_) | Decision::FloodUplinks if self.any_promisc() => {
+                    Decision::Flood(Cast::Unicast)
+                }
+                d => d,
+            },
             Some(id) if *id == from => Decision::Drop(DropReason::Hairpin),
             Some(id) => Decision::Unicast(*id),
+        }
+    }
+
+    /// Unicast from a partition to a MAC no partition owns: the uplink it was learned behind
+    /// (on the VLAN the frame has on the wire), else every uplink; dropped without uplinks.
+    fn beyond(&self, me: &PortView, f: &TxFrame) -> Decision {
+        let Some(l) = &self.learned else {
+            return Decision::Drop(DropReason::UnknownDestination);
+        };
+        let (tpid, vid) = match me.vlan {
+            Some(v) => (v.proto.tpid(), v.id),
+            None => (f.tpid, f.vid),
+        };
+        match l.lookup(Learned::key(f.dst, tpid, vid)) {
+            Some(u) => Decision::Uplink(u),
+            None => Decision::FloodUplinks,
+        }
+    }
+
+    /// What the switch does with a frame that came in on uplink `u`: to the partition by
+    /// (VLAN, MAC), flooded to the partitions when broadcast/multicast, never to an uplink. A
+    /// source that cannot be a station behind the wire (a group or zero address, or a
+    /// partition's own MAC: a loop) is dropped as `spoofed_source`.
+    pub fn decide_ingress(&self, u: UplinkId, f: &TxFrame) -> Decision {
+        if self.ports.get(self.uplink_port(u)).is_none() {
+            return Decision::Drop(DropReason::DestinationDown);
+        }
+        if f.src.is_group() || f.src.is_zero() || self.fdb.contains_key(&f.src.key()) {
+            return Decision::Drop(DropReason::SpoofedSource);
+        }
+        if f.dst.is_broadcast() {
+            return Decision::Flood(Cast::Broadcast);
+        }
+        if f.dst.is_multicast() {
+            return Decision::Flood(Cast::Multicast);
+        }
+        match self.fdb.get(&f.dst.key()) {
+            Some(id) => Decision::Unicast(*id),
+            None => Decision::Drop(DropReason::UnknownDestination),
         }
     }
 
@@ -267,6 +346,8 @@ pub enum Retag {
 
 pub struct Switch {
     partitions: Vec<Arc<Partition>>,
+    uplinks: Vec<Arc<Uplink>>,
+    learned: Arc<Learned>,
     view: ArcSwap<View>,
     /// Bumped after every new view: a sender compares one integer per batch.
     version: AtomicU64,
@@ -276,15 +357,31 @@ pub struct Switch {
 
 impl Switch {
     pub fn new(partitions: Vec<Arc<Partition>>) -> Result<Self, SwitchError> {
+        Self::with_uplinks(partitions, Vec::new())
+    }
+
+    /// A switch with uplink ports besides the partitions (see [`crate::uplink`]).
+    pub fn with_uplinks(
+        partitions: Vec<Arc<Partition>>,
+        uplinks: Vec<Arc<Uplink>>,
+    ) -> Result<Self, SwitchError> {
         for (i, p) in partitions.iter().enumerate() {
             if p.id != i {
                 return Err(SwitchError::BadIndex(i, p.id));
             }
         }
+        for (i, u) in uplinks.iter().enumerate() {
+            if u.id != i {
+                return Err(SwitchError::BadUplinkIndex(i, u.id));
+            }
+        }
+        let learned = Arc::new(Learned::default());
         let admins: Vec<Admin> = partitions.iter().map(|p| p.admin()).collect();
-        let view = View::build(&partitions, &admins)?;
+        let view = View::build(&partitions, &admins, &uplinks, &learned)?;
         Ok(Switch {
             partitions,
+            uplinks,
+            learned,
             view: ArcSwap::from_pointee(view),
             version: AtomicU64::new(0),
             admin: Mutex::new(()),
@@ -293,6 +390,44 @@ impl Switch {
 
     pub fn partitions(&self) -> &[Arc<Partition>] {
         &self.partitions
+    }
+
+    pub fn uplinks(&self) -> &[Arc<Uplink>] {
+        &self.uplinks
+    }
+
+    /// MACs learned behind the uplinks.
+    pub fn learned(&self) -> &Learned {
+        &self.learned
+    }
+
+    /// The effective link of partition `id`: its `state`, with `auto` following the uplinks.
+    pub fn link_up(&self, id: PartitionId) -> bool {
+        self.view.load().ports.get(id).is_some_and(|p| p.up)
+    }
+
+    /// Uplink `u`'s wire came up or went down (a peer attached or left, the tap went away).
+    /// Partitions with `state auto` follow; what was learned behind it is forgotten.
+    pub fn set_carrier(&self, u: UplinkId, up: bool) {
+        let _serial = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(uplink) = self.uplinks.get(u) else {
+            return;
+        };
+        if uplink.store_carrier(up) == up {
+            return;
+        }
+        log::info!("{}: link {}", uplink.name(), if up { "up" } else { "down" });
+        if !up {
+            self.learned.flush(u);
+        }
+        let admins: Vec<Admin> = self.partitions.iter().map(|p| p.admin()).collect();
+        match View::build(&self.partitions, &admins, &self.uplinks, &self.learned) {
+            Ok(view) => {
+                self.view.store(Arc::new(view));
+                self.version.fetch_add(1, Ordering::Release);
+            }
+            Err(e) => log::error!("cannot rebuild the switch view: {e}"),
+        }
     }
 
     /// The current view (control plane and tests; the data path caches it per sender).
@@ -322,8 +457,8 @@ impl Switch {
         let mut admins: Vec<Admin> = self.partitions.iter().map(|p| p.admin()).collect();
         admins[id] = new;
         // Cannot fail: the MAC was checked above and by `apply`.
-        let view =
-            View::build(&self.partitions, &admins).map_err(|e| AdminError::State(e.to_string()))?;
+        let view = View::build(&self.partitions, &admins, &self.uplinks, &self.learned)
+            .map_err(|e| AdminError::State(e.to_string()))?;
         part.store_admin(new);
         self.view.store(Arc::new(view));
         self.version.fetch_add(1, Ordering::Release);
@@ -340,7 +475,7 @@ impl Switch {
         };
         part.store_guest(g);
         let admins: Vec<Admin> = self.partitions.iter().map(|p| p.admin()).collect();
-        if let Ok(view) = View::build(&self.partitions, &admins) {
+        if let Ok(view) = View::build(&self.partitions, &admins, &self.uplinks, &self.learned) {
             let applied = g.is_some_and(|g| view.ports[id].mac == g.mac);
             self.view.store(Arc::new(view));
             self.version.fetch_add(1, Ordering::Release);
@@ -389,12 +524,16 @@ impl Switch {
         decisions.clear();
         // A batch is mostly one flow: a frame with the previous frame's addresses and tag gets
         // its decision without a table lookup.
-        let mut last: Option<(MacAddr, MacAddr, u16, Decision)> = None;
+        let mut last: Option<(MacAddr, MacAddr, u16, u16, Decision)> = None;
         decisions.extend(batch.frames.iter().map(|f| match last {
-            Some((src, dst, tpid, d)) if src == f.src && dst == f.dst && tpid == f.tpid => d,
+            Some((src, dst, tpid, vid, d))
+                if src == f.src && dst == f.dst && tpid == f.tpid && vid == f.vid =>
+            {
+                d
+            }
             _ => {
                 let d = view.decide(from.id, f);
-                last = Some((f.src, f.dst, f.tpid, d));
+                last = Some((f.src, f.dst, f.tpid, f.vid, d));
                 d
             }
         }));
@@ -422,7 +561,26 @@ impl Switch {
                             tx.merge_drops(&t);
                         }
                     }
+                    self.flood_uplinks(view, from, batch, f, cast, runs, &mut tx);
                     i += 1;
+                }
+                Decision::FloodUplinks => {
+                    tx.count(f.len, Cast::Unicast);
+                    self.flood_uplinks(view, from, batch, f, Cast::Unicast, runs, &mut tx);
+                    i += 1;
+                }
+                Decision::Uplink(u) => {
+                    let n = decisions[i..]
+                        .iter()
+                        .take_while(|d| **d == Decision::Uplink(u))
+                        .count();
+                    let run = &batch.frames[i..i + n];
+                    for f in run {
+                        tx.count(f.len, Cast::Unicast);
+                    }
+                    let t = self.to_wire(view, from, u, batch, run, Cast::Unicast, runs);
+                    tx.merge_drops(&t);
+                    i += n;
                 }
                 Decision::Unicast(id) => {
                     let n = decisions[i..]
@@ -536,7 +694,7 @@ impl Switch {
     ) -> Result<(), DropReason> {
         let rxo = q.offloads();
         // Only these fields travel; DATA_VALID and num_buffers are the device's to set.
-        let mut hdr = NetHdr {
+        let hdr = NetHdr {
             flags: f.hdr.flags & FLAG_NEEDS_CSUM,
             num_buffers: 0,
             ..f.hdr
@@ -598,18 +756,26 @@ impl Switch {
             Ok(n) if n == f.len => {}
             _ => return Err(DropReason::MalformedChain),
         }
-        let tagged = match retag {
-            Retag::Keep => f.tagged(),
-            Retag::Push(v) => {
-                vlan::push(linear, &mut hdr, v.proto.tpid(), v.tci());
-                true
-            }
-            Retag::Pop => {
-                if let Err(e) = vlan::pop(linear, &mut hdr) {
-                    return Err(bad(&e));
-                }
-                false
-            }
+        Self::put_linear(q, hdr, linear, f.tagged(), retag, cast, segments, &bad)
+    }
+
+    /// The software path of [`Switch::put`]: `linear` is the whole frame (tag `tagged`), retagged
+    /// and then checksummed/segmented for the receiver.
+    #[allow(clippy::too_many_arguments)]
+    fn put_linear(
+        q: &mut RxQueue<'_>,
+        mut hdr: NetHdr,
+        linear: &mut Vec<u8>,
+        tagged: bool,
+        retag: Retag,
+        cast: Cast,
+        segments: &mut Vec<u8>,
+        bad: &dyn Fn(&dyn std::fmt::Display) -> DropReason,
+    ) -> Result<(), DropReason> {
+        let rxo = q.offloads();
+        let tagged = match Self::retag(linear, &mut hdr, tagged, retag) {
+            Ok(t) => t,
+            Err(e) => return Err(bad(&e)),
         };
         let max = offload::max_frame(q.mtu(), tagged);
         let mut first_err = Ok(());
@@ -631,6 +797,372 @@ impl Switch {
             Err(offload::OffloadError::Oversize { .. }) => Err(DropReason::Oversize),
             Err(e) => Err(bad(&e)),
         }
+    }
+
+    /// Applies `retag` to a linear frame; returns whether it is tagged now.
+    fn retag(
+        linear: &mut Vec<u8>,
+        hdr: &mut NetHdr,
+        tagged: bool,
+        retag: Retag,
+    ) -> Result<bool, vlan::VlanError> {
+        Ok(match retag {
+            Retag::Keep => tagged,
+            Retag::Push(v) => {
+                vlan::push(linear, hdr, v.proto.tpid(), v.tci());
+                true
+            }
+            Retag::Pop => {
+                vlan::pop(linear, hdr)?;
+                false
+            }
+        })
+    }
+
+    /// A flooded frame from partition `from` to every uplink on its VLAN.
+    #[allow(clippy::too_many_arguments)]
+    fn flood_uplinks(
+        &self,
+        view: &View,
+        from: &Partition,
+        batch: &TxBatch<'_>,
+        f: &TxFrame,
+        cast: Cast,
+        runs: &mut RunScratch,
+        tx: &mut Tally,
+    ) {
+        for u in 0..self.uplinks.len() {
+            if view.vlan_path(from.id, view.uplink_port(u), f).is_none() {
+                continue;
+            }
+            let run = std::slice::from_ref(f);
+            let t = self.to_wire(view, from, u, batch, run, cast, runs);
+            tx.merge_drops(&t);
+        }
+    }
+
+    /// Puts a run of frames from partition `from` on uplink `u`'s wire: each is read once, tagged
+    /// for a port-VLAN sender, and checksummed/segmented in software for what the wire cannot
+    /// take. Returns the sender-side drops; the wire's own are counted on the uplink.
+    #[allow(clippy::too_many_arguments)]
+    fn to_wire(
+        &self,
+        view: &View,
+        from: &Partition,
+        u: UplinkId,
+        batch: &TxBatch<'_>,
+        run: &[TxFrame],
+        cast: Cast,
+        runs: &mut RunScratch,
+    ) -> Tally {
+        let mut drops = Tally::default();
+        let Some(up) = self.uplinks.get(u) else {
+            drops.drop_n(DropReason::DestinationDown, run.len());
+            return drops;
+        };
+        let port = view.uplink_port(u);
+        if !view.ports.get(port).is_some_and(|p| p.up) {
+            let mut t = Tally::default();
+            t.drop_n(DropReason::LinkDown, run.len());
+            up.add_tx(&t);
+            return drops;
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            if let Some(own) = from.session() {
+                own.warn_once(
+                    Warn::BadTxHeader,
+                    &format_args!("offload header rejected: {e}"),
+                );
+            }
+            DropReason::MalformedChain
+        };
+        let mut out = Tally::default();
+        for f in run {
+            let Some(retag) = view.vlan_path(from.id, port, f) else {
+                drops.drop(DropReason::Vlan);
+                continue;
+            };
+            let linear = &mut runs.linear;
+            linear.resize(f.len, 0);
+            match frame::read(batch.mem, batch.segs_of(f), NET_HDR_LEN, linear) {
+                Ok(n) if n == f.len => {}
+                _ => {
+                    drops.drop(DropReason::MalformedChain);
+                    continue;
+                }
+            }
+            let mut hdr = NetHdr {
+                flags: f.hdr.flags & FLAG_NEEDS_CSUM,
+                num_buffers: 0,
+                ..f.hdr
+            };
+            let tagged = match Self::retag(linear, &mut hdr, f.tagged(), retag) {
+                Ok(t) => t,
+                Err(e) => {
+                    drops.drop(bad(&e));
+                    continue;
+                }
+            };
+            if let Err(r) = Self::emit(up, &hdr, linear, tagged, cast, &mut runs.segments, &mut out)
+            {
+                drops.drop(match r {
+                    offload::OffloadError::Oversize { .. } => DropReason::Oversize,
+                    e => bad(&e),
+                });
+            }
+        }
+        up.add_tx(&out);
+        drops
+    }
+
+    /// One linear frame onto `up`'s wire, completed in software as the wire needs.
+    fn emit(
+        up: &Uplink,
+        hdr: &NetHdr,
+        linear: &mut [u8],
+        tagged: bool,
+        cast: Cast,
+        segments: &mut Vec<u8>,
+        out: &mut Tally,
+    ) -> Result<usize, offload::OffloadError> {
+        let max = offload::max_frame(up.config.mtu, tagged);
+        offload::resolve(
+            hdr,
+            linear,
+            up.config.offloads,
+            max,
+            segments,
+            &mut |h, bytes| match up.send(h, bytes) {
+                Ok(()) => out.count(bytes.len(), cast),
+                Err(WireError::Down) => out.drop(DropReason::LinkDown),
+                Err(WireError::Busy) => {
+                    up.wire_drop(WireDrop::TxBusy);
+                    up.warn_once(WireWarn::TxBusy, &"the wire is full; frames dropped");
+                }
+            },
+        )
+    }
+
+    /// One frame from uplink `u`'s wire (`hdr`: its virtio-net header, default for wires that
+    /// carry none), to the partition(s) it is for. Counted on the uplink (`rx`) and on the
+    /// receivers. Called by the uplink I/O thread.
+    pub fn ingress(&self, u: UplinkId, hdr: &NetHdr, frame: &[u8], s: &mut IngressScratch) {
+        let Some(up) = self.uplinks.get(u) else {
+            return;
+        };
+        let IngressScratch { runs, view } = s;
+        let view = self.view(view);
+        let mut t = Tally::default();
+        self.ingress_one(view, up, hdr, frame, runs, &mut t);
+        up.add_rx(&t);
+        runs.sweep();
+    }
+
+    fn ingress_one(
+        &self,
+        view: &View,
+        up: &Uplink,
+        hdr: &NetHdr,
+        frame: &[u8],
+        runs: &mut RunScratch,
+        t: &mut Tally,
+    ) {
+        let len = frame.len();
+        let bad = |w: WireWarn, e: &dyn std::fmt::Display| {
+            up.wire_drop(WireDrop::BadFrame);
+            up.warn_once(w, e);
+        };
+        if len < ETH_HLEN {
+            return bad(
+                WireWarn::BadFrame,
+                &format_args!("{len}-byte runt frame from the wire"),
+            );
+        }
+        if let Err(e) = offload::check_tx_header(hdr, len, up.config.accepts) {
+            return bad(
+                WireWarn::BadOffload,
+                &format_args!("virtio-net header from the wire rejected: {e}"),
+            );
+        }
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        let (tpid, vid) = if offload::is_vlan_tpid(ethertype) {
+            match frame.get(14..16) {
+                Some(tci) => (ethertype, u16::from_be_bytes([tci[0], tci[1]]) & 0x0fff),
+                None => {
+                    return bad(
+                        WireWarn::BadFrame,
+                        &format_args!("{len}-byte frame cut in its VLAN tag"),
+                    )
+                }
+            }
+        } else {
+            (0, 0)
+        };
+        if !hdr.is_gso() && len > offload::max_frame(up.config.mtu, tpid != 0) {
+            t.drop(DropReason::Oversize);
+            up.warn_once(
+                WireWarn::Oversize,
+                &format_args!(
+                    "{len}-byte frame from the wire exceeds MTU {}",
+                    up.config.mtu
+                ),
+            );
+            return;
+        }
+        let mac = |at: usize| {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&frame[at..at + 6]);
+            MacAddr(m)
+        };
+        let f = TxFrame {
+            hdr: *hdr,
+            segs: 0..0,
+            len,
+            dst: mac(0),
+            src: mac(6),
+            host: None,
+            tpid,
+            vid,
+        };
+        let port = view.uplink_port(up.id);
+        if !view.ports.get(port).is_some_and(|p| p.up) {
+            t.drop(DropReason::LinkDown);
+            return;
+        }
+        let d = view.decide_ingress(up.id, &f);
+        if d != Decision::Drop(DropReason::SpoofedSource) {
+            if let Some(l) = &view.learned {
+                l.learn(Learned::key(f.src, tpid, vid), up.id);
+            }
+        }
+        let result = |r: Result<(), DropReason>, t: &mut Tally| match r {
+            Ok(()) => {}
+            Err(DropReason::MalformedChain) => up.wire_drop(WireDrop::BadFrame),
+            Err(r) => t.drop(r),
+        };
+        match d {
+            Decision::Drop(r) => t.drop(r),
+            Decision::Unicast(id) => {
+                t.count(len, Cast::Unicast);
+                match self.partitions.get(id) {
+                    Some(dest) => {
+                        let r = Self::deliver_wire(view, up, dest, &f, frame, Cast::Unicast, runs);
+                        result(r, t);
+                    }
+                    None => t.drop(DropReason::DestinationDown),
+                }
+            }
+            Decision::Flood(cast) => {
+                t.count(len, cast);
+                for dest in &self.partitions {
+                    if view.vlan_path(port, dest.id, &f).is_none() {
+                        continue;
+                    }
+                    match Self::deliver_wire(view, up, dest, &f, frame, cast, runs) {
+                        // A flood skips partitions that are not running.
+                        Err(DropReason::DestinationDown) => {}
+                        r => result(r, t),
+                    }
+                }
+            }
+            Decision::Uplink(_) | Decision::FloodUplinks => t.drop(DropReason::UnknownDestination),
+        }
+    }
+
+    /// A frame from uplink `up` into partition `dest`.
+    fn deliver_wire(
+        view: &View,
+        up: &Uplink,
+        dest: &Partition,
+        f: &TxFrame,
+        frame: &[u8],
+        cast: Cast,
+        runs: &mut RunScratch,
+    ) -> Result<(), DropReason> {
+        if !view.ports.get(dest.id).is_some_and(|p| p.up) {
+            let mut t = Tally::default();
+            t.drop(DropReason::LinkDown);
+            dest.queue_counters(0).add_rx(&t);
+            return Ok(());
+        }
+        let retag = view
+            .vlan_path(view.uplink_port(up.id), dest.id, f)
+            .ok_or(DropReason::Vlan)?;
+        let RunScratch {
+            linear,
+            segments,
+            rx,
+            held,
+            last,
+            ..
+        } = runs;
+        *last = Some(dest.id);
+        if held.len() <= dest.id {
+            held.resize_with(dest.id + 1, || None);
+        }
+        let h = Held::refresh(&mut held[dest.id], dest).ok_or(DropReason::DestinationDown)?;
+        let mut q = RxQueue::open(dest, h, 0, 1, rx).map_err(|_| DropReason::DestinationDown)?;
+        let bad = |e: &dyn std::fmt::Display| {
+            up.warn_once(
+                WireWarn::BadOffload,
+                &format_args!("frame from the wire rejected: {e}"),
+            );
+            DropReason::MalformedChain
+        };
+        let hdr = NetHdr {
+            flags: f.hdr.flags & FLAG_NEEDS_CSUM,
+            num_buffers: 0,
+            ..f.hdr
+        };
+        let res = if retag == Retag::Keep && offload::passes_as_is(&hdr, q.offloads()) {
+            let max = offload::max_frame(q.mtu(), f.tagged());
+            let as_is = if hdr.is_gso() {
+                let head = &frame[..frame.len().min(offload::GSO_HEAD)];
+                offload::gso_as_is(&hdr, head, frame.len(), max).map_err(|e| bad(&e))?
+            } else if frame.len() > max {
+                return Err(DropReason::Oversize);
+            } else {
+                Some(frame.len())
+            };
+            match as_is {
+                Some(len) => q.put(&Outgoing {
+                    hdr,
+                    src: Source::Bytes(&frame[..len]),
+                    skip: 0,
+                    len,
+                    cast,
+                }),
+                None => {
+                    linear.clear();
+                    linear.extend_from_slice(frame);
+                    Self::put_linear(&mut q, hdr, linear, f.tagged(), retag, cast, segments, &bad)
+                }
+            }
+        } else {
+            linear.clear();
+            linear.extend_from_slice(frame);
+            Self::put_linear(&mut q, hdr, linear, f.tagged(), retag, cast, segments, &bad)
+        };
+        match res {
+            // The receiver's drop, counted there.
+            Err(DropReason::NoRxBuffer) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+/// What the uplink I/O thread keeps across frames: receivers' sessions and memory, scratch.
+#[derive(Default)]
+pub struct IngressScratch {
+    runs: RunScratch,
+    view: Option<(u64, Arc<View>)>,
+}
+
+impl IngressScratch {
+    /// Lets go of every receiver's session and memory (the I/O thread is idle).
+    pub fn release(&mut self) {
+        self.runs.held.clear();
+        self.runs.last = None;
     }
 }
 

@@ -25,6 +25,8 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod netns;
+
 pub const NET_HDR_LEN: usize = 12;
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
@@ -55,6 +57,15 @@ impl Daemon {
     }
 
     pub fn start(args: &[&str]) -> Daemon {
+        Self::start_with(
+            Command::new(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
+            args,
+        )
+    }
+
+    /// Starts the daemon through `cmd` (the binary, or e.g. `ip netns exec NS` and the binary):
+    /// the socket directory, ready file and log are added here.
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "sriov-net-it-{}-{}",
@@ -65,7 +76,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let ready = dir.join("ready");
         let log = File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-sriov-net"))
+        let child = cmd
             .arg("--socket-dir")
             .arg(&dir)
             .arg("--ready-file")
