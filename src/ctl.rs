@@ -57,7 +57,14 @@ pub fn show(
     if let Some(p) = partition {
         req["partition"] = json!(p);
     }
-    let v = call(socket_dir, &req)?;
+    let v = match call(socket_dir, &req) {
+        // A daemon from before version 2 answers `show` in version 1.
+        Err(CtlError::BadInput(e)) if e.starts_with("unsupported protocol version") => {
+            req["version"] = json!(1);
+            call(socket_dir, &req)?
+        }
+        r => r?,
+    };
     if json_out {
         return serde_json::to_string_pretty(&v).map_err(|e| CtlError::Daemon(e.to_string()));
     }
