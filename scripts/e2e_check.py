@@ -260,7 +260,18 @@ def host_i(run):
     need(d >= 1, f"vf2 tx_packets +{d}: it never tried")
     d = delta(s, e, "vf2", "rx_packets")
     need(d == 0, f"vf2 rx_packets +{d}: VLAN 20 heard VLAN 10")
-    return "vf0 stopped and link down while disabled; VLAN 10 traffic, vf2 (VLAN 20) heard nothing"
+    tr = run.snap("i-trust")
+    v1, v0 = tr["vf1"], tr["vf0"]
+    need(v1.get("guest_mac") == "02:aa:00:00:00:01" and v1.get("switch_mac") == "02:aa:00:00:00:01",
+         f"trusted vf1: guest_mac {v1.get('guest_mac')} switch_mac {v1.get('switch_mac')}, "
+         "expected the MAC its guest set (learned over QMP)")
+    need(v0.get("guest_mac") == "02:aa:00:00:00:00" and v0.get("switch_mac") == v0["mac"],
+         f"untrusted vf0: guest_mac {v0.get('guest_mac')} switch_mac {v0.get('switch_mac')}, "
+         "expected its attempt seen and the admin MAC kept")
+    d = delta(e, tr, "vf0", "drop_spoofed_source")
+    need(d >= 1, f"vf0 drop_spoofed_source +{d} after its MAC change, expected >= 1")
+    return ("vf0 stopped and link down while disabled; VLAN 10 traffic, vf2 (VLAN 20) heard nothing; "
+            "trusted vf1's own MAC learned over QMP, untrusted vf0's refused")
 
 
 def console_end(run):

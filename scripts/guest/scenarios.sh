@@ -168,7 +168,7 @@ carrier_is() { [ "$(xip netns exec "$1" cat /sys/class/net/net0/carrier 2>/dev/n
 # channel): state disable -> the guest's VF0 loses carrier (QMP set_link), enable -> back and
 # traffic again; VF0 and VF1 on port VLAN 10 ping each other while VF2 on VLAN 20 cannot.
 scen_i_admin() {
-    local d
+    local d d2 k
     [ -n "$PF" ] || fail "no PF" || return 1
     [ "$E2E_VFS" -ge 3 ] || fail "needs at least 3 VFs" || return 1
     [ "$SYNC_OK" = 1 ] || fail "needs the host channel (sync)" || return 1
@@ -201,7 +201,26 @@ scen_i_admin() {
     for k in 0 1 2; do
         hostctl "i-clear$k" vf "$k" vlan 0 || fail "ctl vf $k vlan 0 failed" || return 1
     done
-    DETAIL="vf0 carrier lost on state disable and back on enable, pf->vf0 ok; VLAN 10: $d, VLAN 20 vf2->vf0 refused"
+    # trust: the guest changes its VF's MAC (the driver tells QEMU through the control queue;
+    # the daemon learns it over QMP). A trusted VF1 keeps talking with its new MAC; an untrusted
+    # VF0's frames with its new MAC are dropped as spoofed.
+    hostctl i-trust vf 1 trust on || fail "ctl vf 1 trust on failed" || return 1
+    xip -n vf1 link set dev net0 address 02:aa:00:00:00:01 || fail "vf1: cannot set its MAC" || return 1
+    xip -n vf0 neigh flush all
+    xip -n pf neigh flush all
+    ping_check vf1 vf0 || { DETAIL="trusted vf1 with its own MAC: $DETAIL" && return 1; }
+    d2=$PING_DETAIL
+    xip -n vf0 link set dev net0 address 02:aa:00:00:00:00 || fail "vf0: cannot set its MAC" || return 1
+    xip -n pf neigh flush all
+    if xip netns exec vf0 ping -q -c 2 -i 0.2 -W 1 -w 3 "$(fn_ip pf)" >/dev/null 2>&1; then
+        fail "untrusted vf0 reached pf with a MAC it chose"
+        return 1
+    fi
+    snap i-trust
+    xip -n vf0 link set dev net0 address "$(fn_mac vf0)"
+    xip -n vf1 link set dev net0 address "$(fn_mac vf1)"
+    hostctl i-untrust vf 1 trust off || fail "ctl vf 1 trust off failed" || return 1
+    DETAIL="vf0 carrier lost on state disable and back on enable, pf->vf0 ok; VLAN 10: $d, VLAN 20 vf2->vf0 refused; trusted vf1 with its own MAC: $d2, untrusted vf0 refused"
 }
 
 # h: the end: report, then /init powers off (the host checks the daemon afterwards).
