@@ -424,7 +424,7 @@ fn check_unicast(field: &str, mac: MacAddr) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// One `[[uplink]]` entry, or one `--uplink` flag (see [`UplinkSettings::from_str`]).
+/// One `[[uplink]]` entry, or one `--uplink` flag (its `FromStr` reads the flag).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum UplinkSettings {

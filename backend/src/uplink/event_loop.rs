@@ -70,7 +70,7 @@ pub trait Port: Send {
     fn start(&mut self, io: &mut Io<'_>) -> io::Result<()>;
     /// `events` on the fd registered as `sub`.
     fn ready(&mut self, sub: u32, events: EventSet, io: &mut Io<'_>);
-    /// Called about every [`TICK`], for timers.
+    /// Called about every 250 ms, for timers.
     fn tick(&mut self, _io: &mut Io<'_>) {}
 }
 
