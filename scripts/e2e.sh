@@ -3,9 +3,10 @@
 #
 # Runs scripts/provision.sh (fast when cached), starts vhost-user-sriov-net, boots the test guest
 # (scripts/guest/) on QEMU with the device arguments from `vhost-user-sriov-net qemu-args`, lets the
-# guest run its scenarios (a..o; which ones depends on the setup, see E2E_IOMMU) while scripts/e2e_sync.py snapshots the daemon's counters at the guest's
-# checkpoints (second serial port), then evaluates everything with scripts/e2e_check.py. Prints a
-# summary table; exits non-zero on any FAIL, missing result or timeout.
+# guest run its scenarios (a..o; which ones depends on the setup, see E2E_ONLY) while
+# scripts/e2e_sync.py snapshots the daemon's counters at the guest's checkpoints (second serial
+# port), then evaluates everything with scripts/e2e_check.py. Prints a summary table; exits
+# non-zero on any FAIL, missing result or timeout.
 #
 # Results (console.log, daemon.log, qemu.log, sync.log, snap-*.json, summary.txt/json) go to
 # E2E_RESULTS (default <repo>/results/e2e-<timestamp>).
@@ -22,9 +23,9 @@
 #   E2E_QEMU_TIMEOUT   time limit of the QEMU run in seconds (default 420)
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
-#   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option; the default
-#                      is the setup's set: abcdefghijko, with E2E_IOMMU=1 abmolh, with
-#                      E2E_DISABLE_ACS_REDIR=1 too anh)
+#   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
+#                      setup's set, abcdefghijko; abmolh with E2E_IOMMU=1; anh with
+#                      E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
 #   E2E_IOMMU          1: a vIOMMU in the guest (-device intel-iommu,intremap=on, which needs
 #                      -machine kernel-irqchip=split, and intel_iommu=on), for the vfio-pci / VF token
 #                      and IOMMU group scenarios l, m (iommu_platform stays off on the NIC: the daemon
