@@ -3,9 +3,10 @@
 #
 # Runs scripts/provision.sh (fast when cached), starts vhost-user-sriov-net, boots the test guest
 # (scripts/guest/) on QEMU with the device arguments from `vhost-user-sriov-net qemu-args`, lets the
-# guest run scenarios a..h while scripts/e2e_sync.py snapshots the daemon's counters at the guest's
-# checkpoints (second serial port), then evaluates everything with scripts/e2e_check.py. Prints a
-# summary table; exits non-zero on any FAIL, missing result or timeout.
+# guest run its scenarios (a..o; which ones depends on the setup, see E2E_ONLY) while
+# scripts/e2e_sync.py snapshots the daemon's counters at the guest's checkpoints (second serial
+# port), then evaluates everything with scripts/e2e_check.py. Prints a summary table; exits
+# non-zero on any FAIL, missing result or timeout.
 #
 # Results (console.log, daemon.log, qemu.log, sync.log, snap-*.json, summary.txt/json) go to
 # E2E_RESULTS (default <repo>/results/e2e-<timestamp>).
@@ -22,7 +23,16 @@
 #   E2E_QEMU_TIMEOUT   time limit of the QEMU run in seconds (default 420)
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
-#   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option)
+#   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
+#                      setup's set, abcdefghijko; abmolh with E2E_IOMMU=1; anh with
+#                      E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
+#   E2E_IOMMU          1: a vIOMMU in the guest (-device intel-iommu,intremap=on, which needs
+#                      -machine kernel-irqchip=split, and intel_iommu=on), for the vfio-pci / VF token
+#                      and IOMMU group scenarios l, m (iommu_platform stays off on the NIC: the daemon
+#                      has no IOTLB, so the vfio user's DMA bypasses the vIOMMU)
+#   E2E_DISABLE_ACS_REDIR  1 (with E2E_IOMMU=1): pci=disable_acs_redir=<the NIC's root port> on the
+#                      guest kernel command line: one IOMMU group for the root port, PF and VFs (n)
+#   E2E_APPEND         more guest kernel command line (e.g. dyndbg=..., a patch's parameter)
 #   E2E_LIBVIRT        1: start the guest as a transient libvirt domain made from
 #                      `qemu-args --libvirt` (installs libvirt's Debian packages if missing, starts
 #                      libvirtd and virtlogd for the run if none answers, runs the daemon as QEMU's
@@ -33,6 +43,12 @@
 #   E2E_KERNEL         guest kernel (default: the provisioned Debian 6.12 kernel)
 #   E2E_INITRD         guest initramfs (default: the provisioned one, built from scripts/guest/)
 #                      These three win over the provisioned paths in $SRIOV_NET_CACHE/e2e.env.
+#   E2E_MODULES        the guest's modules for E2E_KERNEL: a directory (INSTALL_MOD_PATH of `make
+#                      modules_install`, lib/modules/<release>, or a flat directory of .ko files)
+#                      or a tarball of one. The modules the guest needs are taken from it (.ko,
+#                      .ko.xz/.zst/.gz; built-in ones are recognised through modules.builtin) and
+#                      appended to the initramfs as a second cpio, replacing the Debian ones; their
+#                      vermagic must match E2E_KERNEL's release. See README, "Testing your kernel".
 #   SRIOV_NET_CACHE    provisioning cache (see scripts/provision.sh)
 set -Eeuo pipefail
 
@@ -51,7 +67,18 @@ TIMEOUT=${E2E_TIMEOUT:-900}
 QEMU_TIMEOUT=${E2E_QEMU_TIMEOUT:-420}
 READY_TIMEOUT=${E2E_READY_TIMEOUT:-30}
 ACCEL=${E2E_ACCEL:-auto}
-ONLY=${E2E_ONLY:-abcdefghi}
+IOMMU=${E2E_IOMMU:-0}
+ACS_REDIR_OFF=${E2E_DISABLE_ACS_REDIR:-0}
+APPEND_EXTRA=${E2E_APPEND:-}
+# Each setup's scenarios (scripts/guest/run.sh runs them in its own order; h last).
+if [ "$ACS_REDIR_OFF" = 1 ]; then
+    DEFAULT_IDS=anh
+elif [ "$IOMMU" = 1 ]; then
+    DEFAULT_IDS=abmolh
+else
+    DEFAULT_IDS=abcdefghijko
+fi
+ONLY=${E2E_ONLY:-$DEFAULT_IDS}
 STANDIN=${E2E_STANDIN:-}
 LIBVIRT=${E2E_LIBVIRT:-0}
 PY=${PYTHON:-python3}
@@ -285,6 +312,42 @@ final_snapshot() {
     say "daemon exit status: $DAEMON_EXIT"
 }
 
+# prepare_kernel: the guest kernel's release, and with E2E_MODULES the initramfs for this run: the
+# provisioned (or E2E_INITRD) one plus a second cpio with the user's modules (the kernel unpacks
+# concatenated archives in order, later files replacing earlier ones).
+prepare_kernel() {
+    local kver mver
+    kver=$(e2e_kernel_image_version "$E2E_KERNEL" 2>/dev/null) || kver=
+    if [ "$E2E_KERNEL_VERSION" = "of E2E_KERNEL=$E2E_KERNEL" ] && [ -n "$kver" ]; then
+        E2E_KERNEL_VERSION="$kver (E2E_KERNEL=$E2E_KERNEL)"
+    fi
+    if [ -n "$E2E_MODULES" ]; then
+        say "E2E_MODULES=$E2E_MODULES: adding the guest's modules to the initramfs"
+        mver=$(e2e_modules_overlay "$E2E_MODULES" "$RUNDIR/modules.cpio.gz" 2> >(sed 's/^/[e2e]   /' >&2)) ||
+            die "E2E_MODULES=$E2E_MODULES unusable (above)"
+        if [ -n "$mver" ] && [ -n "$kver" ] && [ "$mver" != "$kver" ]; then
+            die "E2E_MODULES are built for $mver, E2E_KERNEL=$E2E_KERNEL is $kver"
+        fi
+        cat "$E2E_INITRD" "$RUNDIR/modules.cpio.gz" >"$RUNDIR/initrd.img"
+        E2E_INITRD=$RUNDIR/initrd.img
+        say "modules for ${mver:-a kernel with them all built in}; initramfs $E2E_INITRD"
+    elif [ -n "$kver" ] && [ -n "$E2E_CACHED_KERNEL_VERSION" ] && [ "$kver" != "$E2E_CACHED_KERNEL_VERSION" ]; then
+        say "WARNING: E2E_KERNEL is $kver, the initramfs' modules are for $E2E_CACHED_KERNEL_VERSION: set E2E_MODULES (unless all are built in)"
+    fi
+}
+
+# root_port_bdf: the PCI address of the NIC's root port (qemu-args puts it on pcie.0 at addr=).
+root_port_bdf() {
+    local line addr slot fn
+    line=$(grep -m1 '^pcie-root-port,' "$RESULTS/qemu-args.txt") || return 1
+    addr=$(sed -n 's/.*,addr=\(0x[0-9a-fA-F]*\(\.[0-7]\)\?\).*/\1/p' <<<"$line")
+    [ -n "$addr" ] && [[ $line == *bus=pcie.0* ]] || return 1
+    slot=${addr%%.*}
+    fn=0
+    [[ $addr == *.* ]] && fn=${addr##*.}
+    printf '0000:00:%02x.%x\n' "$((slot))" "$fn"
+}
+
 # as_lv_user CMD...: run CMD as the user libvirt runs QEMU as.
 as_lv_user() { setpriv --reuid="$LV_USER" --regid="$(id -g "$LV_USER")" --clear-groups "$@"; }
 
@@ -304,6 +367,8 @@ libvirt_setup() {
         fi
     fi
     id -u "$LV_USER" >/dev/null 2>&1 || die "libvirt: no user $LV_USER (libvirt-daemon-system creates it)"
+    # The run directory may hold the initramfs (E2E_MODULES).
+    chmod 755 "$RUNDIR"
     for f in "$E2E_QEMU" "$E2E_KERNEL" "$E2E_INITRD"; do
         if ! as_lv_user test -r "$f"; then
             say "SKIP: libvirt runs QEMU as $LV_USER, which cannot read $f (a directory above it not searchable by others?)"
@@ -409,8 +474,11 @@ main() {
     RUNDIR=$(mktemp -d /tmp/sriov-net-e2e.XXXXXX)
     say "results: $RESULTS"
     choose_accel
+    prepare_kernel
+    [ "$ACS_REDIR_OFF" != 1 ] || [ "$IOMMU" = 1 ] || die "E2E_DISABLE_ACS_REDIR=1 needs E2E_IOMMU=1"
     if [ "$LIBVIRT" = 1 ]; then
         [ "$mode" = daemon ] || die "E2E_LIBVIRT=1 needs the daemon (not E2E_STANDIN)"
+        [ "$IOMMU" != 1 ] || die "E2E_IOMMU=1 is not supported with E2E_LIBVIRT=1"
         libvirt_setup
     fi
     say "QEMU $E2E_QEMU_VERSION, guest kernel $E2E_KERNEL_VERSION, accel: ${ACCEL_ARGS[*]}"
@@ -435,7 +503,21 @@ main() {
     append="console=ttyS0 panic=-1 ipv6.disable=1 loglevel=4 sriovnet_vfs=$VFS sriovnet_macs=$MACS"
     append+=" sriovnet_pings=$PINGS sriovnet_sync=1 sriovnet_only=$ONLY"
     append+=" sriovnet_watchdog=$((QEMU_TIMEOUT > 60 ? QEMU_TIMEOUT - 30 : QEMU_TIMEOUT))"
-    local qemu_cmd=(timeout -k 10 "$QEMU_TIMEOUT" "$E2E_QEMU" "${QARGS[@]}"
+    local iommu_args=() rp
+    if [ "$IOMMU" = 1 ]; then
+        # Before every PCI device, so that their MSIs go through interrupt remapping.
+        # shellcheck disable=SC2054 # commas belong to QEMU option values
+        iommu_args=(-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on)
+        append+=" intel_iommu=on"
+        say "vIOMMU: ${iommu_args[*]}"
+    fi
+    if [ "$ACS_REDIR_OFF" = 1 ]; then
+        rp=$(root_port_bdf) || die "no pcie-root-port with bus=pcie.0,addr= in $RESULTS/qemu-args.txt"
+        append+=" pci=disable_acs_redir=$rp"
+        say "ACS redirection off on the root port $rp (one IOMMU group)"
+    fi
+    [ -n "$APPEND_EXTRA" ] && append+=" $APPEND_EXTRA"
+    local qemu_cmd=(timeout -k 10 "$QEMU_TIMEOUT" "$E2E_QEMU" "${iommu_args[@]}" "${QARGS[@]}"
         -nodefaults -display none -no-reboot "${ACCEL_ARGS[@]}"
         -kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" -append "$append"
         -chardev "file,id=con,path=$RESULTS/console.log" -serial chardev:con
@@ -475,7 +557,7 @@ main() {
     local rc=0
     "$PY" "$REPO/scripts/e2e_check.py" report --results "$RESULTS" --mode "$mode" --vfs "$VFS" \
         --pings "$PINGS" --qemu-rc "$qemu_rc" --daemon-alive "$DAEMON_ALIVE" \
-        --daemon-exit "$DAEMON_EXIT" --only "$ONLY" || rc=$?
+        --daemon-exit "$DAEMON_EXIT" --only "$ONLY" --default-ids "$DEFAULT_IDS" || rc=$?
     if [ "$rc" != 0 ] && [ -s "$RESULTS/console.log" ]; then
         say "last lines of the guest console ($RESULTS/console.log):"
         tr -d '\r' <"$RESULTS/console.log" | tail -n 30 | sed 's/^/[e2e]   console: /'

@@ -10,8 +10,12 @@
 #   $CACHE/bin/qemu-system-x86_64       wrapper running that QEMU on the host through the chroot's
 #                                       own loader (no mounts, no chroot(2) at run time)
 #   $CACHE/guest/vmlinuz                Debian 6.12 amd64 kernel (from trixie)
-#   $CACHE/guest/modules/*.ko           failover, net_failover, virtio_net (decompressed)
-#   $CACHE/guest/initramfs.cpio.gz      busybox + iproute2's ip (as "xip") + modules + scripts/guest
+#   $CACHE/guest/modules/*.ko           failover, net_failover, virtio_net (loaded at boot), and
+#                                       pci-pf-stub and the vfio-pci chain (loaded by scenarios),
+#                                       decompressed (lists in scripts/e2e_env.sh)
+#   $CACHE/guest/bin/vfio_token         scripts/guest/vfio_token.c, built static with the host's gcc
+#   $CACHE/guest/initramfs.cpio.gz      busybox + iproute2's ip (as "xip") + modules + vfio_token +
+#                                       scripts/guest
 #   $CACHE/e2e.env                      paths and versions for scripts/e2e.sh (shell, sourced)
 #   $CACHE/logs/<step>.log              full output of each step
 #
@@ -41,9 +45,15 @@ STAMPS=$CACHE/stamps
 LOGS=$CACHE/logs
 QEMU_WRAPPER=$CACHE/bin/qemu-system-x86_64
 GUEST_SRC=$REPO/scripts/guest
-# Kernel modules needed by the guest, in load order.
-GUEST_MODULES=(failover net_failover virtio_net)
-HOST_PKGS=(debootstrap busybox-static iproute2 cpio xz-utils gzip python3 util-linux)
+# shellcheck source=scripts/e2e_env.sh
+. "$REPO/scripts/e2e_env.sh"
+# Kernel modules needed by the guest: loaded at boot, in this order, then the scenarios' own.
+GUEST_MODULES=("${E2E_BOOT_MODULES[@]}")
+GUEST_EXTRA_MODULES=("${E2E_EXTRA_MODULES[@]}")
+GUEST_ALL_MODULES=("${GUEST_MODULES[@]}" "${GUEST_EXTRA_MODULES[@]}")
+# gcc and libc6-dev (static glibc, linux-libc-dev's <linux/vfio.h>) build vfio_token.
+HOST_PKGS=(debootstrap busybox-static iproute2 cpio xz-utils gzip python3 util-linux gcc libc6-dev)
+VFIO_TOKEN_SRC=$GUEST_SRC/vfio_token.c
 CHROOT_PKGS=(qemu-system-x86)
 
 STEP=init
@@ -215,7 +225,7 @@ EOF
 
 do_kernel() {
     local key pkg ver debdir deb x tmp m dep
-    key=$(hash_of kernel-v1 "$SUITE" "$MIRROR" linux-image-amd64 "${GUEST_MODULES[@]}")
+    key=$(hash_of kernel-v1 "$SUITE" "$MIRROR" linux-image-amd64 "${GUEST_ALL_MODULES[@]}")
     if stamp_ok kernel "$key" && kernel_outputs_present; then
         outcome "reused ($(cat "$GUEST/kernel-version"))"
         return
@@ -242,15 +252,15 @@ do_kernel() {
     safe_rm_tree "$GUEST/kernel.tmp"
     tmp=$GUEST/kernel.tmp
     mkdir -p "$tmp/x" "$tmp/modules"
-    why "extracting vmlinuz and ${GUEST_MODULES[*]} from $(basename "$deb")"
+    why "extracting vmlinuz and ${GUEST_ALL_MODULES[*]} from $(basename "$deb")"
     local pats=('./boot/vmlinuz-*')
-    for m in "${GUEST_MODULES[@]}"; do pats+=("*/$m.ko" "*/$m.ko.*"); done
+    for m in "${GUEST_ALL_MODULES[@]}"; do pats+=("*/$m.ko" "*/$m.ko.*"); done
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" --wildcards "${pats[@]}" 2>>"$STEP_LOG" || true
     x=$(find "$tmp/x/boot" -name 'vmlinuz-*' | head -n1)
     [ -n "$x" ] || die "no /boot/vmlinuz-* in $(basename "$deb")"
     ver=${x##*/vmlinuz-}
     cp "$x" "$tmp/vmlinuz"
-    for m in "${GUEST_MODULES[@]}"; do
+    for m in "${GUEST_ALL_MODULES[@]}"; do
         x=$(find "$tmp/x" -path "*/modules/$ver/*" \( -name "$m.ko" -o -name "$m.ko.*" \) | head -n1)
         [ -n "$x" ] || die "module $m not found in $(basename "$deb")"
         case $x in
@@ -261,12 +271,13 @@ do_kernel() {
             *) die "unknown module compression: $x" ;;
         esac
     done
-    # The .deb has no modules.dep: make sure the chain above is complete and in a loadable order.
+    # The .deb has no modules.dep: make sure the chains above are complete and in a loadable order.
     local loaded=" "
-    for m in "${GUEST_MODULES[@]}"; do
+    for m in "${GUEST_ALL_MODULES[@]}"; do
         dep=$(tr '\0' '\n' <"$tmp/modules/$m.ko" | sed -n 's/^depends=//p' | head -n1)
         for x in ${dep//,/ }; do
-            [[ $loaded == *" $x "* ]] || die "module $m depends on $x, which is not loaded before it"
+            x=${x//_/-}
+            [[ ${loaded//_/-} == *" $x "* ]] || die "module $m depends on $x, which is not loaded before it"
         done
         loaded+="$m "
     done
@@ -285,7 +296,28 @@ do_kernel() {
 kernel_outputs_present() {
     local m
     [ -f "$GUEST/vmlinuz" ] && [ -f "$GUEST/kernel-version" ] || return 1
-    for m in "${GUEST_MODULES[@]}"; do [ -f "$GUEST/modules/$m.ko" ] || return 1; done
+    for m in "${GUEST_ALL_MODULES[@]}"; do [ -f "$GUEST/modules/$m.ko" ] || return 1; done
+}
+
+# The guest's static helper for the vfio scenarios (scripts/guest/vfio_token.c).
+do_guest_tools() {
+    local key out=$GUEST/bin/vfio_token
+    [ -f "$VFIO_TOKEN_SRC" ] || die "$VFIO_TOKEN_SRC missing"
+    command -v gcc >/dev/null || die "gcc is not installed (host-packages step?)"
+    key=$(hash_of guest-tools-v1 "$(sha256sum "$VFIO_TOKEN_SRC")" "$(gcc --version | head -n1)" \
+        "$(sha256sum /usr/include/linux/vfio.h 2>/dev/null)")
+    if stamp_ok guest-tools "$key" && [ -x "$out" ]; then
+        outcome "reused ($out)"
+        return
+    fi
+    stamp_clear guest-tools
+    mkdir -p "$GUEST/bin"
+    why "compiling $VFIO_TOKEN_SRC (gcc -static)"
+    run gcc -static -O2 -Wall -Wextra -Werror -o "$out.tmp" "$VFIO_TOKEN_SRC"
+    file_is_static "$out.tmp" || die "$out.tmp is not static"
+    mv -f "$out.tmp" "$out"
+    stamp_write guest-tools "$key"
+    outcome "built ($out)"
 }
 
 # Files that go into the initramfs, listed so that their content can be hashed.
@@ -295,7 +327,8 @@ initramfs_inputs() {
     printf '%s\n' /bin/busybox "$ipbin"
     ldd "$ipbin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
     find "$GUEST_SRC" -type f | LC_ALL=C sort
-    for lib in "${GUEST_MODULES[@]}"; do printf '%s\n' "$GUEST/modules/$lib.ko"; done
+    for lib in "${GUEST_ALL_MODULES[@]}"; do printf '%s\n' "$GUEST/modules/$lib.ko"; done
+    printf '%s\n' "$GUEST/bin/vfio_token"
 }
 
 do_initramfs() {
@@ -330,9 +363,12 @@ do_initramfs() {
         cp -L "$f" "$tmp$f"
     done
     why "installing modules and guest scripts"
-    for n in "${GUEST_MODULES[@]}"; do cp "$GUEST/modules/$n.ko" "$tmp/lib/modules/e2e/"; done
+    for n in "${GUEST_ALL_MODULES[@]}"; do cp "$GUEST/modules/$n.ko" "$tmp/lib/modules/e2e/"; done
     printf '%s\n' "${GUEST_MODULES[@]}" >"$tmp/lib/modules/e2e/order"
+    printf '%s\n' "${GUEST_EXTRA_MODULES[@]}" >"$tmp/lib/modules/e2e/extra"
     cp -a "$GUEST_SRC"/. "$tmp/e2e/"
+    rm -f "$tmp"/e2e/*.c
+    cp "$GUEST/bin/vfio_token" "$tmp/usr/bin/vfio_token"
     mv "$tmp/e2e/init" "$tmp/init"
     chmod 755 "$tmp/init" "$tmp"/e2e/*
     cp "$GUEST/kernel-version" "$tmp/e2e/kernel-version"
@@ -383,7 +419,8 @@ main() {
     step host-packages do_host_packages "host packages (${HOST_PKGS[*]})"
     step chroot do_chroot "$SUITE chroot with ${CHROOT_PKGS[*]} from $SUITE-backports"
     step qemu do_qemu_wrapper "QEMU wrapper $QEMU_WRAPPER, check for sriov-pf="
-    step kernel do_kernel "guest kernel (linux-image-amd64 of $SUITE) and modules ${GUEST_MODULES[*]}"
+    step kernel do_kernel "guest kernel (linux-image-amd64 of $SUITE) and modules ${GUEST_ALL_MODULES[*]}"
+    step guest-tools do_guest_tools "guest helper vfio_token (static)"
     step initramfs do_initramfs "guest initramfs (busybox, iproute2 ip, modules, scripts/guest)"
     step env write_env "paths for scripts/e2e.sh"
     STEP="done"

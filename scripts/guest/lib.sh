@@ -36,6 +36,21 @@ run_scenario() {
         FAILED=$((FAILED + 1))
     fi
     echo "RESULT $_id $_st ${DETAIL:-ok} [$(since "$_t0")s]"
+    [ "$_st" = PASS ] || pf_restore
+}
+
+# pf_restore: after a failed scenario, best effort back to the PF on virtio-pci without VFs, so
+# that one failure does not fail the scenarios after it.
+pf_restore() {
+    local _drv
+    [ -n "$PF" ] || return 0
+    _drv=$(driver_of "$PF")
+    [ "$_drv" = virtio-pci ] && [ "$(numvfs)" = 0 ] && return 0
+    log "restoring the PF (driver ${_drv:-none}, $(numvfs) VFs) to virtio-pci without VFs"
+    if [ -z "$_drv" ] && [ "$(numvfs)" != 0 ] && [ -d /sys/bus/pci/drivers/pci-pf-stub ]; then
+        fn_bind "$PF" pci-pf-stub
+    fi
+    pf_to_virtio || log "restore failed: $DETAIL"
 }
 
 # ------------------------------------------------------------------ host checkpoints (ttyS1)
@@ -283,4 +298,152 @@ ping_check() {
     [ "$_rc" = 0 ] && [ "${_rx:-0}" = "$E2E_PINGS" ] && return 0
     log "ping $1 -> $2 failed (rc $_rc): $(echo "$_out" | tr '\n' ' ')"
     fail "ping $PING_DETAIL" || return 1
+}
+
+# ------------------------------------------------------------------ modules, drivers, kernel log
+
+# load_module NAME [PARAM=VALUE...]: load a module the initramfs lists in /lib/modules/e2e/extra
+# (scripts/e2e_env.sh; the caller loads its dependencies first). If it is already loaded, or built
+# in (E2E_MODULES found no file for it), set the parameters through sysfs instead.
+load_module() {
+    local _n=$1 _sys _p
+    shift
+    _sys=/sys/module/$(echo "$_n" | tr - _)
+    if [ ! -d "$_sys" ] && grep -qx "$_n" /lib/modules/e2e/extra 2>/dev/null; then
+        insmod "/lib/modules/e2e/$_n.ko" "$@" 2>/tmp/insmod.err ||
+            fail "insmod $_n $*: $(tr '\n' ' ' </tmp/insmod.err)" || return 1
+        return 0
+    fi
+    [ -d "$_sys" ] || fail "module $_n: not in the initramfs and not built in" || return 1
+    for _p in "$@"; do
+        echo "${_p#*=}" >"$_sys/parameters/${_p%%=*}" 2>/dev/null ||
+            fail "$_n already loaded and its parameter ${_p%%=*} cannot be set" || return 1
+    done
+    return 0
+}
+
+# load_vfio [PARAM=VALUE...]: the vfio-pci chain in dependency order (busybox insmod ignores
+# softdeps: vfio's "post: vfio_iommu_type1" is explicit here); the parameters are vfio-pci's.
+load_vfio() {
+    load_module irqbypass && load_module vfio && load_module vfio_iommu_type1 &&
+        load_module vfio-pci-core && load_module vfio-pci "$@"
+}
+
+# sysfs_write FILE VALUE: write VALUE to FILE; on failure the errno text is in WRITE_ERR.
+sysfs_write() {
+    WRITE_ERR=
+    if echo "$2" 2>/tmp/sysfs.err >"$1"; then
+        return 0
+    fi
+    WRITE_ERR=$(tr '\n' ' ' </tmp/sysfs.err | sed 's/^.*: //; s/ *$//')
+    return 1
+}
+
+# fn_unbind DIR: unbind the PCI function DIR from its driver (if any).
+fn_unbind() {
+    local _drv
+    _drv=$(driver_of "$1") || return 0
+    sysfs_write "/sys/bus/pci/drivers/$_drv/unbind" "$(basename "$1")"
+}
+
+# fn_bind DIR DRIVER: bind the unbound PCI function DIR to DRIVER, as an administrator does:
+# driver_override, then the driver's bind file (which returns the probe's error).
+fn_bind() {
+    sysfs_write "$1/driver_override" "$2" || { WRITE_ERR="driver_override: $WRITE_ERR"; return 1; }
+    sysfs_write "/sys/bus/pci/drivers/$2/bind" "$(basename "$1")"
+}
+
+# vfs_off: no VFs, sriov_drivers_autoprobe back on.
+vfs_off() {
+    if [ "$(numvfs)" != 0 ]; then
+        set_numvfs 0 || fail "echo 0 > sriov_numvfs (PF on $(driver_of "$PF" || echo no driver)): $SET_ERR" || return 1
+    fi
+    wait_for 10 check_no_vfs || fail "VFs left after numvfs=0" || return 1
+    echo 1 >"$PF/sriov_drivers_autoprobe"
+}
+
+# pf_rebind DRIVER: no VFs, then the PF moves from its driver to DRIVER (driver_override + bind).
+pf_rebind() {
+    vfs_off || return 1
+    fn_unbind "$PF" || fail "unbind PF from $(driver_of "$PF"): $WRITE_ERR" || return 1
+    fn_bind "$PF" "$1" || fail "bind PF to $1: $WRITE_ERR" || return 1
+    [ "$(driver_of "$PF")" = "$1" ] || fail "PF driver $(driver_of "$PF" || echo none), expected $1" || return 1
+    ! netdev_of "$PF" >/dev/null || fail "PF still has a netdev on $1" || return 1
+}
+
+# pf_to_virtio: no VFs, then the PF back on virtio-pci (driver_override cleared, drivers_probe),
+# with its netdev and MAC.
+pf_to_virtio() {
+    local _if
+    if [ -e "$PF/driver" ]; then
+        vfs_off || return 1
+        [ "$(driver_of "$PF")" = virtio-pci ] && return 0
+        fn_unbind "$PF" || fail "unbind PF from $(driver_of "$PF"): $WRITE_ERR" || return 1
+    fi
+    sysfs_write "$PF/driver_override" "" || fail "clear PF driver_override: $WRITE_ERR" || return 1
+    sysfs_write /sys/bus/pci/drivers_probe "$(basename "$PF")" || fail "drivers_probe PF: $WRITE_ERR" || return 1
+    [ "$(driver_of "$PF")" = virtio-pci ] || fail "PF driver $(driver_of "$PF" || echo none) after drivers_probe, expected virtio-pci" || return 1
+    wait_for 10 netdev_of "$PF" || fail "PF has no netdev back on virtio-pci" || return 1
+    _if=$(netdev_of "$PF")
+    [ "$(cat "/sys/class/net/$_if/address")" = "$(fn_mac pf)" ] || fail "PF MAC wrong back on virtio-pci" || return 1
+}
+
+# setup_vf_ns: every VF's netdev in its own namespace (the PF's may have none).
+setup_vf_ns() {
+    local _f
+    for _f in $(vf_list); do
+        ns_has_dev "$_f" && continue
+        into_ns "$_f" || return 1
+    done
+}
+
+# dmesg_mark NAME / dmesg_since: the kernel log from a marker line on (robust to ring wrap-around).
+dmesg_mark() {
+    DMESG_TAG="E2E-mark-$1-$(uptime_s)"
+    echo "<6>$DMESG_TAG" >/dev/kmsg
+}
+dmesg_since() { dmesg | sed -n "/$DMESG_TAG/,\$p" | sed 1d; }
+
+# dmesg_has REGEX: the kernel logged REGEX since the last dmesg_mark.
+dmesg_has() { dmesg_since | grep -qE "$1"; }
+
+# dmesg_show PREFIX: echo the kernel log since the mark to the console, for the record.
+dmesg_show() { dmesg_since | sed "s/^/E2E: dmesg $1: /"; }
+
+# group_of DIR: the IOMMU group number of a PCI function (fails without an IOMMU).
+group_of() {
+    local _g
+    [ -e "$1/iommu_group" ] || return 1
+    _g=$(readlink "$1/iommu_group")
+    echo "${_g##*/}"
+}
+
+# group_size G: how many devices IOMMU group G holds.
+group_size() {
+    set -- "/sys/kernel/iommu_groups/$1/devices"/*
+    echo $#
+}
+
+# cfg_read DIR OFFSET BYTES: a config space register (2 or 4 bytes, little endian, as a number).
+cfg_read() {
+    local _v
+    _v=$(od -An -t"x$3" -j "$2" -N "$3" "$1/config" 2>/dev/null | tr -d ' \n')
+    [ -n "$_v" ] || return 1
+    echo $((0x$_v))
+}
+
+# acs_ctrl DIR: the ACS Control register of a PCIe function (extended capability 0x000d), or fail.
+acs_ctrl() {
+    local _off=256 _h _n=0
+    while [ "$_off" -ge 256 ] && [ "$_n" -lt 64 ]; do
+        _h=$(cfg_read "$1" "$_off" 4) || return 1
+        [ "$_h" != 0 ] || return 1
+        if [ $((_h & 0xffff)) = 13 ]; then
+            cfg_read "$1" $((_off + 6)) 2
+            return
+        fi
+        _off=$(((_h >> 20) & 0xffc))
+        _n=$((_n + 1))
+    done
+    return 1
 }

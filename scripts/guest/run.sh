@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs the guest scenarios (ids a..i; h, the power-off, last) in order; started by /init. See scenarios.sh.
+# Runs the guest scenarios (ids a..o; h, the power-off, last) in order; started by /init. See scenarios.sh.
+# Each new scenario sets up what it needs and leaves the PF on virtio-pci with no VFs or all of them.
 # shellcheck source=/dev/null
 . /e2e/lib.sh
 # shellcheck source=/dev/null
@@ -18,6 +19,12 @@ run_scenario e scen_e_cycles
 run_scenario f scen_f_ebusy
 run_scenario g scen_g_autoprobe
 run_scenario i scen_i_admin
+run_scenario j scen_j_pf_stub
+run_scenario k scen_k_pf_reset
+run_scenario m scen_m_groups
+run_scenario o scen_o_many_vfs
+run_scenario l scen_l_vfio_token
+run_scenario n scen_n_shared_group
 run_scenario h scen_h_end
 
 if [ "$FAILED" != 0 ]; then

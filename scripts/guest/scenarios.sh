@@ -1,5 +1,5 @@
 # shellcheck shell=dash
-# Guest scenarios a..i (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
+# Guest scenarios a..o (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
 # DETAIL. "snap NAME" marks a host checkpoint: the runner saves the daemon's state as
 # results/snap-NAME.json while the guest waits; scripts/e2e_check.py compares the snapshots:
 #
@@ -12,6 +12,15 @@
 #   g-start/end  around autoprobe=0 + bind VF0 (g: only VF0 started)
 #   i-start/down/vlan/end  around ctl state disable/enable and port VLANs (i: VF0 stopped while
 #                down, VF2 on VLAN 20 heard nothing)
+#   j-stub/traffic/orphan/rebound/end  the unmanaged PF (pci-pf-stub; PF not started, its
+#                counters still; VFs keep working once pci-pf-stub is gone)
+#   k-start/reset/end/clean  PF reset with live VFs (every VF stopped by the reset, started again
+#                by numvfs 0 -> N)
+#   l-start/vfio/vf/end  vfio-pci on the PF, VFs captured (no VF started; the one handed to
+#                virtio-pci started)
+#   m            IOMMU groups with ACS (every function started, for the record)
+#   n-start/stub/end  shared group (no VF ever started; PF not started while on pci-pf-stub)
+#   o-start/end  all VFs, the last one pings the PF
 #   (after QEMU exits the runner takes "final": every partition waiting, daemon alive)
 
 # a: the PF is there, bound to virtio-pci, with the expected MAC, sriov_totalvfs = N and no VFs yet.
@@ -24,11 +33,14 @@ scen_a_pf_visible() {
     [ "$total" = "$E2E_VFS" ] || fail "sriov_totalvfs $total, expected $E2E_VFS" || return 1
     [ "$(numvfs)" = 0 ] || fail "sriov_numvfs already $(numvfs)" || return 1
     check_no_vfs || return 1
+    [ ! -s /tmp/insmod-failed ] || fail "boot modules not loaded: $(tr '\n' ' ' </tmp/insmod-failed)" || return 1
     pfif=$(netdev_of "$PF") || fail "PF has no netdev" || return 1
     mac=$(cat "/sys/class/net/$pfif/address")
     [ "$mac" = "$(fn_mac pf)" ] || fail "PF MAC $mac, expected $(fn_mac pf)" || return 1
     snap a
     DETAIL="PF $(basename "$PF") $pfif $mac totalvfs=$total numvfs=0"
+    [ -f /e2e/modules-source ] && DETAIL="$DETAIL; modules $(cat /e2e/modules-source)"
+    return 0
 }
 
 # b: numvfs 0 -> N: N VFs bound to virtio-pci, physfn links, netdevs with the expected MACs.
@@ -221,6 +233,280 @@ scen_i_admin() {
     xip -n vf1 link set dev net0 address "$(fn_mac vf1)"
     hostctl i-untrust vf 1 trust off || fail "ctl vf 1 trust off failed" || return 1
     DETAIL="vf0 carrier lost on state disable and back on enable, pf->vf0 ok; VLAN 10: $d, VLAN 20 vf2->vf0 refused; trusted vf1 with its own MAC: $d2, untrusted vf0 refused"
+}
+
+# j: the unmanaged PF. pci-pf-stub (driver_override) owns the PF and enables the VFs with
+# pci_sriov_configure_simple: the VFs work without the PF's virtio driver, whose partition is
+# stopped. Unbinding pci-pf-stub leaves SR-IOV enabled (the kernel warns) and the VFs working;
+# with no driver, sriov_numvfs refuses changes (ENOENT) and vfio-pci refuses the PF because
+# VFs exist (EBUSY). Then back: pci-pf-stub, 0 VFs, virtio-pci.
+scen_j_pf_stub() {
+    local pfb d1 err
+    [ -n "$PF" ] || fail "no PF" || return 1
+    pfb=$(basename "$PF")
+    load_module pci-pf-stub || return 1
+    pf_rebind pci-pf-stub || return 1
+    snap j-stub
+    set_numvfs "$E2E_VFS" || fail "PF on pci-pf-stub: echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    setup_vf_ns || return 1
+    ping_check vf0 vf1 || return 1
+    d1=$PING_DETAIL
+    snap j-traffic
+    dmesg_mark j-unbind
+    fn_unbind "$PF" || fail "unbind pci-pf-stub: $WRITE_ERR" || return 1
+    dmesg_show j-unbind
+    dmesg_has "$pfb: driver left SR-IOV enabled after remove" ||
+        fail "no 'driver left SR-IOV enabled after remove' warning from the kernel" || return 1
+    [ "$(numvfs)" = "$E2E_VFS" ] || fail "numvfs $(numvfs) after pci-pf-stub left, expected $E2E_VFS" || return 1
+    check_vfs_still_there || return 1
+    ping_check vf1 vf0 || { DETAIL="PF without a driver: $DETAIL" && return 1; }
+    snap j-orphan
+    # No driver: the same count is a no-op (the kernel checks that first), any change is ENOENT.
+    set_numvfs "$E2E_VFS" || fail "no driver: echo $E2E_VFS (unchanged) > sriov_numvfs: $SET_ERR" || return 1
+    dmesg_mark j-enoent
+    ! set_numvfs 0 || fail "no driver: echo 0 > sriov_numvfs succeeded" || return 1
+    dmesg_show j-enoent
+    case $SET_ERR in *"No such file or directory") ;; *) fail "no driver: echo 0 > sriov_numvfs: '$SET_ERR', expected ENOENT" || return 1 ;; esac
+    dmesg_has "no driver bound to device; cannot configure SR-IOV" ||
+        fail "no 'no driver bound to device' message from the kernel" || return 1
+    [ "$(numvfs)" = "$E2E_VFS" ] || fail "numvfs changed to $(numvfs)" || return 1
+    load_vfio || return 1
+    dmesg_mark j-vfio
+    ! fn_bind "$PF" vfio-pci || fail "vfio-pci bound a PF with $E2E_VFS VFs enabled" || return 1
+    err=$WRITE_ERR
+    dmesg_show j-vfio
+    case $err in *"Device or resource busy") ;; *) fail "bind vfio-pci: '$err', expected EBUSY" || return 1 ;; esac
+    dmesg_has "Cannot bind to PF with SR-IOV enabled" || fail "no 'Cannot bind to PF with SR-IOV enabled' from vfio-pci" || return 1
+    [ ! -e "$PF/driver" ] || fail "PF bound to $(driver_of "$PF") after the refused vfio-pci bind" || return 1
+    check_vfs_still_there || return 1
+    fn_bind "$PF" pci-pf-stub || fail "rebind pci-pf-stub (VFs enabled): $WRITE_ERR" || return 1
+    set_numvfs 0 || fail "pci-pf-stub again: echo 0 > sriov_numvfs: $SET_ERR" || return 1
+    wait_for 10 check_no_vfs || fail "VFs left after numvfs=0" || return 1
+    snap j-rebound
+    pf_to_virtio || return 1
+    snap j-end
+    DETAIL="pci-pf-stub: $E2E_VFS VFs, $d1; unbound: SR-IOV left enabled, $PING_DETAIL, numvfs 0 ENOENT, vfio-pci EBUSY; back to virtio-pci"
+}
+
+# k: PF reset (FLR through sysfs) with live VFs, the PF on pci-pf-stub (virtio_pci has no reset
+# handlers). QEMU clears VF Enable and resets every VF; Linux restores NumVFs/VF Enable from the
+# PF's saved state but leaves the VF drivers alone: what becomes of their netdevs is recorded.
+# numvfs 0 -> N brings working VFs back.
+scen_k_pf_reset() {
+    local f d before after rc stale
+    [ -n "$PF" ] || fail "no PF" || return 1
+    load_module pci-pf-stub || return 1
+    pf_rebind pci-pf-stub || return 1
+    set_numvfs "$E2E_VFS" || fail "PF on pci-pf-stub: echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    setup_vf_ns || return 1
+    ping_check vf0 vf1 || return 1
+    before=
+    for f in $(vf_list); do before="$before $f:$(xip netns exec "$f" cat /sys/class/net/net0/operstate)"; done
+    snap k-start
+    dmesg_mark k-reset
+    sysfs_write "$PF/reset" 1 || fail "echo 1 > PF/reset: $WRITE_ERR" || return 1
+    dmesg_show k-reset
+    [ "$(numvfs)" = "$E2E_VFS" ] || fail "numvfs $(numvfs) after the reset, expected $E2E_VFS (restored)" || return 1
+    check_vfs_still_there || { DETAIL="after the reset: $DETAIL" && return 1; }
+    after=
+    for f in $(vf_list); do
+        d=$(fn_dir "$f")
+        after="$after $f:$(xip netns exec "$f" cat /sys/class/net/net0/operstate)/carrier=$(xip netns exec "$f" cat /sys/class/net/net0/carrier)/cmd=$(printf '%04x' "$(cfg_read "$d" 4 2)")/virtio-status=$(cat "$d"/virtio*/status)"
+    done
+    log "VF netdevs before the reset:$before; after:$after"
+    snap k-reset
+    xip netns exec vf0 ping -q -c 2 -i 0.2 -W 1 -w 3 "$(fn_ip vf1)" >/tmp/k-ping 2>&1
+    rc=$?
+    stale="vf0->vf1 after the reset: $(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/k-ping)/2 (rc $rc)"
+    log "$stale"
+    snap k-stale
+    set_numvfs 0 || fail "echo 0 > sriov_numvfs after the reset: $SET_ERR" || return 1
+    wait_for 10 check_no_vfs || fail "VFs left after numvfs=0" || return 1
+    set_numvfs "$E2E_VFS" || fail "echo $E2E_VFS > sriov_numvfs after the reset: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    setup_vf_ns || return 1
+    ping_check vf0 vf1 || { DETAIL="after reset and numvfs 0 -> $E2E_VFS: $DETAIL" && return 1; }
+    snap k-end
+    pf_to_virtio || return 1
+    snap k-clean
+    DETAIL="reset with $E2E_VFS VFs: numvfs kept, VF devices and netdevs kept ($stale); numvfs 0 -> $E2E_VFS: $PING_DETAIL"
+}
+
+# vfio_run NAME ARGS...: run vfio_token, its output on the console; VFIO_OUT holds it, VFIO_SUMMARY
+# its last line ("vfio_token: N passed, M failed").
+vfio_run() {
+    local _name=$1 _rc
+    shift
+    VFIO_OUT=$(vfio_token "$@" 2>&1)
+    _rc=$?
+    echo "$VFIO_OUT" | sed "s/^/E2E: vfio_token $_name: /"
+    VFIO_SUMMARY=$(echo "$VFIO_OUT" | tail -n 1)
+    [ "$_rc" = 0 ] || fail "vfio_token $*: $(echo "$VFIO_OUT" | grep '^FAIL' | head -n 2 | tr '\n' ';') ($VFIO_SUMMARY)" || return 1
+}
+
+# vfio_expect LINE...: each "PASS LINE" is in VFIO_OUT.
+vfio_expect() {
+    local _l
+    for _l in "$@"; do
+        echo "$VFIO_OUT" | grep -qxF "PASS $_l" || fail "vfio_token did not report PASS $_l" || return 1
+    done
+}
+
+# l: vfio-pci on the PF (needs the vIOMMU: E2E_IOMMU=1) with enable_sriov=1: the VFs it creates are
+# captured by vfio-pci (driver_override); vfio_token shows the VF token at work. A VF handed to
+# virtio-pci meanwhile works, and the kernel warns about it.
+scen_l_vfio_token() {
+    local pfb vf0 vlast last f d n
+    [ -n "$PF" ] || fail "no PF" || return 1
+    group_of "$PF" >/dev/null || fail "the PF has no IOMMU group (needs a vIOMMU: E2E_IOMMU=1)" || return 1
+    pfb=$(basename "$PF")
+    vfs_off || return 1
+    load_vfio enable_sriov=1 || return 1
+    [ "$(cat /sys/module/vfio_pci/parameters/enable_sriov)" = Y ] || fail "vfio-pci enable_sriov is not Y" || return 1
+    snap l-start
+    pf_rebind vfio-pci || return 1
+    [ -c "/dev/vfio/$(group_of "$PF")" ] || fail "no /dev/vfio/$(group_of "$PF") for the PF" || return 1
+    dmesg_mark l-numvfs
+    set_numvfs "$E2E_VFS" || fail "PF on vfio-pci: echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    for f in $(vf_list); do
+        d=$(fn_dir "$f") || fail "$f: no virtfn link" || return 1
+        wait_for 10 test -e "$d/driver" || fail "$f not bound" || return 1
+        [ "$(driver_of "$d")" = vfio-pci ] || fail "$f bound to $(driver_of "$d"), not vfio-pci" || return 1
+        [ "$(cat "$d/driver_override")" = vfio-pci ] || fail "$f driver_override '$(cat "$d/driver_override")'" || return 1
+        ! netdev_of "$d" >/dev/null || fail "$f has a netdev" || return 1
+    done
+    n=$(dmesg_since | grep -c 'Captured SR-IOV VF .* driver_override')
+    [ "$n" = "$E2E_VFS" ] || fail "$n 'Captured SR-IOV VF' messages, expected $E2E_VFS" || return 1
+    snap l-vfio
+    vf0=$(basename "$(fn_dir vf0)")
+    dmesg_mark l-token
+    vfio_run token token "$pfb" "$vf0" || return 1
+    vfio_expect "VF without a token -> EACCES" "VF with a wrong token -> EACCES" \
+        "VF with a malformed token -> EINVAL" "VF with the right token -> success" \
+        "PF without a token while a VF is open -> EACCES" "PF with a wrong token while a VF is open -> EACCES" \
+        "PF with the right token while a VF is open -> success" "PF without a token once the VF is closed -> success" || return 1
+    dmesg_show l-token
+    dmesg_has "VF token required to access device" || fail "no 'VF token required' message from vfio-pci" || return 1
+    dmesg_has "Incorrect VF token provided for device" || fail "no 'Incorrect VF token' message from vfio-pci" || return 1
+    last=vf$((E2E_VFS - 1))
+    d=$(fn_dir "$last")
+    vlast=$(basename "$d")
+    dmesg_mark l-vf
+    fn_unbind "$d" || fail "unbind $last from vfio-pci: $WRITE_ERR" || return 1
+    fn_bind "$d" virtio-pci || fail "bind $last to virtio-pci: $WRITE_ERR" || return 1
+    wait_for 10 netdev_of "$d" || fail "$last has no netdev on virtio-pci" || return 1
+    [ "$(cat "/sys/class/net/$(netdev_of "$d")/address")" = "$(fn_mac "$last")" ] || fail "$last MAC wrong" || return 1
+    dmesg_show l-vf
+    dmesg_has "VF $vlast bound to driver virtio-pci while PF bound to driver vfio-pci" ||
+        fail "no 'VF bound to driver virtio-pci while PF bound to driver vfio-pci' warning" || return 1
+    snap l-vf
+    set_numvfs 0 || fail "PF on vfio-pci: echo 0 > sriov_numvfs: $SET_ERR" || return 1
+    wait_for 10 check_no_vfs || fail "VFs left after numvfs=0" || return 1
+    pf_to_virtio || return 1
+    snap l-end
+    DETAIL="vfio-pci enable_sriov=1: $E2E_VFS VFs captured; vfio_token $pfb/$vf0: $VFIO_SUMMARY; $last on virtio-pci warned about; PF back on virtio-pci"
+}
+
+# m: IOMMU groups with ACS (E2E_IOMMU=1): QEMU's root port has ACS and Linux enables it
+# (SV|RR|CR|UF), so the root port, the PF and every VF each get a group of their own.
+scen_m_groups() {
+    local rp acs f d g groups="" n=0
+    [ -n "$PF" ] || fail "no PF" || return 1
+    group_of "$PF" >/dev/null || fail "the PF has no IOMMU group (needs a vIOMMU: E2E_IOMMU=1)" || return 1
+    vfs_off || return 1
+    set_numvfs "$E2E_VFS" || fail "echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    rp=$(dirname "$(readlink -f "$PF")")
+    acs=$(acs_ctrl "$rp") || fail "root port $(basename "$rp") has no ACS capability" || return 1
+    [ $((acs & 0x1d)) = $((0x1d)) ] || fail "root port ACS ctrl $(printf 0x%04x "$acs"), expected SV|RR|CR|UF (0x1d) set" || return 1
+    for d in "$rp" "$PF" $(for f in $(vf_list); do fn_dir "$f"; done); do
+        g=$(group_of "$d") || fail "$(basename "$d") has no IOMMU group" || return 1
+        case " $groups " in *" $g "*) fail "$(basename "$d") shares group $g" || return 1 ;; esac
+        [ "$(group_size "$g")" = 1 ] || fail "group $g of $(basename "$d") holds $(group_size "$g") devices" || return 1
+        groups="$groups $g"
+        n=$((n + 1))
+    done
+    snap m
+    DETAIL="root port $(basename "$rp") ACS ctrl $(printf 0x%04x "$acs"); root port, PF and $E2E_VFS VFs in $n groups of one device each"
+}
+
+# n_vfs_to_vfio ROOTPORT: N VFs, none probed (autoprobe 0), each bound to vfio-pci; the root
+# port, the PF and every VF in one group, whose number goes to G.
+n_vfs_to_vfio() {
+    local _f _d _n
+    echo 0 >"$PF/sriov_drivers_autoprobe"
+    set_numvfs "$E2E_VFS" || fail "PF on $(driver_of "$PF"): echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+    G=$(group_of "$PF")
+    for _f in $(vf_list); do
+        _d=$(fn_dir "$_f")
+        fn_bind "$_d" vfio-pci || fail "bind $_f to vfio-pci: $WRITE_ERR" || return 1
+        [ "$(group_of "$_d")" = "$G" ] || fail "$_f in group $(group_of "$_d"), the PF in $G" || return 1
+    done
+    [ "$(group_of "$1")" = "$G" ] || fail "root port in group $(group_of "$1"), the PF in $G" || return 1
+    _n=$(group_size "$G")
+    [ "$_n" = $((E2E_VFS + 2)) ] || fail "group $G holds $_n devices, expected $((E2E_VFS + 2))" || return 1
+}
+
+# n: one shared group (E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1: pci=disable_acs_redir=<root port>):
+# the root port, the PF and the VFs share a group. The VFs are bound to vfio-pci; the group can
+# only go to a vfio container (VFIO_GROUP_SET_CONTAINER) once no member has a DMA-API driver:
+# EPERM with the PF on virtio-pci, EPERM with it on pci-pf-stub, success with no PF driver; and
+# while vfio owns the group, pci-pf-stub cannot bind the PF (EBUSY).
+scen_n_shared_group() {
+    local rp rpb acs pfb
+    [ -n "$PF" ] || fail "no PF" || return 1
+    group_of "$PF" >/dev/null || fail "the PF has no IOMMU group (needs a vIOMMU: E2E_IOMMU=1)" || return 1
+    pfb=$(basename "$PF")
+    rp=$(dirname "$(readlink -f "$PF")")
+    rpb=$(basename "$rp")
+    grep -qE "(^| )pci=([^ ]*[,;])?disable_acs_redir=([^ ]*;)?$rpb" /proc/cmdline ||
+        fail "kernel command line lacks pci=disable_acs_redir=$rpb (E2E_DISABLE_ACS_REDIR=1)" || return 1
+    acs=$(acs_ctrl "$rp") || fail "root port $rpb has no ACS capability" || return 1
+    [ $((acs & 0x0c)) = 0 ] || fail "root port ACS ctrl $(printf 0x%04x "$acs"): RR/CR still set" || return 1
+    load_module pci-pf-stub || return 1
+    load_vfio || return 1
+    vfs_off || return 1
+    snap n-start
+    n_vfs_to_vfio "$rp" || return 1
+    vfio_run virtio container "$pfb" eperm || { DETAIL="PF on virtio-pci: $DETAIL" && return 1; }
+    vfio_expect "VFIO_GROUP_SET_CONTAINER on the group of $pfb -> EPERM" || return 1
+    pf_rebind pci-pf-stub || return 1
+    snap n-stub
+    n_vfs_to_vfio "$rp" || return 1
+    vfio_run stub container "$pfb" eperm || { DETAIL="PF on pci-pf-stub: $DETAIL" && return 1; }
+    vfio_expect "VFIO_GROUP_SET_CONTAINER on the group of $pfb -> EPERM" || return 1
+    fn_unbind "$PF" || fail "unbind pci-pf-stub: $WRITE_ERR" || return 1
+    [ "$(numvfs)" = "$E2E_VFS" ] || fail "numvfs $(numvfs) once pci-pf-stub left" || return 1
+    dmesg_mark n-owned
+    vfio_run nodriver container "$pfb" ok pci-pf-stub || { DETAIL="PF without a driver: $DETAIL" && return 1; }
+    vfio_expect "VFIO_GROUP_SET_CONTAINER on the group of $pfb -> success" \
+        "bind $pfb to pci-pf-stub while the group is owned by vfio -> EBUSY" || return 1
+    dmesg_show n-owned
+    fn_bind "$PF" pci-pf-stub || fail "bind pci-pf-stub once vfio let go: $WRITE_ERR" || return 1
+    vfs_off || return 1
+    pf_to_virtio || return 1
+    snap n-end
+    DETAIL="root port $rpb ACS ctrl $(printf 0x%04x "$acs"), root port + PF + $E2E_VFS VFs in group $G; SET_CONTAINER: EPERM with the PF on virtio-pci and on pci-pf-stub, success with no PF driver (then pci-pf-stub bind EBUSY)"
+}
+
+# o: many VFs: all of sriov_totalvfs enabled, every MAC as the daemon says, the last VF pings the PF.
+scen_o_many_vfs() {
+    local total last
+    [ -n "$PF" ] || fail "no PF" || return 1
+    total=$(cat "$PF/sriov_totalvfs")
+    [ "$total" = "$E2E_VFS" ] || fail "sriov_totalvfs $total, expected $E2E_VFS" || return 1
+    vfs_off || return 1
+    set_numvfs "$total" || fail "echo $total > sriov_numvfs: $SET_ERR" || return 1
+    check_vfs_bound || return 1
+    last=vf$((total - 1))
+    ns_has_dev pf || into_ns pf || return 1
+    ns_has_dev "$last" || into_ns "$last" || return 1
+    snap o-start
+    ping_check "$last" pf || return 1
+    snap o-end
+    DETAIL="$total VFs bound with the daemon's MACs, $PING_DETAIL"
 }
 
 # h: the end: report, then /init powers off (the host checks the daemon afterwards).
