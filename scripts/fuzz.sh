@@ -143,15 +143,15 @@ summary() {
     corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9]*[a-zA-Z]*\).*/\1/p' <<<"$last")
     crashes=$(find "$WORK/artifacts/$t" -type f | wc -l)
     wall=$(cat "$WORK/logs/$t.wall" 2>/dev/null || echo "?")
-    printf '| %-10s | %12s | %8s | %6s | %8s | %14s | %7s | %6s |\n' \
+    printf '| %-10s | %12s | %8s | %6s | %8s | %15s | %7s | %6s |\n' \
         "$t" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$crashes" "${wall}s"
 }
 
 header() {
-    printf '| %-10s | %12s | %8s | %6s | %8s | %14s | %7s | %6s |\n' \
+    printf '| %-10s | %12s | %8s | %6s | %8s | %15s | %7s | %6s |\n' \
         target executions exec/s edges features "corpus (n/size)" crashes wall
     printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------ -------------- ---------- -------- \
-        ---------- ---------------- --------- --------
+        ---------- ----------------- --------- --------
 }
 
 # fuzz_all SECONDS [libFuzzer flags...]: every target in turn, then the table. Fails if any

@@ -21,6 +21,15 @@ bash -n scripts/bench.sh
 bash -n scripts/profile.sh
 python3 -m py_compile scripts/bench/bench.py
 
+# Coverage-guided fuzzing, briefly: builds the fuzz targets (libFuzzer, ASan) and runs each for
+# FUZZ_SMOKE_SECONDS (default 20); a crash fails the run. SKIP_FUZZ=1 leaves it out.
+if [[ "${SKIP_FUZZ:-0}" == 1 ]]; then
+    echo "SKIP_FUZZ=1: fuzz smoke skipped"
+else
+    step "fuzz smoke (scripts/fuzz.sh smoke)"
+    scripts/fuzz.sh smoke
+fi
+
 unit_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/sriov-net-cargo-test.log | awk '{s+=$4} END {print s+0}')
 
 if [[ "${SKIP_E2E:-0}" == 1 ]]; then
