@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (libFuzzer through libfuzzer-sys; targets in fuzz/, see fuzz/README.md).
 #
-#   scripts/fuzz.sh smoke            every target for FUZZ_SMOKE_SECONDS (default 20) each; fails
+#   scripts/fuzz.sh smoke            every target for FUZZ_SMOKE_SECONDS (default 15) each; fails
 #                                    on a crash (CI runs this from scripts/test.sh)
 #   scripts/fuzz.sh long [SECONDS]   every target for SECONDS (default 600) each, one after the
 #                                    other, stopping a target early at FUZZ_RUNS executions if
@@ -122,7 +122,9 @@ run_target() {
         -print_final_stats=1
         -artifact_prefix="$artifacts"
     )
-    [[ -f fuzz/dict/$t.dict ]] && args+=(-dict="fuzz/dict/$t.dict")
+    local dict=$t
+    [[ $t == shim ]] && dict=vhost_user
+    [[ -f fuzz/dict/$dict.dict ]] && args+=(-dict="fuzz/dict/$dict.dict")
     local start=$SECONDS status=0
     # New inputs go to the working corpus; the committed seeds are only read.
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0} \
@@ -186,7 +188,7 @@ case $cmd in
         t0=$SECONDS
         RUSTC_BOOTSTRAP=1 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
         build
-        fuzz_all "${FUZZ_SMOKE_SECONDS:-20}"
+        fuzz_all "${FUZZ_SMOKE_SECONDS:-15}"
         log "fuzz: smoke done in $((SECONDS - t0)) s"
         ;;
     long)
