@@ -186,7 +186,7 @@ case $cmd in
     build) build ;;
     smoke)
         t0=$SECONDS
-        RUSTC_BOOTSTRAP=1 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+        cargo fmt --manifest-path fuzz/Cargo.toml -- --check
         build
         fuzz_all "${FUZZ_SMOKE_SECONDS:-15}"
         log "fuzz: smoke done in $((SECONDS - t0)) s"
