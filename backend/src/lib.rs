@@ -11,6 +11,8 @@ pub mod capture;
 pub mod counters;
 pub mod device;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hostmem;
 pub mod mac;
 pub mod net_hdr;

@@ -178,7 +178,10 @@ pub fn walk_chain(
             return Err(ChainError::TooManyDescriptors(size));
         }
         budget -= 1;
-        let at = table + u64::from(index) * DESC_SIZE;
+        // A table at the top of the address space must not wrap around to address 0.
+        let at = table
+            .checked_add(u64::from(index) * DESC_SIZE)
+            .ok_or(ChainError::Unreadable(table))?;
         let mut raw = [0u8; DESC_SIZE as usize];
         mem.read(at, &mut raw).ok_or(ChainError::Unreadable(at))?;
         let d = Desc::parse(&raw);

@@ -1,0 +1,176 @@
+//! Descriptor chains and virtio-net headers, as a driver can write them: the avail ring and the
+//! descriptor table (direct and indirect) are whatever the input says, in guest memories of
+//! several shapes. Checks, besides "no panic, no bad access":
+//! - the one-buffer fast path (`Ring::flat`) only takes what the general walk takes as one
+//!   buffer, with the same address and length, translated to the right host address;
+//! - a walked chain stays inside guest memory, inside its length bound, and is gathered
+//!   (`frame::read`) into exactly the bytes vm-memory reads at those addresses;
+//! - the virtio-net header read from it round-trips;
+//! - used entries written and published come out where the driver reads them.
+//!
+//! Input: flags (1), ring size (1), ring base (2), direct walk table address (8), size (2),
+//! head (2), max_len (4), gather skip (2), gather length (2), then the guest memory image from
+//! address 0.
+#![no_main]
+
+use backend::hostmem::MemMap;
+use backend::net_hdr::{NetHdr, NET_HDR_LEN};
+use backend::ring::{self, ChainError, Dir, Ring, Seg, Table};
+use libfuzzer_sys::fuzz_target;
+use vhost_user_sriov_net_fuzz::{guest_mem, Input, RingLayout};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// `frame::read` gathers a buffer that runs across two adjacent memory regions short (found by
+/// this target; reproducer in fuzz/artifacts-found/). Set to false once fixed.
+const KNOWN_BUG_READ_ACROSS_REGIONS: bool = true;
+
+fuzz_target!(|data: &[u8]| {
+    let mut inp = Input(data);
+    let flags = inp.u8();
+    let dir = if flags & 1 != 0 {
+        Dir::Writable
+    } else {
+        Dir::Readable
+    };
+    let indirect = flags & 2 != 0;
+    let layout = usize::from(flags >> 2) & 3;
+    let event_idx = flags & 0x10 != 0;
+    let size = RingLayout::size_from(inp.u8());
+    let base = u64::from(inp.u16() & !15);
+    let t_addr = inp.u64();
+    let t_size = inp.u16();
+    let t_head = inp.u16();
+    let max_len = inp.u32();
+    let skip = usize::from(inp.u16());
+    let glen = usize::from(inp.u16() % 2048);
+    let mem = guest_mem(0, layout, inp.rest());
+    let map = MemMap::new(std::sync::Arc::new(mem.clone()));
+    let host = map.host();
+
+    // Any table, any head: the general walk on its own.
+    let table = Table {
+        addr: t_addr,
+        size: t_size,
+    };
+    let mut segs = Vec::new();
+    let walked = ring::walk_chain(&host, table, t_head, dir, indirect, max_len, &mut segs);
+    check_walk(&mem, &host, &walked, &segs, dir, max_len, skip, glen);
+
+    // The chains the avail ring offers, as the data path takes them.
+    let lay = RingLayout::new(base, size);
+    let mut q = lay.queue(event_idx);
+    let Ok(r) = Ring::map(&host, &q) else {
+        return;
+    };
+    let Ok(n) = r.pending(&q) else {
+        return;
+    };
+    let n = n.min(64);
+    for k in 0..n {
+        let head = r.avail_head(&q, k);
+        assert_eq!(head, lay.avail_entry(&mem, k));
+        segs.clear();
+        let walked = ring::walk_chain(&host, r.table(), head, dir, indirect, max_len, &mut segs);
+        check_walk(&mem, &host, &walked, &segs, dir, max_len, skip, glen);
+        if let Some((seg, p)) = backend::fuzzing::flat(&r, &host, head, dir, max_len) {
+            assert_eq!(walked, Ok(seg.len), "flat took a chain the walk refuses");
+            assert_eq!(segs, vec![seg]);
+            assert_eq!(host.ptr(seg.addr, seg.len as usize), Some(p));
+        }
+        r.warm(k, k);
+        r.warm_desc(&host, head, dir);
+        r.write_used(&q, k, head, walked.unwrap_or(0));
+    }
+    r.suppress_kicks();
+    r.prefetch_used(&q, n);
+    let before = q.next_used();
+    r.publish_used(&mut q, n);
+    if n == 0 {
+        return;
+    }
+    assert_eq!(lay.used_idx(&mem), before.wrapping_add(n));
+    for k in 0..n {
+        assert_eq!(
+            lay.used_elem(&mem, k).0,
+            u32::from(lay.avail_entry(&mem, k))
+        );
+    }
+});
+
+#[allow(clippy::too_many_arguments)]
+fn check_walk(
+    mem: &GuestMemoryMmap<()>,
+    host: &backend::hostmem::HostMem<'_>,
+    walked: &Result<u32, ChainError>,
+    segs: &[Seg],
+    dir: Dir,
+    max_len: u32,
+    skip: usize,
+    glen: usize,
+) {
+    let Ok(total) = *walked else {
+        return;
+    };
+    assert!(total <= max_len);
+    let sum: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
+    assert_eq!(sum, u64::from(total));
+    for s in segs {
+        assert!(s.len > 0, "an empty buffer was kept");
+        assert!(host.check_range(s.addr, s.len as usize));
+    }
+    if dir == Dir::Readable {
+        assert!(!segs.is_empty(), "a TX chain without buffers");
+    }
+
+    // Gather against vm-memory's own reads at the same addresses.
+    let total = total as usize;
+    let want_len = glen.min(total.saturating_sub(skip));
+    let mut want = vec![0u8; want_len];
+    let mut at = 0usize;
+    let mut left_skip = skip;
+    for s in segs {
+        let l = s.len as usize;
+        if left_skip >= l {
+            left_skip -= l;
+            continue;
+        }
+        let n = (l - left_skip).min(want_len - at);
+        mem.read_slice(
+            &mut want[at..at + n],
+            GuestAddress(s.addr + left_skip as u64),
+        )
+        .unwrap();
+        at += n;
+        left_skip = 0;
+        if at == want_len {
+            break;
+        }
+    }
+    let mut got = vec![0u8; glen];
+    let n = backend::frame::read(host, segs, skip, &mut got).expect("walked buffers are mapped");
+    let straddles = segs
+        .iter()
+        .any(|s| host.ptr(s.addr, s.len as usize).is_none());
+    if KNOWN_BUG_READ_ACROSS_REGIONS && straddles {
+        // See fuzz/artifacts-found/README.md: a buffer running across two adjacent regions is
+        // gathered short. Only the bounds are checked for such chains until that is fixed.
+        assert!(n <= want_len);
+    } else {
+        assert_eq!(n, want_len);
+        assert_eq!(
+            &got[..n],
+            &want[..],
+            "gathered bytes differ from guest memory"
+        );
+    }
+
+    // The virtio-net header a TX chain starts with.
+    if total >= NET_HDR_LEN && !(KNOWN_BUG_READ_ACROSS_REGIONS && straddles) {
+        let mut h = [0u8; NET_HDR_LEN];
+        assert_eq!(backend::frame::read(host, segs, 0, &mut h), Ok(NET_HDR_LEN));
+        let hdr = NetHdr::parse(&h);
+        assert_eq!(hdr.to_bytes(), h);
+        assert_eq!(hdr.is_gso(), hdr.gso_kind() != 0);
+    }
+}
