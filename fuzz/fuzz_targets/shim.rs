@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         }],
     );
     // The glue to adapt when `run` changes shape.
-    let _ = shim::run(front_end, back_end);
+    let _ = shim::run(front_end, back_end, 4);
     let to_fw = drain(&framework);
     let to_front = drain(&frontend);
 

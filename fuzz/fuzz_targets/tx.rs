@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use backend::admin::AdminChange;
 use backend::hostmem::MemMap;
 use backend::partition::{Partition, PartitionConfig, Role};
 use backend::ring::{self, Dir, Table};
@@ -75,8 +76,15 @@ fuzz_target!(|data: &[u8]| {
     let vf0 = part(1, [2, 0, 0, 0, 0, 2]);
     // A partition without a connection: floods skip it, unicast to it is DestinationDown.
     let vf1 = part(2, [2, 0, 0, 0, 0, 3]);
-    pf.set_spoofchk(spoofchk);
     let sw = Switch::new(vec![pf.clone(), vf0.clone(), vf1]).unwrap();
+    sw.set_admin(
+        0,
+        &AdminChange {
+            spoofchk: Some(spoofchk),
+            ..AdminChange::default()
+        },
+    )
+    .unwrap();
 
     let tx_mem = guest_mem(0, tx_layout, tx_image);
     let rx_mem = guest_mem(1, rx_layout, rx_image);
@@ -141,6 +149,7 @@ fuzz_target!(|data: &[u8]| {
                 taken = taken.wrapping_add(n);
             }
             Batch::Empty | Batch::Stopped => break,
+            Batch::Throttled(_) => unreachable!("no partition here has a max_tx_rate"),
         }
     }
     scratch.release();

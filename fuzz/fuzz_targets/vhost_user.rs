@@ -19,7 +19,7 @@ use backend::partition::{Partition, PartitionConfig, Role, State};
 use backend::switch::Switch;
 use libfuzzer_sys::fuzz_target;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use vhost_user_sriov_net::shim;
 use vhost_user_sriov_net_fuzz::{drain, init, send_all, socket_pair, vu_split, Chunk, MAX_STREAM};
 
@@ -185,11 +185,13 @@ fuzz_target!(|data: &[u8]| {
     let (frontend, front_end) = socket_pair();
     send_all(&frontend, &chunks);
     drop(chunks);
-    let _ = shim::run(front_end, framework_side);
+    let _ = shim::run(front_end, framework_side, d.device.num_queues());
     let _ = daemon.wait();
     session.stop_worker();
     d.part.on_disconnect();
     drop(daemon);
+    // SAFETY: the daemon built with this session is gone (see `Session::close_exit_fds`).
+    unsafe { session.close_exit_fds() };
     let replies = drain(&frontend);
 
     let (replies, partial) = vu_split(&replies);
