@@ -98,13 +98,18 @@ pub fn read(
     }
     let mut cur = Cursor::new(segs, skip);
     let mut done = 0;
+    // What is left of a buffer that runs on into the next memory region.
+    let mut pend: Option<(u64, usize)> = None;
     while done < buf.len() {
-        let Some((addr, n)) = cur.next(buf.len() - done) else {
+        let Some((addr, len)) = pend.take().or_else(|| cur.next(buf.len() - done)) else {
             break;
         };
-        let (p, n) = span(mem, addr, n)?;
+        let (p, n) = span(mem, addr, len)?;
         // SAFETY: `span` bounds `n` to the mapping; `buf` has room for it.
         unsafe { std::ptr::copy_nonoverlapping(p, buf[done..].as_mut_ptr(), n) };
+        if n < len {
+            pend = Some((addr + n as u64, len - n));
+        }
         done += n;
     }
     Ok(done)
@@ -125,13 +130,21 @@ pub fn copy(
     match src {
         Source::Bytes(_) | Source::Host { .. } => {
             let mut pos = src_skip;
+            // What is left of a buffer that runs on into the next memory region.
+            let mut pend: Option<(u64, usize)> = None;
             while left > 0 {
-                let (addr, n) = out.next(left).ok_or(CopyError::Short)?;
-                let (d, n) = span(dst_mem, addr, n)?;
+                let (addr, len) = match pend.take() {
+                    Some(p) => p,
+                    None => out.next(left).ok_or(CopyError::Short)?,
+                };
+                let (d, n) = span(dst_mem, addr, len)?;
                 let s = src.contiguous(pos, n).ok_or(CopyError::Short)?;
                 // SAFETY: `d` has `n` bytes inside the destination mapping and `s` has `n`
                 // bytes; `copy` because a host source is guest memory too (see below).
                 unsafe { std::ptr::copy(s, d, n) };
+                if n < len {
+                    pend = Some((addr + n as u64, len - n));
+                }
                 pos += n;
                 left -= n;
             }
