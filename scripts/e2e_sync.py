@@ -38,28 +38,36 @@ def log(msg):
     print(f"[sync +{time.monotonic() - T0:7.2f}s] {msg}", flush=True)
 
 
+def ctl(args, words):
+    """Run `<daemon> ctl --socket-dir DIR <words>`; returns (stdout, None) or (None, reason)."""
+    cmd = [args.ctl, "ctl", "--socket-dir", args.socket_dir] + words
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=args.ctl_timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return None, f"ctl timed out after {args.ctl_timeout}s"
+    except OSError as err:
+        return None, f"cannot run ctl: {err}"
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        return None, f"ctl exit {proc.returncode}: {err[-1] if err else ''}"
+    return proc.stdout, None
+
+
 def take_snapshot(args, name):
     """Run ctl show -j and store it; returns None on success or a short reason."""
     if args.standin:
         return None
-    cmd = [args.ctl, "ctl", "--socket-dir", args.socket_dir, "show", "-j"]
+    out, reason = ctl(args, ["show", "-j"])
+    if reason is not None:
+        return reason
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=args.ctl_timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return f"ctl timed out after {args.ctl_timeout}s"
-    except OSError as err:
-        return f"cannot run ctl: {err}"
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        return f"ctl exit {proc.returncode}: {err[-1] if err else ''}"
-    try:
-        json.loads(proc.stdout)
+        json.loads(out)
     except ValueError as err:
         return f"ctl printed invalid JSON: {err}"
     path = os.path.join(args.results, f"snap-{name}.json")
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(proc.stdout)
+        f.write(out)
     os.replace(tmp, path)
     return None
 
@@ -68,17 +76,7 @@ def run_ctl(args, words):
     """Run one ctl command for the guest; returns None on success or a short reason."""
     if args.standin:
         return None
-    cmd = [args.ctl, "ctl", "--socket-dir", args.socket_dir] + words
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=args.ctl_timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return f"ctl timed out after {args.ctl_timeout}s"
-    except OSError as err:
-        return f"cannot run ctl: {err}"
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        return f"ctl exit {proc.returncode}: {err[-1] if err else ''}"
-    return None
+    return ctl(args, words)[1]
 
 
 def serve(args, conn):

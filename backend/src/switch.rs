@@ -141,6 +141,20 @@ struct RunScratch {
     last: Option<PartitionId>,
 }
 
+/// `dest`'s session and memory, from `held` (kept across batches) or taken now; `dest` becomes
+/// the last receiver. None when `dest` has no session.
+fn hold<'a>(
+    held: &'a mut Vec<Option<Held>>,
+    last: &mut Option<PartitionId>,
+    dest: &Partition,
+) -> Option<&'a Held> {
+    *last = Some(dest.id);
+    if held.len() <= dest.id {
+        held.resize_with(dest.id + 1, || None);
+    }
+    Held::refresh(&mut held[dest.id], dest)
+}
+
 impl RunScratch {
     /// Looks at one held entry and lets it go if its session moved on. Once per batch, so a
     /// departed receiver's memory is released within as many batches as there are partitions,
@@ -645,11 +659,7 @@ impl Switch {
             last,
             ..
         } = runs;
-        *last = Some(dest.id);
-        if held.len() <= dest.id {
-            held.resize_with(dest.id + 1, || None);
-        }
-        let Some(h) = Held::refresh(&mut held[dest.id], dest) else {
+        let Some(h) = hold(held, last, dest) else {
             return RunResult::Down;
         };
         let frames = u16::try_from(run.len()).unwrap_or(u16::MAX);
@@ -1096,11 +1106,7 @@ impl Switch {
             last,
             ..
         } = runs;
-        *last = Some(dest.id);
-        if held.len() <= dest.id {
-            held.resize_with(dest.id + 1, || None);
-        }
-        let h = Held::refresh(&mut held[dest.id], dest).ok_or(DropReason::DestinationDown)?;
+        let h = hold(held, last, dest).ok_or(DropReason::DestinationDown)?;
         let mut q = RxQueue::open(dest, h, 0, 1, rx).map_err(|_| DropReason::DestinationDown)?;
         let bad = |e: &dyn std::fmt::Display| {
             up.warn_once(
