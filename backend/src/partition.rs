@@ -81,6 +81,9 @@ pub struct Partition {
     admin: Mutex<Admin>,
     /// `max_tx_rate`, applied to what the partition sends.
     pub shaper: Shaper,
+    /// `min_tx_rate`: credit at that rate, which the busy poller serves first (see
+    /// [`crate::poller`]); charged like the shaper, never holding anything back.
+    pub guarantee: Shaper,
     /// The guest's MAC and receive modes, when QEMU has told them (QMP).
     guest: Mutex<Option<GuestRx>>,
     /// `ctl capture`: copies of what the partition sends and receives, while someone asks.
@@ -100,6 +103,7 @@ impl Partition {
             role,
             admin: Mutex::new(Admin::new(config.mac)),
             shaper: Shaper::default(),
+            guarantee: Shaper::default(),
             guest: Mutex::new(None),
             capture: Capture::default(),
             config,
@@ -151,6 +155,9 @@ impl Partition {
         let mut cur = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         if cur.max_tx_rate != a.max_tx_rate {
             self.shaper.set_mbps(a.max_tx_rate);
+        }
+        if cur.min_tx_rate != a.min_tx_rate {
+            self.guarantee.set_mbps(a.min_tx_rate);
         }
         *cur = a;
     }
@@ -238,6 +245,20 @@ mod tests {
             Role::Vf(0),
             crate::testutil::config("02:00:00:00:00:01", 2),
         )
+    }
+
+    #[test]
+    fn the_rates_follow_the_admin_settings() {
+        let p = part();
+        assert!(!p.shaper.limited() && !p.guarantee.limited());
+        let mut a = p.admin();
+        a.max_tx_rate = 100;
+        a.min_tx_rate = 40;
+        p.store_admin(a);
+        assert!(p.shaper.limited() && p.guarantee.limited());
+        a.min_tx_rate = 0;
+        p.store_admin(a);
+        assert!(p.shaper.limited() && !p.guarantee.limited());
     }
 
     #[test]

@@ -218,9 +218,15 @@ pub fn tx_batch(
         frames: &s.frames,
     };
     sw.forward(part, pair, &batch, &mut s.fwd);
-    if part.shaper.limited() {
-        part.shaper
-            .charge(s.frames.iter().map(|f| f.len as u64).sum());
+    let (max, min) = (part.shaper.limited(), part.guarantee.limited());
+    if max || min {
+        let bytes = s.frames.iter().map(|f| f.len as u64).sum();
+        if max {
+            part.shaper.charge(bytes);
+        }
+        if min {
+            part.guarantee.charge(bytes);
+        }
     }
 
     let q = g.get_queue_mut();
