@@ -9,6 +9,7 @@
 pub mod event_loop;
 pub mod stream;
 pub mod tap;
+pub mod tapdev;
 pub mod vxlan;
 
 use std::collections::hash_map::Entry;
@@ -99,7 +100,8 @@ pub struct UplinkConfig {
     pub accepts: TxOffloads,
 }
 
-/// Peer connection events (stream uplinks), for `show`.
+/// The wire's comings and goings, for `show`: a stream's peers, a tap's opens (re-opens
+/// included) and losses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerLife {
     pub connects: u64,
