@@ -330,6 +330,13 @@ fn a_namespace_behind_the_tap_and_a_partition_ping_each_other() {
         return;
     }
     let (ns, d, mut vf0) = tap_setup(plain());
+    // One queue pair: a single-queue tap, as before.
+    assert_eq!(uplink(&d, 0)["queues"], 1);
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(
+        info.contains("vnet_hdr on") && !info.contains("multi_queue"),
+        "{info}"
+    );
     pings_cross_the_tap(&ns, &d, &mut vf0);
     let c = &uplink(&d, 0)["counters"];
     assert!(c["rx_packets"].as_u64().unwrap() >= 5, "{c}");
@@ -377,6 +384,136 @@ fn pings_cross_the_tap(ns: &NetNs, d: &Daemon, vf0: &mut Driver) {
     )
     .unwrap();
     assert_eq!(&reply[42..], b"from-vf0");
+}
+
+#[test]
+fn two_queue_pairs_make_a_two_queue_tap_used_both_ways() {
+    if !root_or_skip("two_queue_pairs_make_a_two_queue_tap_used_both_ways") {
+        return;
+    }
+    let ns = NetNs::new("mq");
+    let d = Daemon::start_with(
+        ns.command(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
+        &[
+            "--vfs",
+            "1",
+            "--queue-pairs",
+            "2",
+            "--uplink",
+            &format!("tap:{TAP}"),
+        ],
+    );
+    configure_tap(&ns);
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(info.contains("multi_queue numqueues 2"), "{info}");
+    let out = ns
+        .command("ls")
+        .arg(format!("/sys/class/net/{TAP}/queues"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["rx-0", "rx-1", "tx-0", "tx-1"]
+    );
+    assert_eq!(uplink(&d, 0)["queues"], 2);
+    assert!(d.ctl(&["show"]).contains("queues 2, opened 1"));
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 2);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 128, 4096);
+    let vf_mac = d.mac("vf0");
+    let tap_mac = ns.mac(TAP);
+
+    // Partition to namespace: each queue pair's frames enter the tap by a queue of their own.
+    // Two packet sockets split what arrives by the queue it came in on.
+    let socks = ns.run(|| {
+        let s = [PacketSock::open(TAP), PacketSock::open(TAP)];
+        for p in &s {
+            p.fanout_by_queue(0x5171);
+        }
+        s
+    });
+    for pair in 0..2u8 {
+        for k in 0..4u8 {
+            vf0.send(
+                usize::from(pair),
+                &test_frame(tap_mac, vf_mac, pair * 16 + k, 100),
+            );
+        }
+        vf0.wait_tx_done(usize::from(pair), 4);
+    }
+    let ours = |f: &[u8]| f[6..12] == vf_mac && f[12..14] == [0x88, 0xb5];
+    let seen: Vec<Vec<u8>> = socks
+        .iter()
+        .map(|s| {
+            s.drain_where(ours, Duration::from_millis(500))
+                .iter()
+                .map(|f| f[14] / 16) // the sending pair
+                .collect()
+        })
+        .collect();
+    assert_eq!(seen[0].len() + seen[1].len(), 8, "{seen:?}");
+    assert!(
+        (seen[0] == [0; 4] && seen[1] == [1; 4]) || (seen[0] == [1; 4] && seen[1] == [0; 4]),
+        "each pair on a tap queue of its own: {seen:?}"
+    );
+
+    // Namespace to partition: the host's stack spreads flows over the queues by their hash;
+    // every flow arrives, so every queue is read.
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.77.0.2",
+        "lladdr",
+        &fmt_mac(vf_mac),
+        "dev",
+        TAP,
+    ]);
+    const FLOWS: u8 = 32;
+    ns.run(|| {
+        for i in 0..FLOWS {
+            let s = UdpSocket::bind("10.77.0.1:0").unwrap();
+            s.send_to(&[b'q', i], "10.77.0.2:9999").unwrap();
+        }
+    });
+    let mut got = std::collections::BTreeSet::new();
+    let t = Instant::now();
+    while got.len() < usize::from(FLOWS) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "flows received: {got:?}"
+        );
+        let frames = vf0.recv(0);
+        if !frames.is_empty() {
+            vf0.post_rx(0, frames.len(), 4096);
+        }
+        for (_, f) in frames {
+            if f.len() >= 44 && f[12..14] == [8, 0] && f[23] == 17 && f[42] == b'q' {
+                got.insert(f[43]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(uplink(&d, 0)["counters"]["rx_packets"].as_u64().unwrap() >= u64::from(FLOWS));
+
+    // Created again after a loss, it has both queues again.
+    ns.ip(&["link", "del", TAP]);
+    wait_for(
+        Duration::from_secs(10),
+        || uplink(&d, 0)["connects"] == 2 && uplink(&d, 0)["link"] == "up",
+        "the tap created again",
+    );
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(info.contains("multi_queue numqueues 2"), "{info}");
+    assert_eq!(uplink(&d, 0)["queues"], 2);
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn is_tcp(f: &[u8]) -> bool {
@@ -531,7 +668,10 @@ fn a_deleted_tap_is_created_again_and_carries_frames_other_uplinks_untouched() {
     assert_eq!(log_count(&d, "uplink0: link down"), 1, "{log}");
     assert!(log.contains(&format!("tap {TAP} created again")), "{log}");
     let text = d.ctl(&["show"]);
-    assert!(text.contains("link up, opened 2 (lost 1)"), "{text}");
+    assert!(
+        text.contains("link up, queues 1, opened 2 (lost 1)"),
+        "{text}"
+    );
 
     // The host sets it up again, as any new interface; pings cross as before.
     configure_tap(&ns);

@@ -4,6 +4,11 @@
 //! frames cross between a partition and the host's stack unchanged where both sides take them.
 //! The host bridges the tap (Linux bridge, OVS) or routes through it.
 //!
+//! With several queues (partitions with several queue pairs), a frame from a sender's queue
+//! pair `p` goes into tap queue `p % queues`, as vhost-net maps a device's queue pairs, so a
+//! flow the guest keeps on one pair stays on one tap queue (and the kernel's flow table sends
+//! its replies back on that queue). The uplink loop reads every queue.
+//!
 //! The uplink's link is up while the tap is open. A tap that disappears (`ip link del`) takes
 //! the link down (counted as a disconnect, logged once) and is opened again from the uplink
 //! loop's ticks, at growing intervals, without touching the partitions or other uplinks:
@@ -22,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use vmm_sys_util::epoll::EventSet;
 
 use super::event_loop::{Io, Port};
-use super::tapdev::{self, tun_offloads, TapDev};
+use super::tapdev::{self, tun_offloads, TapDev, TapError};
 use super::{mono_ms, Uplink, UplinkId, Wire, WireDrop, WireError, WireWarn};
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 
@@ -35,32 +40,32 @@ const READ_BUF: usize = NET_HDR_LEN + 65535 + 14 + 4;
 const RETRY_MAX_MS: u64 = 4000;
 const RETRY_FIRST_MS: u64 = 250;
 
-/// The tap's fd as every sender sees it: replaced when the tap is opened again, `None` while
-/// it is gone.
+/// The tap's queues as every sender sees them: replaced when the tap is opened again, empty
+/// while it is gone.
 #[derive(Default)]
-struct Shared(RwLock<Option<Arc<File>>>);
+struct Shared(RwLock<Vec<Arc<File>>>);
 
 impl Shared {
-    fn set(&self, f: Option<Arc<File>>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = f;
+    fn set(&self, files: Vec<Arc<File>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = files;
     }
 }
 
 struct TapWire(Arc<Shared>);
 
 impl Wire for TapWire {
-    fn send(&self, hdr: &NetHdr, frame: &[u8]) -> Result<(), WireError> {
+    fn send(&self, hdr: &NetHdr, frame: &[u8], pair: usize) -> Result<(), WireError> {
         let h = NetHdr {
             num_buffers: 0,
             ..*hdr
         }
         .to_bytes();
-        let file = self.0 .0.read().unwrap_or_else(|e| e.into_inner());
-        let Some(file) = file.as_deref() else {
+        let queues = self.0 .0.read().unwrap_or_else(|e| e.into_inner());
+        let Some(file) = queues.get(pair % queues.len().max(1)) else {
             return Err(WireError::Down);
         };
         loop {
-            return match (&*file).write_vectored(&[IoSlice::new(&h), IoSlice::new(frame)]) {
+            return match (&**file).write_vectored(&[IoSlice::new(&h), IoSlice::new(frame)]) {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
@@ -109,8 +114,10 @@ pub struct TapPort {
     uplink: Arc<Uplink>,
     /// The configured name (what is opened again).
     name: String,
-    /// The open tap; `None` while it is gone.
-    dev: Option<Arc<File>>,
+    /// Queues asked for (those of the partition with the most queue pairs).
+    want_queues: usize,
+    /// The open tap's queues, the epoll sub-token being the index; empty while it is gone.
+    queues: Vec<Arc<File>>,
     ifname: String,
     /// This daemon created the tap it has (or had, while it is gone).
     created: bool,
@@ -120,40 +127,73 @@ pub struct TapPort {
 }
 
 impl TapPort {
-    /// Opens tap `name` for `uplink` (with the uplink's offloads) and attaches its transmit half.
-    pub fn open(uplink: Arc<Uplink>, name: &str) -> io::Result<Self> {
-        let TapDev {
-            file,
-            ifname,
-            created,
-        } = tapdev::open(name, uplink.config.offloads)?;
-        let file = Arc::new(file);
-        let shared = Arc::new(Shared::default());
-        shared.set(Some(file.clone()));
-        uplink.attach(Box::new(TapWire(shared.clone())));
-        Ok(TapPort {
+    /// Opens tap `name` for `uplink` (with the uplink's offloads) with `queues` queues (see
+    /// [`tapdev::open`]) and attaches its transmit half.
+    pub fn open(uplink: Arc<Uplink>, name: &str, queues: usize) -> Result<Self, TapError> {
+        let dev = tapdev::open(name, uplink.config.offloads, queues)?;
+        let mut port = TapPort {
             uplink,
             name: name.to_string(),
-            dev: Some(file),
-            ifname,
-            created,
-            shared,
+            want_queues: queues,
+            queues: Vec::new(),
+            ifname: String::new(),
+            created: false,
+            shared: Arc::new(Shared::default()),
             retry: None,
             buf: vec![0; READ_BUF],
-        })
+        };
+        port.take(dev);
+        port.uplink.attach(Box::new(TapWire(port.shared.clone())));
+        Ok(port)
     }
 
     pub fn ifname(&self) -> &str {
         &self.ifname
     }
 
+    /// Makes `dev` the port's tap, for senders too (its fds are registered by the caller).
+    fn take(&mut self, dev: TapDev) {
+        let TapDev {
+            files,
+            ifname,
+            created,
+        } = dev;
+        self.queues = files.into_iter().map(Arc::new).collect();
+        self.shared.set(self.queues.clone());
+        self.uplink.set_queues(self.queues.len());
+        if self.queues.len() < self.want_queues {
+            log::info!(
+                "{}: tap {ifname} was made single-queue; its one queue serves every queue pair",
+                self.uplink.name()
+            );
+        }
+        (self.ifname, self.created) = (ifname, created);
+    }
+
+    fn register(&self, io: &mut Io<'_>) -> io::Result<()> {
+        for (sub, f) in self.queues.iter().enumerate() {
+            if let Err(e) = io.reg.add(f.as_raw_fd(), sub as u32, EventSet::IN) {
+                self.deregister(io);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn deregister(&self, io: &mut Io<'_>) {
+        for f in &self.queues {
+            io.reg.delete(f.as_raw_fd());
+        }
+    }
+
     /// The tap is gone: the link goes down and the port starts trying to open it again.
     fn lost(&mut self, io: &mut Io<'_>, e: &io::Error) {
-        let Some(file) = self.dev.take() else {
+        if self.queues.is_empty() {
             return;
-        };
-        io.reg.delete(file.as_raw_fd());
-        self.shared.set(None);
+        }
+        self.deregister(io);
+        self.queues.clear();
+        self.shared.set(Vec::new());
         self.uplink.update_life(|l| l.disconnects += 1);
         log::warn!(
             "{}: tap {} is gone ({e}); {}",
@@ -171,45 +211,47 @@ impl TapPort {
 
     /// One attempt to have the tap again (the loop's tick, while it is gone).
     fn reopen(&mut self, io: &mut Io<'_>, retry: Retry) {
-        let attempt = if self.created || tapdev::exists(&self.name) {
-            tapdev::open(&self.name, self.uplink.config.offloads)
-        } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, "no such interface"))
-        };
-        let dev = attempt.and_then(|d| {
-            io.reg.add(d.file.as_raw_fd(), 0, EventSet::IN)?;
-            Ok(d)
-        });
-        let d = match dev {
-            Ok(d) => d,
-            Err(e) => {
-                let next = retry.again(mono_ms());
-                if !retry.failed && (self.created || e.kind() != io::ErrorKind::NotFound) {
-                    log::warn!(
-                        "{}: cannot open tap {} again yet ({e}); retrying every {} s at most",
-                        self.uplink.name(),
-                        self.name,
-                        RETRY_MAX_MS / 1000
-                    );
-                } else {
-                    log::debug!("{}: tap {}: {e}", self.uplink.name(), self.name);
-                }
-                self.retry = Some(next);
-                return;
+        if !self.created && !tapdev::exists(&self.name) {
+            // Still the host's to make again; nothing to log.
+            self.retry = Some(retry.again(mono_ms()));
+            return;
+        }
+        let opened = tapdev::open(&self.name, self.uplink.config.offloads, self.want_queues)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                self.take(d);
+                self.register(io).map_err(|e| format!("epoll: {e}"))
+            });
+        if let Err(e) = opened {
+            // Closes a tap half set up (one created here goes away again).
+            self.queues.clear();
+            self.shared.set(Vec::new());
+            if retry.failed {
+                log::debug!("{}: tap {}: {e}", self.uplink.name(), self.name);
+            } else {
+                log::warn!(
+                    "{}: cannot open tap {} again yet ({e}); retrying every {} s at most",
+                    self.uplink.name(),
+                    self.name,
+                    RETRY_MAX_MS / 1000
+                );
             }
-        };
-        let file = Arc::new(d.file);
-        self.shared.set(Some(file.clone()));
-        self.dev = Some(file);
+            self.retry = Some(retry.again(mono_ms()));
+            return;
+        }
         self.retry = None;
-        let how = if d.created {
+        let how = if self.created {
             "created again"
         } else {
             "re-opened"
         };
-        (self.ifname, self.created) = (d.ifname, d.created);
         self.uplink.update_life(|l| l.connects += 1);
-        log::info!("{}: tap {} {how}", self.uplink.name(), self.ifname);
+        log::info!(
+            "{}: tap {} {how} (queues {})",
+            self.uplink.name(),
+            self.ifname,
+            self.queues.len()
+        );
         io.switch.set_carrier(self.uplink.id, true);
     }
 }
@@ -220,27 +262,27 @@ impl Port for TapPort {
     }
 
     fn start(&mut self, io: &mut Io<'_>) -> io::Result<()> {
-        if let Some(f) = &self.dev {
-            io.reg.add(f.as_raw_fd(), 0, EventSet::IN)?;
-        }
+        self.register(io)?;
         self.uplink.update_life(|l| l.connects += 1);
         io.switch.set_carrier(self.uplink.id, true);
         log::info!(
-            "{}: tap {} {} (vnet header, offloads {:#x})",
+            "{}: tap {} {} (vnet header, offloads {:#x}, queues {})",
             self.uplink.name(),
             self.ifname,
             if self.created { "created" } else { "opened" },
-            tun_offloads(self.uplink.config.offloads)
+            tun_offloads(self.uplink.config.offloads),
+            self.queues.len()
         );
         Ok(())
     }
 
-    fn ready(&mut self, _sub: u32, _events: EventSet, io: &mut Io<'_>) {
+    fn ready(&mut self, sub: u32, _events: EventSet, io: &mut Io<'_>) {
         for _ in 0..READS_PER_EVENT {
-            let Some(file) = self.dev.as_deref() else {
+            // None once the tap is gone (an error on one queue takes them all).
+            let Some(file) = self.queues.get(sub as usize) else {
                 return;
             };
-            let n = match (&*file).read(&mut self.buf) {
+            let n = match (&**file).read(&mut self.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
