@@ -9,21 +9,22 @@
 # FRONTEND_CPU; backends (both daemons for vxlan) are pinned to BACKEND_CPU. Frames are counted
 # where they arrive: the tap's rx_packets in the namespace, the second daemon's uplink rx.
 # Prints one row per variant and size: median Mpps and Gbit/s (frame bytes) with min-max.
+# The daemons, the taps and the VXLAN segment get the MTU the largest frame needs (1518-byte
+# frames: 1504), as scripts/bench.sh gives its daemon; loopback carries VXLAN at any of these.
 #
-#   scripts/bench-uplinks.sh
+#   scripts/bench.sh uplinks        (or scripts/bench-uplinks.sh: this script)
 #
-# Settings (environment): ROUNDS=3 SECONDS_PER_ROUND=5 WARMUP=1 SIZES="64 1514"
-#   VXLAN_SIZES="64 1464" (MTU 1450 over a 1500-byte underlay) VARIANTS="ours-tap dpdk-tap
-#   ours-vxlan" BACKEND_CPU=0 FRONTEND_CPU=1 QUEUE_SIZE=256 HUGE=auto DAEMON=path
-#   RESULTS=dir (default results/bench-uplinks-<timestamp>)
+# Settings (environment): ROUNDS=3 SECONDS_PER_ROUND=5 WARMUP=1 SIZES="64 1518"
+#   VXLAN_SIZES=SIZES VARIANTS="ours-tap dpdk-tap ours-vxlan" BACKEND_CPU=0 FRONTEND_CPU=1
+#   QUEUE_SIZE=256 HUGE=auto DAEMON=path RESULTS=dir (default results/bench-uplinks-<timestamp>)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-5}
 WARMUP=${WARMUP:-1}
-SIZES=${SIZES:-64 1514}
-VXLAN_SIZES=${VXLAN_SIZES:-64 1464}
+SIZES=${SIZES:-64 1518}
+VXLAN_SIZES=${VXLAN_SIZES:-$SIZES}
 VARIANTS=${VARIANTS:-ours-tap dpdk-tap ours-vxlan}
 BACKEND_CPU=${BACKEND_CPU:-0}
 FRONTEND_CPU=${FRONTEND_CPU:-1}
@@ -32,6 +33,11 @@ HUGE=${HUGE:-auto}
 DAEMON=${DAEMON:-}
 RESULTS=${RESULTS:-$ROOT/results/bench-uplinks-$(date +%Y%m%d-%H%M%S)}
 export RUST_LOG=${RUST_LOG:-info}
+# The daemon drops frames over a port's MTU: every port gets the one the largest frame needs.
+MTU=1500
+for _s in $SIZES $VXLAN_SIZES; do
+    if ((_s - 14 > MTU)); then MTU=$((_s - 14)); fi
+done
 
 log() { printf '[bench-uplinks %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -39,13 +45,13 @@ die() {
     exit 1
 }
 
-[[ $(id -u) == 0 ]] || die "run as root (namespaces, taps, hugepages)"
 case "${1:-}" in
 -h | --help | help)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 esac
+[[ $(id -u) == 0 ]] || die "run as root (namespaces, taps, hugepages)"
 
 # The run happens inside a namespace of its own: its taps, its loopback and its sysfs.
 if [[ -z ${BENCH_UPLINKS_NS:-} ]]; then
@@ -146,15 +152,22 @@ measure() { # size counter-command...
 RAW=$RESULTS/raw.txt
 : >"$RAW"
 
-run_ours_tap() { # round
-    daemon_start a --vfs 1 --uplink tap:bu0
-    ip link set bu0 up
-    frontend_start "$DIR_a/vf0.sock" 02:53:52:00:00:01 "$PEER_MAC"
-    for size in $SIZES; do
-        pps=$(measure "$size" rx_tap bu0)
-        echo "ours-tap $size $1 $pps" >>"$RAW"
-        log "  ours-tap round $1 $size B: $pps frames/s"
+# Measures each size of `sizes` (a word list) at `counter...`, one raw line per size.
+measure_sizes() { # variant round sizes counter-command...
+    local v=$1 r=$2 sizes=$3 size pps
+    shift 3
+    for size in $sizes; do
+        pps=$(measure "$size" "$@")
+        echo "$v $size $r $pps" >>"$RAW"
+        log "  $v round $r $size B: $pps frames/s"
     done
+}
+
+run_ours_tap() { # round
+    daemon_start a --vfs 1 --mtu "$MTU" --uplink tap:bu0
+    ip link set bu0 mtu "$MTU" up
+    frontend_start "$DIR_a/vf0.sock" 02:53:52:00:00:01 "$PEER_MAC"
+    measure_sizes ours-tap "$1" "$SIZES" rx_tap bu0
     tp_quit fe
     stop_pid "$PID_a" 5
 }
@@ -168,27 +181,20 @@ run_dpdk_tap() { # round
         [[ -S $WORK/dpdk-vhost.sock ]] && break
         sleep 0.1
     done
-    ip link set dt0 up
+    ip link set dt0 mtu "$MTU" up
     frontend_start "$WORK/dpdk-vhost.sock" 02:53:52:00:00:01 "$PEER_MAC"
-    for size in $SIZES; do
-        pps=$(measure "$size" rx_tap dt0)
-        echo "dpdk-tap $size $1 $pps" >>"$RAW"
-        log "  dpdk-tap round $1 $size B: $pps frames/s"
-    done
+    measure_sizes dpdk-tap "$1" "$SIZES" rx_tap dt0
     tp_quit fe
     tp_quit be
 }
 
 run_ours_vxlan() { # round
-    daemon_start a --vfs 1 --mtu 1450 --uplink vxlan:42,local=127.0.0.1,remote=127.0.0.2
-    daemon_start b --vfs 1 --mtu 1450 --base-mac "$B_BASE" \
-        --uplink vxlan:42,local=127.0.0.2,remote=127.0.0.1
+    local seg="mtu=$MTU,underlay_mtu=$((MTU + 50))"
+    daemon_start a --vfs 1 --mtu "$MTU" --uplink "vxlan:42,local=127.0.0.1,remote=127.0.0.2,$seg"
+    daemon_start b --vfs 1 --mtu "$MTU" --base-mac "$B_BASE" \
+        --uplink "vxlan:42,local=127.0.0.2,remote=127.0.0.1,$seg"
     frontend_start "$DIR_a/vf0.sock" 02:53:52:00:00:01 02:bb:00:00:00:01
-    for size in $VXLAN_SIZES; do
-        pps=$(measure "$size" rx_uplink "$DIR_b")
-        echo "ours-vxlan $size $1 $pps" >>"$RAW"
-        log "  ours-vxlan round $1 $size B: $pps frames/s"
-    done
+    measure_sizes ours-vxlan "$1" "$VXLAN_SIZES" rx_uplink "$DIR_b"
     tp_quit fe
     stop_pid "$PID_a" 5
     stop_pid "$PID_b" 5

@@ -6,6 +6,11 @@
 #                                   64 B and 1518 B throughput, CPU per packet, latency
 #   scripts/bench.sh scale          64 and 255 VFs: start-up time, idle RSS and threads; then
 #                                   8 VF pairs passing traffic at once
+#   scripts/bench.sh uplinks        VF -> tap -> a namespace's stack against DPDK net_vhost +
+#                                   net_tap, and VF -> VXLAN -> a second daemon; 64 B and
+#                                   1518 B Mpps and Gbit/s. It runs scripts/bench-uplinks.sh,
+#                                   whose own settings (ROUNDS=3 SECONDS_PER_ROUND=5 ...)
+#                                   `scripts/bench.sh uplinks --help` lists
 #
 # Method (shared/reference/perf.md): backend pinned to BACKEND_CPU, frontend (one testpmd with
 # net_virtio_user ports, --forward-mode=mac, paired ports, `start tx_first 32`) pinned to
@@ -47,12 +52,18 @@ HELPER=$ROOT/scripts/bench/bench.py
 MODE=${1:-throughput}
 case "$MODE" in
 throughput | scale) ;;
+uplinks)
+    # One implementation: the uplink benchmark runs in a network namespace of its own, which
+    # its script sets up and re-enters itself in; the settings pass in the environment.
+    shift
+    exec "$ROOT/scripts/bench-uplinks.sh" "$@"
+    ;;
 -h | --help | help)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
-    echo "usage: $0 [throughput|scale]  (see $0 --help)" >&2
+    echo "usage: $0 [throughput|scale|uplinks]  (see $0 --help)" >&2
     exit 2
     ;;
 esac

@@ -399,6 +399,7 @@ pub fn uplinks_json(switch: &Switch) -> Value {
                 "spec": c.spec,
                 "mtu": c.mtu,
                 "link": if u.carrier() { "up" } else { "down" },
+                "queues": u.queues(),
                 "offloads": {"csum": c.offloads.csum, "tso4": c.offloads.tso4, "tso6": c.offloads.tso6},
                 "connects": life.connects,
                 "disconnects": life.disconnects,

@@ -86,6 +86,13 @@ pub fn uplink_lines(v: &Value, stats: bool) -> String {
         );
         if u["kind"] == "stream" {
             out += &format!(", peers {} (refused {})", n("connects"), n("refused"));
+        } else if u["kind"] == "tap" {
+            out += &format!(
+                ", queues {}, opened {} (lost {})",
+                n("queues"),
+                n("connects"),
+                n("disconnects")
+            );
         }
         out += &format!(", learned {}\n", n("learned_macs"));
         if stats {

@@ -24,6 +24,17 @@ pub const TAP_OFFLOADS: RxOffloads = RxOffloads {
     tso6: true,
 };
 
+/// Queues of a tap uplink: as many as the partition with the most queue pairs has, so each of
+/// its pairs has a tap queue of its own (multi-queue when more than one).
+pub fn tap_queues(switch: &Switch) -> usize {
+    switch
+        .partitions()
+        .iter()
+        .map(|p| usize::from(p.config.queue_pairs))
+        .max()
+        .unwrap_or(1)
+}
+
 /// The switch's uplink ports, carrier down and no wire yet.
 pub fn ports(plans: &[UplinkPlan]) -> Vec<Arc<Uplink>> {
     plans
@@ -76,6 +87,7 @@ pub fn start(
 ) -> Result<(), String> {
     let mut listeners = listeners.into_iter();
     let mut io: Vec<Box<dyn Port>> = Vec::with_capacity(plans.len());
+    let tap_queues = tap_queues(switch);
     for (plan, up) in plans.iter().zip(switch.uplinks()) {
         let name = up.name().to_string();
         let port: Box<dyn Port> = match &plan.kind {
@@ -89,7 +101,8 @@ pub fn start(
                 )
             }
             UplinkKind::Tap { name: tap } => Box::new(
-                TapPort::open(up.clone(), tap).map_err(|e| format!("{name} (tap {tap}): {e}"))?,
+                TapPort::open(up.clone(), tap, tap_queues)
+                    .map_err(|e| format!("{name} (tap {tap}): {e}"))?,
             ),
             UplinkKind::Vxlan {
                 vni,

@@ -267,18 +267,31 @@ const TAP: &str = "sriov0";
 /// A namespace with the daemon in it (VF0 and VF1), its tap up at 10.77.0.1/24; VF0 started
 /// with `features` and RX buffers posted.
 fn tap_setup(features: u64) -> (NetNs, Daemon, Driver) {
+    tap_setup_with(features, &[])
+}
+
+/// [`tap_setup`] with more daemon arguments (other uplinks after the tap).
+fn tap_setup_with(features: u64, extra: &[&str]) -> (NetNs, Daemon, Driver) {
     let ns = NetNs::new("tap");
+    let tap = format!("tap:{TAP}");
+    let mut args = vec!["--vfs", "2", "--uplink", &tap];
+    args.extend_from_slice(extra);
     let d = Daemon::start_with(
         ns.command(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
-        &["--vfs", "2", "--uplink", &format!("tap:{TAP}")],
+        &args,
     );
-    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", TAP]);
-    ns.ip(&["link", "set", TAP, "up"]);
+    configure_tap(&ns);
     let mut vf0 = Driver::start(&d.sock("vf0"), features, 1);
     d.wait_state("vf0", "started");
     vf0.post_rx(0, 128, 4096);
     assert_eq!(uplink(&d, 0)["link"], "up");
     (ns, d, vf0)
+}
+
+/// What the host does with a new tap: its address, and up.
+fn configure_tap(ns: &NetNs) {
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", TAP]);
+    ns.ip(&["link", "set", TAP, "up"]);
 }
 
 /// Receives on VF0, answering ARP and echo requests as VF_IP, until `done` says a frame is what
@@ -317,6 +330,22 @@ fn a_namespace_behind_the_tap_and_a_partition_ping_each_other() {
         return;
     }
     let (ns, d, mut vf0) = tap_setup(plain());
+    // One queue pair: a single-queue tap, as before.
+    assert_eq!(uplink(&d, 0)["queues"], 1);
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(
+        info.contains("vnet_hdr on") && !info.contains("multi_queue"),
+        "{info}"
+    );
+    pings_cross_the_tap(&ns, &d, &mut vf0);
+    let c = &uplink(&d, 0)["counters"];
+    assert!(c["rx_packets"].as_u64().unwrap() >= 5, "{c}");
+    assert!(c["tx_packets"].as_u64().unwrap() >= 5, "{c}");
+    assert_eq!(c["drop_bad_frame"], 0);
+}
+
+/// The namespace pings VF0 three times (ARP first), then VF0 pings the namespace's tap address.
+fn pings_cross_the_tap(ns: &NetNs, d: &Daemon, vf0: &mut Driver) {
     let me = Responder {
         mac: d.mac("vf0"),
         ip: VF_IP,
@@ -327,7 +356,7 @@ fn a_namespace_behind_the_tap_and_a_partition_ping_each_other() {
             .map(|seq| ping(VF_IP, 0x77, seq, b"sriov-ping"))
             .collect::<Vec<_>>()
     });
-    serve(&mut vf0, &me, |_| false, || pinger.is_finished());
+    serve(vf0, &me, |_| false, || pinger.is_finished());
     let replies = pinger.join().unwrap();
     assert!(
         replies
@@ -338,7 +367,7 @@ fn a_namespace_behind_the_tap_and_a_partition_ping_each_other() {
     // And the partition pings the namespace.
     vf0.send(0, &me.arp_request(NS_IP));
     let arp = serve(
-        &mut vf0,
+        vf0,
         &me,
         |f| f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == NS_IP,
         || false,
@@ -348,17 +377,143 @@ fn a_namespace_behind_the_tap_and_a_partition_ping_each_other() {
     assert_eq!(tap_mac, ns.mac(TAP));
     vf0.send(0, &me.echo_request(tap_mac, NS_IP, 9, 1, b"from-vf0"));
     let reply = serve(
-        &mut vf0,
+        vf0,
         &me,
         |f| f[12..14] == [8, 0] && f[23] == 1 && f[26..30] == NS_IP && f[34] == 0,
         || false,
     )
     .unwrap();
     assert_eq!(&reply[42..], b"from-vf0");
-    let c = &uplink(&d, 0)["counters"];
-    assert!(c["rx_packets"].as_u64().unwrap() >= 5, "{c}");
-    assert!(c["tx_packets"].as_u64().unwrap() >= 5, "{c}");
-    assert_eq!(c["drop_bad_frame"], 0);
+}
+
+#[test]
+fn two_queue_pairs_make_a_two_queue_tap_used_both_ways() {
+    if !root_or_skip("two_queue_pairs_make_a_two_queue_tap_used_both_ways") {
+        return;
+    }
+    let ns = NetNs::new("mq");
+    let d = Daemon::start_with(
+        ns.command(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
+        &[
+            "--vfs",
+            "1",
+            "--queue-pairs",
+            "2",
+            "--uplink",
+            &format!("tap:{TAP}"),
+        ],
+    );
+    configure_tap(&ns);
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(info.contains("multi_queue numqueues 2"), "{info}");
+    let out = ns
+        .command("ls")
+        .arg(format!("/sys/class/net/{TAP}/queues"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["rx-0", "rx-1", "tx-0", "tx-1"]
+    );
+    assert_eq!(uplink(&d, 0)["queues"], 2);
+    assert!(d.ctl(&["show"]).contains("queues 2, opened 1"));
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 2);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 128, 4096);
+    let vf_mac = d.mac("vf0");
+    let tap_mac = ns.mac(TAP);
+
+    // Partition to namespace: each queue pair's frames enter the tap by a queue of their own.
+    // Two packet sockets split what arrives by the queue it came in on.
+    let socks = ns.run(|| {
+        let s = [PacketSock::open(TAP), PacketSock::open(TAP)];
+        for p in &s {
+            p.fanout_by_queue(0x5171);
+        }
+        s
+    });
+    for pair in 0..2u8 {
+        for k in 0..4u8 {
+            vf0.send(
+                usize::from(pair),
+                &test_frame(tap_mac, vf_mac, pair * 16 + k, 100),
+            );
+        }
+        vf0.wait_tx_done(usize::from(pair), 4);
+    }
+    let ours = |f: &[u8]| f[6..12] == vf_mac && f[12..14] == [0x88, 0xb5];
+    let seen: Vec<Vec<u8>> = socks
+        .iter()
+        .map(|s| {
+            s.drain_where(ours, Duration::from_millis(500))
+                .iter()
+                .map(|f| f[14] / 16) // the sending pair
+                .collect()
+        })
+        .collect();
+    assert_eq!(seen[0].len() + seen[1].len(), 8, "{seen:?}");
+    assert!(
+        (seen[0] == [0; 4] && seen[1] == [1; 4]) || (seen[0] == [1; 4] && seen[1] == [0; 4]),
+        "each pair on a tap queue of its own: {seen:?}"
+    );
+
+    // Namespace to partition: the host's stack spreads flows over the queues by their hash;
+    // every flow arrives, so every queue is read.
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.77.0.2",
+        "lladdr",
+        &fmt_mac(vf_mac),
+        "dev",
+        TAP,
+    ]);
+    const FLOWS: u8 = 32;
+    ns.run(|| {
+        for i in 0..FLOWS {
+            let s = UdpSocket::bind("10.77.0.1:0").unwrap();
+            s.send_to(&[b'q', i], "10.77.0.2:9999").unwrap();
+        }
+    });
+    let mut got = std::collections::BTreeSet::new();
+    let t = Instant::now();
+    while got.len() < usize::from(FLOWS) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "flows received: {got:?}"
+        );
+        let frames = vf0.recv(0);
+        if !frames.is_empty() {
+            vf0.post_rx(0, frames.len(), 4096);
+        }
+        for (_, f) in frames {
+            if f.len() >= 44 && f[12..14] == [8, 0] && f[23] == 17 && f[42] == b'q' {
+                got.insert(f[43]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(uplink(&d, 0)["counters"]["rx_packets"].as_u64().unwrap() >= u64::from(FLOWS));
+
+    // Created again after a loss, it has both queues again.
+    ns.ip(&["link", "del", TAP]);
+    wait_for(
+        Duration::from_secs(10),
+        || uplink(&d, 0)["connects"] == 2 && uplink(&d, 0)["link"] == "up",
+        "the tap created again",
+    );
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(info.contains("multi_queue numqueues 2"), "{info}");
+    assert_eq!(uplink(&d, 0)["queues"], 2);
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn is_tcp(f: &[u8]) -> bool {
@@ -449,17 +604,133 @@ fn checksum_and_tso_frames_cross_the_tap_byte_exact() {
     assert_eq!(uplink(&d, 0)["counters"]["drop_bad_frame"], 0);
 }
 
+/// How many times `what` is in the daemon's log.
+fn log_count(d: &Daemon, what: &str) -> usize {
+    d.log().matches(what).count()
+}
+
 #[test]
-fn a_tap_that_disappears_takes_only_its_own_link() {
-    if !root_or_skip("a_tap_that_disappears_takes_only_its_own_link") {
+fn a_deleted_tap_is_created_again_and_carries_frames_other_uplinks_untouched() {
+    if !root_or_skip("a_deleted_tap_is_created_again_and_carries_frames_other_uplinks_untouched") {
         return;
     }
-    let (ns, mut d, _vf0) = tap_setup(plain());
+    let (ns, mut d, mut vf0) = tap_setup_with(plain(), &["--uplink", "stream:wire0.sock"]);
+    let mut peer = StreamPeer::connect(&d.dir.join("wire0.sock"));
+    wait_link(&d, 1, "up");
+    assert_eq!(
+        (&uplink(&d, 0)["connects"], &uplink(&d, 0)["disconnects"]),
+        (&1.into(), &0.into())
+    );
+    assert!(
+        d.log().contains(&format!("tap {TAP} created")),
+        "{}",
+        d.log()
+    );
+
     ns.ip(&["link", "del", TAP]);
-    wait_link(&d, 0, "down");
+    // The loss is counted and logged once; the link went down (it may be back already).
+    wait_for(
+        Duration::from_secs(5),
+        || uplink(&d, 0)["disconnects"] == 1,
+        "the loss counted",
+    );
+    // The other uplink and the partitions never noticed: frames cross the stream meanwhile.
+    assert_eq!(uplink(&d, 1)["link"], "up");
+    let f = test_frame(d.mac("vf0"), PEER, 1, 100);
+    peer.send(&f);
+    let got = serve(
+        &mut vf0,
+        &Responder {
+            mac: d.mac("vf0"),
+            ip: VF_IP,
+        },
+        |g| g == f.as_slice(),
+        || false,
+    );
+    assert_eq!(got.as_deref(), Some(f.as_slice()));
+    let back = test_frame(PEER, d.mac("vf0"), 2, 100);
+    vf0.send(0, &back);
+    assert_eq!(peer.recv(), back);
+
+    // The tap comes back, by its name, a tap with the vnet header and the same offloads.
+    wait_for(
+        Duration::from_secs(10),
+        || uplink(&d, 0)["link"] == "up" && uplink(&d, 0)["connects"] == 2,
+        "the tap created again",
+    );
+    let info = ns.ip(&["-d", "link", "show", TAP]);
+    assert!(
+        info.contains("tun type tap") && info.contains("vnet_hdr"),
+        "{info}"
+    );
+    let log = d.log();
+    assert_eq!(log_count(&d, "is gone"), 1, "{log}");
+    assert_eq!(log_count(&d, "uplink0: link down"), 1, "{log}");
+    assert!(log.contains(&format!("tap {TAP} created again")), "{log}");
+    let text = d.ctl(&["show"]);
+    assert!(
+        text.contains("link up, queues 1, opened 2 (lost 1)"),
+        "{text}"
+    );
+
+    // The host sets it up again, as any new interface; pings cross as before.
+    configure_tap(&ns);
+    pings_cross_the_tap(&ns, &d, &mut vf0);
     assert!(d.alive());
     assert_eq!(d.state("vf0"), "started");
-    assert!(d.log().contains("is gone"), "logged");
+    assert_eq!(uplink(&d, 1)["connects"], 1, "the stream peer stayed");
+}
+
+#[test]
+fn a_tap_the_daemon_did_not_create_is_waited_for_not_made() {
+    if !root_or_skip("a_tap_the_daemon_did_not_create_is_waited_for_not_made") {
+        return;
+    }
+    let ns = NetNs::new("tapx");
+    // A persistent tap, the host's.
+    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
+    let d = Daemon::start_with(
+        ns.command(env!("CARGO_BIN_EXE_vhost-user-sriov-net")),
+        &["--vfs", "1", "--uplink", &format!("tap:{TAP}")],
+    );
+    assert_eq!(uplink(&d, 0)["link"], "up");
+    assert!(
+        d.log().contains(&format!("tap {TAP} opened")),
+        "{}",
+        d.log()
+    );
+    ns.ip(&["link", "del", TAP]);
+    wait_link(&d, 0, "down");
+    assert_eq!(uplink(&d, 0)["disconnects"], 1);
+    // Several attempts later, still nothing of that name: the daemon does not make one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let shown = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", TAP])
+        .output()
+        .unwrap();
+    assert!(
+        !shown.status.success(),
+        "the daemon made a tap in the host's place"
+    );
+    assert_eq!(uplink(&d, 0)["link"], "down");
+    // The host makes it again: the port re-attaches, and frames cross.
+    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
+    wait_for(
+        Duration::from_secs(10),
+        || uplink(&d, 0)["link"] == "up",
+        "the tap re-opened",
+    );
+    assert_eq!(uplink(&d, 0)["connects"], 2);
+    assert!(
+        d.log().contains(&format!("tap {TAP} re-opened")),
+        "{}",
+        d.log()
+    );
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    vf0.post_rx(0, 128, 4096);
+    configure_tap(&ns);
+    pings_cross_the_tap(&ns, &d, &mut vf0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -575,12 +575,12 @@ impl Switch {
                             tx.merge_drops(&t);
                         }
                     }
-                    self.flood_uplinks(view, from, batch, f, cast, runs, &mut tx);
+                    self.flood_uplinks(view, from, pair, batch, f, cast, runs, &mut tx);
                     i += 1;
                 }
                 Decision::FloodUplinks => {
                     tx.count(f.len, Cast::Unicast);
-                    self.flood_uplinks(view, from, batch, f, Cast::Unicast, runs, &mut tx);
+                    self.flood_uplinks(view, from, pair, batch, f, Cast::Unicast, runs, &mut tx);
                     i += 1;
                 }
                 Decision::Uplink(u) => {
@@ -592,7 +592,7 @@ impl Switch {
                     for f in run {
                         tx.count(f.len, Cast::Unicast);
                     }
-                    let t = self.to_wire(view, from, u, batch, run, Cast::Unicast, runs);
+                    let t = self.to_wire(view, from, pair, u, batch, run, Cast::Unicast, runs);
                     tx.merge_drops(&t);
                     i += n;
                 }
@@ -835,6 +835,7 @@ impl Switch {
         &self,
         view: &View,
         from: &Partition,
+        pair: usize,
         batch: &TxBatch<'_>,
         f: &TxFrame,
         cast: Cast,
@@ -846,19 +847,21 @@ impl Switch {
                 continue;
             }
             let run = std::slice::from_ref(f);
-            let t = self.to_wire(view, from, u, batch, run, cast, runs);
+            let t = self.to_wire(view, from, pair, u, batch, run, cast, runs);
             tx.merge_drops(&t);
         }
     }
 
-    /// Puts a run of frames from partition `from` on uplink `u`'s wire: each is read once, tagged
-    /// for a port-VLAN sender, and checksummed/segmented in software for what the wire cannot
-    /// take. Returns the sender-side drops; the wire's own are counted on the uplink.
+    /// Puts a run of frames from partition `from`'s queue pair `pair` on uplink `u`'s wire: each
+    /// is read once, tagged for a port-VLAN sender, and checksummed/segmented in software for
+    /// what the wire cannot take. Returns the sender-side drops; the wire's own are counted on
+    /// the uplink.
     #[allow(clippy::too_many_arguments)]
     fn to_wire(
         &self,
         view: &View,
         from: &Partition,
+        pair: usize,
         u: UplinkId,
         batch: &TxBatch<'_>,
         run: &[TxFrame],
@@ -913,8 +916,16 @@ impl Switch {
                     continue;
                 }
             };
-            if let Err(r) = Self::emit(up, &hdr, linear, tagged, cast, &mut runs.segments, &mut out)
-            {
+            if let Err(r) = Self::emit(
+                up,
+                pair,
+                &hdr,
+                linear,
+                tagged,
+                cast,
+                &mut runs.segments,
+                &mut out,
+            ) {
                 drops.drop(match r {
                     offload::OffloadError::Oversize { .. } => DropReason::Oversize,
                     e => bad(&e),
@@ -925,9 +936,12 @@ impl Switch {
         drops
     }
 
-    /// One linear frame onto `up`'s wire, completed in software as the wire needs.
+    /// One linear frame onto `up`'s wire (from the sender's queue pair `pair`), completed in
+    /// software as the wire needs.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         up: &Uplink,
+        pair: usize,
         hdr: &NetHdr,
         linear: &mut [u8],
         tagged: bool,
@@ -942,7 +956,7 @@ impl Switch {
             up.config.offloads,
             max,
             segments,
-            &mut |h, bytes| match up.send(h, bytes) {
+            &mut |h, bytes| match up.send(h, bytes, pair) {
                 Ok(()) => out.count(bytes.len(), cast),
                 Err(WireError::Down) => out.drop(DropReason::LinkDown),
                 Err(WireError::Busy) => {

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# DPDK testpmd on this machine, shared by scripts/bench.sh and scripts/dpdk-interop.sh (sourced;
-# recipes from shared/reference/perf.md): apt-get install, hugetlbfs on a private mount or
-# --no-huge, testpmd driven through a FIFO, and cleaning up after all of it.
+# DPDK testpmd on this machine, shared by scripts/bench.sh, bench-uplinks.sh and dpdk-interop.sh
+# (sourced; recipes from shared/reference/perf.md): apt-get install, hugetlbfs on a private mount
+# or --no-huge, testpmd driven through a FIFO, and cleaning up after all of it.
 #
 # The sourcing script defines log and die, sets WORK (scratch directory, removed by the caller),
 # LOGDIR (testpmd logs), DPDK_TAG (prefix of DPDK --file-prefix names) and HUGE (auto|1|0), and

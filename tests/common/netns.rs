@@ -270,6 +270,52 @@ impl PacketSock {
         PacketSock(fd)
     }
 
+    /// Joins fanout group `group` in mode PACKET_FANOUT_QM: each frame goes to one socket of
+    /// the group, chosen by the device queue it came in on (queue mapping modulo the sockets).
+    pub fn fanout_by_queue(&self, group: u16) {
+        const PACKET_FANOUT: libc::c_int = 18;
+        const PACKET_FANOUT_QM: libc::c_int = 5;
+        let arg: libc::c_int = libc::c_int::from(group) | PACKET_FANOUT_QM << 16;
+        // SAFETY: an int option of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_FANOUT,
+                (&arg as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "PACKET_FANOUT: {}", std::io::Error::last_os_error());
+    }
+
+    /// Every frame `keep` accepts that arrives within `wait`.
+    pub fn drain_where(&self, keep: impl Fn(&[u8]) -> bool, wait: Duration) -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; 70_000];
+        let mut out = Vec::new();
+        let t = Instant::now();
+        while t.elapsed() < wait {
+            // SAFETY: a valid buffer of the size given.
+            let n = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 10 {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let f = &buf[10..n as usize];
+            if keep(f) {
+                out.push(f.to_vec());
+            }
+        }
+        out
+    }
+
     pub fn send(&self, hdr: PktHdr, frame: &[u8]) {
         let mut b = hdr.bytes().to_vec();
         b.extend_from_slice(frame);

@@ -9,6 +9,7 @@
 pub mod event_loop;
 pub mod stream;
 pub mod tap;
+pub mod tapdev;
 pub mod vxlan;
 
 use std::collections::hash_map::Entry;
@@ -59,15 +60,18 @@ pub enum WireError {
 /// The transmit half of an uplink, called from any data-path thread.
 pub trait Wire: Send + Sync {
     /// Puts one frame on the wire. `hdr` is the virtio-net header for wires that carry one
-    /// (a tap); it only asks for what the uplink's `offloads` allow.
-    fn send(&self, hdr: &NetHdr, frame: &[u8]) -> Result<(), WireError>;
+    /// (a tap); it only asks for what the uplink's `offloads` allow. `pair` is the sender's
+    /// queue pair: a wire with several queues (a multi-queue tap) puts the frame on queue
+    /// `pair % queues`, as vhost-net maps a device's queue pairs onto a tap's queues; others
+    /// ignore it.
+    fn send(&self, hdr: &NetHdr, frame: &[u8], pair: usize) -> Result<(), WireError>;
 }
 
 /// A wire that takes nothing (a port whose I/O is not attached, and tests).
 pub struct NoWire;
 
 impl Wire for NoWire {
-    fn send(&self, _: &NetHdr, _: &[u8]) -> Result<(), WireError> {
+    fn send(&self, _: &NetHdr, _: &[u8], _: usize) -> Result<(), WireError> {
         Err(WireError::Down)
     }
 }
@@ -99,7 +103,8 @@ pub struct UplinkConfig {
     pub accepts: TxOffloads,
 }
 
-/// Peer connection events (stream uplinks), for `show`.
+/// The wire's comings and goings, for `show`: a stream's peers, a tap's opens (re-opens
+/// included) and losses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerLife {
     pub connects: u64,
@@ -118,6 +123,8 @@ pub struct Uplink {
     wire_drops: [AtomicU64; WireDrop::ALL.len()],
     warned: AtomicU32,
     life: Mutex<PeerLife>,
+    /// Queues of the wire (a multi-queue tap has several), for `show`.
+    queues: AtomicU32,
     wire: OnceLock<Box<dyn Wire>>,
 }
 
@@ -132,6 +139,7 @@ impl Uplink {
             wire_drops: Default::default(),
             warned: AtomicU32::new(0),
             life: Mutex::new(PeerLife::default()),
+            queues: AtomicU32::new(1),
             wire: OnceLock::new(),
         }
     }
@@ -145,9 +153,9 @@ impl Uplink {
         let _ = self.wire.set(wire);
     }
 
-    pub fn send(&self, hdr: &NetHdr, frame: &[u8]) -> Result<(), WireError> {
+    pub fn send(&self, hdr: &NetHdr, frame: &[u8], pair: usize) -> Result<(), WireError> {
         match self.wire.get() {
-            Some(w) => w.send(hdr, frame),
+            Some(w) => w.send(hdr, frame, pair),
             None => Err(WireError::Down),
         }
     }
@@ -187,6 +195,15 @@ impl Uplink {
             base: self.counters.snapshot(),
             wire,
         }
+    }
+
+    pub fn queues(&self) -> usize {
+        self.queues.load(Relaxed) as usize
+    }
+
+    pub fn set_queues(&self, n: usize) {
+        self.queues
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Relaxed);
     }
 
     pub fn life(&self) -> PeerLife {
@@ -506,6 +523,9 @@ mod tests {
         assert_eq!(s.base.dropped(DropReason::LinkDown), 1);
         let keys: Vec<&str> = s.fields().iter().map(|(k, _)| *k).collect();
         assert!(keys.contains(&"drop_bad_frame") && keys.contains(&"drop_tx_busy"));
-        assert_eq!(u.send(&NetHdr::default(), &[0; 60]), Err(WireError::Down));
+        assert_eq!(
+            u.send(&NetHdr::default(), &[0; 60], 0),
+            Err(WireError::Down)
+        );
     }
 }

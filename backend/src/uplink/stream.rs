@@ -91,7 +91,7 @@ impl Tx {
 struct StreamWire(Arc<Tx>);
 
 impl Wire for StreamWire {
-    fn send(&self, _hdr: &NetHdr, frame: &[u8]) -> Result<(), WireError> {
+    fn send(&self, _hdr: &NetHdr, frame: &[u8], _pair: usize) -> Result<(), WireError> {
         let mut st = self.0.lock();
         let TxState {
             peer,
@@ -376,13 +376,16 @@ mod tests {
         ));
         let sw = Arc::new(Switch::with_uplinks(vec![part], vec![up.clone()]).unwrap());
         event_loop::spawn(sw, vec![Box::new(port)]).unwrap();
-        assert_eq!(up.send(&NetHdr::default(), &[0; 60]), Err(WireError::Down));
+        assert_eq!(
+            up.send(&NetHdr::default(), &[0; 60], 0),
+            Err(WireError::Down)
+        );
         let mut c = UnixStream::connect(&path).unwrap();
         wait(|| up.carrier());
         let frame = |i: u32| -> Vec<u8> { (0..1000u32).map(|k| (i + k) as u8).collect() };
         let mut sent = 0u32;
         loop {
-            match up.send(&NetHdr::default(), &frame(sent)) {
+            match up.send(&NetHdr::default(), &frame(sent), 0) {
                 Ok(()) => sent += 1,
                 Err(WireError::Busy) => break,
                 Err(WireError::Down) => panic!("peer lost"),
@@ -402,7 +405,7 @@ mod tests {
         }
         // Drained: the queue is empty again and frames go straight out.
         wait(|| tx.lock().pending.is_empty());
-        up.send(&NetHdr::default(), &frame(7)).unwrap();
+        up.send(&NetHdr::default(), &frame(7), 0).unwrap();
         let mut b = vec![0u8; 1004];
         c.read_exact(&mut b).unwrap();
         assert_eq!(b[4..], frame(7));

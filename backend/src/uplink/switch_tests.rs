@@ -24,7 +24,7 @@ type Log = Arc<Mutex<Vec<(NetHdr, Vec<u8>)>>>;
 struct Recorder(Log);
 
 impl Wire for Recorder {
-    fn send(&self, hdr: &NetHdr, frame: &[u8]) -> Result<(), WireError> {
+    fn send(&self, hdr: &NetHdr, frame: &[u8], _pair: usize) -> Result<(), WireError> {
         self.0.lock().unwrap().push((*hdr, frame.to_vec()));
         Ok(())
     }
@@ -37,6 +37,12 @@ const TAP: RxOffloads = RxOffloads {
 };
 
 fn uplink(id: UplinkId, offloads: RxOffloads, mtu: u16) -> (Arc<Uplink>, Log) {
+    let log = Log::default();
+    let u = uplink_with(id, offloads, mtu, Box::new(Recorder(log.clone())));
+    (u, log)
+}
+
+fn uplink_with(id: UplinkId, offloads: RxOffloads, mtu: u16, wire: Box<dyn Wire>) -> Arc<Uplink> {
     let u = Arc::new(Uplink::new(
         id,
         UplinkConfig {
@@ -52,9 +58,8 @@ fn uplink(id: UplinkId, offloads: RxOffloads, mtu: u16) -> (Arc<Uplink>, Log) {
             },
         },
     ));
-    let log = Log::default();
-    u.attach(Box::new(Recorder(log.clone())));
-    (u, log)
+    u.attach(wire);
+    u
 }
 
 fn part(id: usize) -> Arc<Partition> {
@@ -122,6 +127,11 @@ fn tx_frame(hdr: NetHdr, bytes: &[u8]) -> TxFrame {
 
 /// Sends one frame from partition `from` through the switch, from real (test) guest memory.
 fn send(s: &Switch, from: usize, hdr: NetHdr, bytes: &[u8]) {
+    send_on(s, from, 0, hdr, bytes)
+}
+
+/// [`send`] from the sender's queue pair `pair`.
+fn send_on(s: &Switch, from: usize, pair: usize, hdr: NetHdr, bytes: &[u8]) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
     let mut chain = hdr.to_bytes().to_vec();
     chain.extend_from_slice(bytes);
@@ -138,7 +148,12 @@ fn send(s: &Switch, from: usize, hdr: NetHdr, bytes: &[u8]) {
         segs: &segs,
         frames: &frames,
     };
-    s.forward(&s.partitions()[from], 0, &batch, &mut FwdScratch::default());
+    s.forward(
+        &s.partitions()[from],
+        pair,
+        &batch,
+        &mut FwdScratch::default(),
+    );
 }
 
 fn decide(s: &Switch, from: usize, bytes: &[u8]) -> Decision {
@@ -545,4 +560,41 @@ fn offload_frames_from_a_tap_are_checked_and_completed_per_receiver() {
         1
     );
     assert_eq!(received(&d0).len(), 1);
+}
+
+/// A wire that records which queue pair each frame was sent from.
+struct PairRecorder(Arc<Mutex<Vec<usize>>>);
+
+impl Wire for PairRecorder {
+    fn send(&self, _: &NetHdr, _: &[u8], pair: usize) -> Result<(), WireError> {
+        self.0.lock().unwrap().push(pair);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_wire_is_told_the_senders_queue_pair_on_every_path() {
+    let pairs = Arc::new(Mutex::new(Vec::new()));
+    let u = uplink_with(0, TAP, 1500, Box::new(PairRecorder(pairs.clone())));
+    let vf0 = mac("02:00:00:00:00:01");
+    let sender = Arc::new(Partition::new(
+        1,
+        Role::Vf(0),
+        testutil::config("02:00:00:00:00:01", 4),
+    ));
+    let s = Switch::with_uplinks(vec![part(0), sender], vec![u]).unwrap();
+    s.set_carrier(0, true);
+    // Broadcast (a flood), unknown unicast (to every uplink), then known unicast (learned).
+    send_on(
+        &s,
+        1,
+        3,
+        NetHdr::default(),
+        &eth(MacAddr::BROADCAST, vf0, 60),
+    );
+    send_on(&s, 1, 2, NetHdr::default(), &eth(mac(PEER), vf0, 60));
+    ingress(&s, 0, &eth(vf0, mac(PEER), 60));
+    assert_eq!(decide(&s, 1, &eth(mac(PEER), vf0, 60)), Decision::Uplink(0));
+    send_on(&s, 1, 1, NetHdr::default(), &eth(mac(PEER), vf0, 60));
+    assert_eq!(*pairs.lock().unwrap(), [3, 2, 1]);
 }

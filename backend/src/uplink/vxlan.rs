@@ -131,7 +131,7 @@ impl Vtep {
 struct VxlanWire(Arc<Vtep>);
 
 impl Wire for VxlanWire {
-    fn send(&self, _hdr: &NetHdr, frame: &[u8]) -> Result<(), WireError> {
+    fn send(&self, _hdr: &NetHdr, frame: &[u8], _pair: usize) -> Result<(), WireError> {
         let v = &self.0;
         let dst = MacAddr(frame[..6].try_into().unwrap_or([0xff; 6]));
         if !dst.is_group() {
