@@ -24,8 +24,12 @@
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
-#                      setup's set, abcdefghijko; abmolh with E2E_IOMMU=1; anh with
+#                      setup's set, abcdefghijkoq; abmolh with E2E_IOMMU=1; anh with
 #                      E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
+#   E2E_UPLINK         1 (default, except with E2E_IOMMU=1 or E2E_LIBVIRT=1 or E2E_STANDIN): the
+#                      daemon gets a stream uplink (--uplink stream:<run dir>/uplink.sock) and the
+#                      guest a plain virtio-net NIC cabled to it by QEMU's own -netdev stream, for
+#                      scenario q; 0: neither
 #   E2E_IOMMU          1: a vIOMMU in the guest (-device intel-iommu,intremap=on, which needs
 #                      -machine kernel-irqchip=split, and intel_iommu=on), for the vfio-pci / VF token
 #                      and IOMMU group scenarios l, m (iommu_platform stays off on the NIC: the daemon
@@ -76,11 +80,18 @@ if [ "$ACS_REDIR_OFF" = 1 ]; then
 elif [ "$IOMMU" = 1 ]; then
     DEFAULT_IDS=abmolh
 else
-    DEFAULT_IDS=abcdefghijko
+    DEFAULT_IDS=abcdefghijkoq
 fi
 ONLY=${E2E_ONLY:-$DEFAULT_IDS}
 STANDIN=${E2E_STANDIN:-}
 LIBVIRT=${E2E_LIBVIRT:-0}
+if [ "$IOMMU" = 1 ] || [ "$LIBVIRT" = 1 ] || [ -n "$STANDIN" ]; then
+    UPLINK=${E2E_UPLINK:-0}
+else
+    UPLINK=${E2E_UPLINK:-1}
+fi
+# The uplink NIC's MAC (QEMU's OUI; no partition's MAC comes from it).
+UPLINK_MAC=52:54:00:77:02:01
 PY=${PYTHON:-python3}
 
 RUNDIR=
@@ -226,6 +237,7 @@ daemon_common_args() {
     DARGS=(--socket-dir "$RUNDIR/sock")
     [ -n "$VFS_OPT" ] && DARGS+=(--vfs "$VFS_OPT")
     [ -n "$CONFIG" ] && DARGS+=(--config "$CONFIG")
+    [ "$UPLINK" = 1 ] && DARGS+=(--uplink "stream:$RUNDIR/uplink.sock")
     return 0
 }
 
@@ -517,7 +529,16 @@ main() {
         say "ACS redirection off on the root port $rp (one IOMMU group)"
     fi
     [ -n "$APPEND_EXTRA" ] && append+=" $APPEND_EXTRA"
-    local qemu_cmd=(timeout -k 10 "$QEMU_TIMEOUT" "$E2E_QEMU" "${iommu_args[@]}" "${QARGS[@]}"
+    local uplink_args=()
+    if [ "$UPLINK" = 1 ]; then
+        # A second VM's ordinary NIC, cabled to the daemon's stream uplink by QEMU's own netdev.
+        # shellcheck disable=SC2054 # commas belong to QEMU option values
+        uplink_args=(-netdev "stream,id=uplink,server=off,addr.type=unix,addr.path=${RUNDIR//,/,,}/uplink.sock,reconnect-ms=1000"
+            -device "virtio-net-pci,netdev=uplink,mac=$UPLINK_MAC")
+        append+=" sriovnet_uplink_mac=$UPLINK_MAC"
+        say "uplink: the daemon's stream:$RUNDIR/uplink.sock, a virtio-net NIC ($UPLINK_MAC) on QEMU's -netdev stream"
+    fi
+    local qemu_cmd=(timeout -k 10 "$QEMU_TIMEOUT" "$E2E_QEMU" "${iommu_args[@]}" "${QARGS[@]}" "${uplink_args[@]}"
         -nodefaults -display none -no-reboot "${ACCEL_ARGS[@]}"
         -kernel "$E2E_KERNEL" -initrd "$E2E_INITRD" -append "$append"
         -chardev "file,id=con,path=$RESULTS/console.log" -serial chardev:con

@@ -64,11 +64,11 @@ import os
 import re
 import sys
 
-IDS = "abcdefghijklmno"
+IDS = "abcdefghijklmnoq"
 DROPS = ("drop_no_rx_buffer", "drop_spoofed_source", "drop_unknown_destination",
          "drop_destination_down", "drop_malformed_chain")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-RESULT_RE = re.compile(r"RESULT ([a-o]) (PASS|FAIL)\b ?(.*)$")
+RESULT_RE = re.compile(r"RESULT ([a-z]) (PASS|FAIL)\b ?(.*)$")
 
 
 class CheckError(Exception):
@@ -156,6 +156,14 @@ class Run:
             raise CheckError(f"snapshot {name} missing (see sync.log)")
         try:
             return partitions(load_json(path))
+        except (OSError, ValueError) as err:
+            raise CheckError(f"snapshot {name} unreadable: {err}") from err
+
+    def uplinks(self, name):
+        """The uplink ports of snapshot `name` (version 2's `uplinks`)."""
+        path = os.path.join(self.dir, f"snap-{name}.json")
+        try:
+            return load_json(path).get("uplinks", [])
         except (OSError, ValueError) as err:
             raise CheckError(f"snapshot {name} unreadable: {err}") from err
 
@@ -408,6 +416,29 @@ def host_o(run):
     return f"pf and all {len(run.vfs)} VFs started; {t}"
 
 
+def host_q(run):
+    s, e = run.pair("q")
+    ups = [run.uplinks("q-start"), run.uplinks("q-end")]
+    for name, up in zip(("q-start", "q-end"), ups):
+        need(len(up) == 1 and up[0]["kind"] == "stream",
+             f"{name}: uplinks {[u.get('spec') for u in up]}, expected the one stream uplink")
+        need(up[0]["link"] == "up", f"{name}: stream uplink link {up[0]['link']} (no QEMU peer)")
+    start, end = ups[0][0], ups[1][0]
+    need(end["connects"] == start["connects"],
+         f"the stream peer reconnected during q ({start['connects']} -> {end['connects']})")
+    moved = {}
+    for key in ("rx_packets", "tx_packets"):
+        moved[key] = end["counters"][key] - start["counters"][key]
+        need(moved[key] >= 2 * run.pings,
+             f"stream uplink {key} +{moved[key]}, expected >= {2 * run.pings} (pings both ways)")
+    bad = {k: v - start["counters"].get(k, 0) for k, v in end["counters"].items()
+           if k.startswith("drop_") and v != start["counters"].get(k, 0)}
+    need(not bad, f"stream uplink drops during q: {bad}")
+    t = counters_moved(s, e, ["vf0"], 2 * run.pings, "during the pings")
+    return (f"stream uplink up, peer connected once, rx+{moved['rx_packets']}/"
+            f"tx+{moved['tx_packets']}, no drops; {t}")
+
+
 def console_end(run):
     """h's QEMU/console part (also in stand-in mode)."""
     rc = run.args.qemu_rc
@@ -435,7 +466,7 @@ def host_h(run):
 
 HOST_CHECKS = {"a": host_a, "b": host_b, "c": host_c, "d": host_d, "e": host_e, "f": host_f,
                "g": host_g, "h": host_h, "i": host_i, "j": host_j, "k": host_k, "l": host_l,
-               "m": host_m, "n": host_n, "o": host_o}
+               "m": host_m, "n": host_n, "o": host_o, "q": host_q}
 
 
 def read_console(d):
@@ -523,7 +554,7 @@ def cmd_report(args):
         lines.append("!" * 78)
     if sorted(args.only) != sorted(args.default_ids or IDS):
         lines.append(f"!! PARTIAL RUN: only scenarios {args.only} (E2E_ONLY)")
-    # A Markdown table: rows start with "| <id> " (scripts/test.sh counts "^| *[a-o] .*PASS").
+    # A Markdown table: rows start with "| <id> " (scripts/test.sh counts "^| *[a-z] .*PASS").
     lines.append("| scenario | result | detail |")
     lines.append("|----------|--------|--------|")
     for r in rows:

@@ -77,11 +77,12 @@ grep -q "path=/tmp/a,,b&apos;&amp;&lt;c&gt;&quot;d/pf.sock," "$lv_tmp"
 rm -f "$lv_tmp"
 
 step "script checks (guest addressing, e2e settings)"
-# Every function of 255 VFs gets its own valid address in one /16, none of them the ARP target.
+# Every function of 255 VFs and the uplink NIC get their own valid address in one /16, none of
+# them the ARP target.
 # shellcheck disable=SC2016 # expanded by the inner sh
-sh -c '. scripts/guest/lib.sh; E2E_VFS=255; for f in pf $(vf_list); do fn_ip "$f"; done; echo "$UNUSED_IP"' |
+sh -c '. scripts/guest/lib.sh; E2E_VFS=255; for f in pf $(vf_list) up; do fn_ip "$f"; done; echo "$UNUSED_IP"' |
     awk -F. 'NF != 4 || $1 != 10 || $2 != 77 || $3 > 255 || $4 < 1 || $4 > 254 || seen[$0]++ { bad = 1; print "bad or repeated address: " $0 }
-        END { if (NR != 257) { bad = 1; print NR " addresses, expected 257" } exit bad }'
+        END { if (NR != 258) { bad = 1; print NR " addresses, expected 258" } exit bad }'
 # A user's E2E_KERNEL / E2E_INITRD / E2E_QEMU / E2E_MODULES win over the provisioned ones in
 # e2e.env, and E2E_MODULES trees and tarballs become the guest's modules (no guest, no kernel build).
 scripts/e2e_env_test.sh
@@ -110,7 +111,7 @@ if [[ "${SKIP_E2E:-0}" == 1 ]]; then
 else
     step "guest end-to-end (QEMU composable SR-IOV over the daemon), event-driven"
     scripts/e2e.sh | tee /tmp/sriov-net-e2e.log
-    e2e_passed=$(grep -c '^| *[a-o] .*PASS' /tmp/sriov-net-e2e.log || true)
+    e2e_passed=$(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e.log || true)
     # Again with the busy-poll thread: a Linux guest negotiates EVENT_IDX, so this covers queues
     # going back to kicks (avail_event re-armed) and being handed to the poller again.
     step "guest end-to-end, busy-poll (poll_us = 50)"
@@ -118,7 +119,7 @@ else
     printf 'poll_us = 50\n' >"$poll_cfg"
     E2E_CONFIG=$poll_cfg scripts/e2e.sh | tee /tmp/sriov-net-e2e-poll.log
     rm -f "$poll_cfg"
-    e2e_passed=$((e2e_passed + $(grep -c '^| *[a-o] .*PASS' /tmp/sriov-net-e2e-poll.log || true)))
+    e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-poll.log || true)))
     # The guest kernel's SR-IOV paths that need a vIOMMU (intel-iommu, intremap=on): vfio-pci with
     # enable_sriov and the VF token, one IOMMU group per function, and 16 VFs. Its kernel and
     # modules come in as a user's would (E2E_KERNEL, E2E_MODULES: the provisioned Debian ones,
@@ -140,10 +141,10 @@ else
         grep -q '^| a .*modules E2E_MODULES=' /tmp/sriov-net-e2e-iommu.log ||
             { echo "the guest did not load its modules from E2E_MODULES"; exit 1; }
         rm -rf "$modtree" "$modtree.tar.xz"
-        e2e_passed=$((e2e_passed + $(grep -c '^| *[a-o] .*PASS' /tmp/sriov-net-e2e-iommu.log || true)))
+        e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-iommu.log || true)))
         step "guest end-to-end with a vIOMMU, one IOMMU group (pci=disable_acs_redir=<root port>)"
         E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1 scripts/e2e.sh | tee /tmp/sriov-net-e2e-acs.log
-        e2e_passed=$((e2e_passed + $(grep -c '^| *[a-o] .*PASS' /tmp/sriov-net-e2e-acs.log || true)))
+        e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-acs.log || true)))
     fi
     # The same guest as a libvirt domain made from `qemu-args --libvirt` (libvirt's own root
     # ports and default devices next to the NIC's).
@@ -158,7 +159,7 @@ else
         elif [[ $lv_rc != 0 ]]; then
             exit "$lv_rc"
         else
-            e2e_passed=$((e2e_passed + $(grep -c '^| *[a-o] .*PASS' /tmp/sriov-net-e2e-libvirt.log || true)))
+            e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-libvirt.log || true)))
         fi
     fi
 fi

@@ -167,7 +167,22 @@ fn_dir() {
     case $1 in
         pf) echo "$PF" ;;
         vf*) vf_dir "${1#vf}" ;;
+        up) uplink_dir ;;
     esac
+}
+
+# uplink_dir: the plain virtio-net NIC that QEMU cables to the daemon's stream uplink
+# (-netdev stream; e2e.sh's E2E_UPLINK), found by its MAC while its netdev is in this namespace.
+uplink_dir() {
+    local _a
+    [ -n "$E2E_UPLINK_MAC" ] || return 1
+    for _a in /sys/bus/pci/devices/*/virtio*/net/*/address; do
+        [ -e "$_a" ] || continue
+        [ "$(cat "$_a")" = "$E2E_UPLINK_MAC" ] || continue
+        readlink -f "${_a%/virtio*}"
+        return 0
+    done
+    return 1
 }
 
 # The functions' subnet, and an address in it that no function has (the ARP target of scenario d).
@@ -180,6 +195,11 @@ fn_ip() {
     case $1 in
         pf) _n=0 ;;
         vf*) _n=$((${1#vf} + 1)) ;;
+        up)
+            # Past the last VF's 10.77.1.6.
+            echo 10.77.2.1
+            return 0
+            ;;
     esac
     echo "10.77.$((_n / 250)).$((_n % 250 + 1))"
 }
@@ -190,6 +210,10 @@ fn_mac() {
     case $1 in
         pf) _i=1 ;;
         vf*) _i=$((${1#vf} + 2)) ;;
+        up)
+            echo "$E2E_UPLINK_MAC"
+            return 0
+            ;;
     esac
     echo "$E2E_MACS" | cut -d, -f"$_i" | tr 'A-F' 'a-f'
 }

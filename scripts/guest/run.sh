@@ -14,6 +14,7 @@ snap boot
 run_scenario a scen_a_pf_visible
 run_scenario b scen_b_enable_vfs
 run_scenario c scen_c_ping
+run_scenario q scen_q_uplink
 run_scenario d scen_d_broadcast
 run_scenario e scen_e_cycles
 run_scenario f scen_f_ebusy

@@ -1,5 +1,5 @@
 # shellcheck shell=dash
-# Guest scenarios a..o (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
+# Guest scenarios a..q (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
 # DETAIL. "snap NAME" marks a host checkpoint: the runner saves the daemon's state as
 # results/snap-NAME.json while the guest waits; scripts/e2e_check.py compares the snapshots:
 #
@@ -21,6 +21,8 @@
 #   m            IOMMU groups with ACS (every function started, for the record)
 #   n-start/stub/end  shared group (no VF ever started; PF not started while on pci-pf-stub)
 #   o-start/end  all VFs, the last one pings the PF
+#   q-start/end  around pings between the uplink NIC (QEMU -netdev stream) and VF0 (q: the stream
+#                uplink's rx/tx and VF0's counters moved, the uplink's link up)
 #   (after QEMU exits the runner takes "final": every partition waiting, daemon alive)
 
 # a: the PF is there, bound to virtio-pci, with the expected MAC, sriov_totalvfs = N and no VFs yet.
@@ -72,6 +74,23 @@ scen_c_ping() {
     ping_check vf0 vf1 || return 1
     snap c-end
     DETAIL="$d, $PING_DETAIL"
+}
+
+# q: the daemon's stream uplink, as a second VM with an ordinary NIC sees it: this guest's plain
+# virtio-net NIC, cabled to the uplink by QEMU's own -netdev stream, pings VF0 and VF0 pings it
+# back (ARP flooded from and to the uplink, unicast learned), each in its own namespace.
+scen_q_uplink() {
+    local d
+    [ -n "$E2E_UPLINK_MAC" ] || fail "no uplink NIC (sriovnet_uplink_mac=; E2E_UPLINK=0)" || return 1
+    [ -n "$PF" ] || fail "no PF" || return 1
+    setup_all_ns || return 1
+    ns_has_dev up || into_ns up || return 1
+    snap q-start
+    ping_check up vf0 || return 1
+    d=$PING_DETAIL
+    ping_check vf0 up || return 1
+    snap q-end
+    DETAIL="uplink NIC $E2E_UPLINK_MAC: $d, $PING_DETAIL"
 }
 
 # d: broadcast: ARP requests from VF1 for an unused address reach every other function, not VF1.
