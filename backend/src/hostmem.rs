@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
+use crate::iommu::Dma;
 use crate::Mem;
 
 /// A host address inside a guest-memory snapshot, kept in per-queue scratch lists. It is only
@@ -174,6 +175,9 @@ pub struct HostMem<'a> {
     map: &'a MemMap,
     /// Index of the region the last lookup hit (an empty one when there is none).
     last: Cell<usize>,
+    /// With VIRTIO_F_ACCESS_PLATFORM: the session's IOTLB, held for as long as this view lives,
+    /// through which descriptor addresses (IOVAs) become guest-physical ones.
+    dma: Option<Dma<'a>>,
 }
 
 impl<'a> HostMem<'a> {
@@ -182,7 +186,20 @@ impl<'a> HostMem<'a> {
         HostMem {
             map,
             last: Cell::new(0),
+            dma: None,
         }
+    }
+
+    /// This view, translating descriptor addresses through `dma`.
+    pub fn with_dma(mut self, dma: Dma<'a>) -> Self {
+        self.dma = Some(dma);
+        self
+    }
+
+    /// The IOTLB descriptor addresses go through, when the driver uses IOVAs.
+    #[inline]
+    pub fn dma(&self) -> Option<&Dma<'a>> {
+        self.dma.as_ref()
     }
 
     /// Host pointer to `addr` and the bytes from there to the end of its region.

@@ -14,6 +14,8 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hostmem;
+pub mod iommu;
+pub mod iotlb;
 pub mod mac;
 pub mod net_hdr;
 pub mod offload;

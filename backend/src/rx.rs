@@ -112,13 +112,16 @@ impl<'a> RxQueue<'a> {
                 return Err(DropReason::DestinationDown);
             }
         };
+        // The receiver's IOTLB changing right now: this run's frames find no buffer (see
+        // `Iommu::try_dma` for why a sender never waits for it).
+        let mem = held.try_host().ok_or(DropReason::NoRxBuffer)?;
         mapped.prefetch_used(ring.get_queue(), frames);
         Ok(RxQueue {
             dest,
             held,
             ring,
             mapped,
-            mem: held.host(),
+            mem,
             scratch,
             pair,
             qidx: 2 * pair,
@@ -227,6 +230,24 @@ impl<'a> RxQueue<'a> {
             );
             let c = match walked {
                 Ok(c) => c,
+                // The driver's buffer is not mapped for the device (a MISS went out): like any
+                // chain the device refuses, it is completed empty, with the ones gathered before
+                // it, and the queue goes on; the frame is lost.
+                Err(ring::ChainError::Iommu(f)) => {
+                    for i in 0..=k {
+                        let head = match self.scratch.chains.get(usize::from(i)) {
+                            Some((h, _)) => *h,
+                            None => head,
+                        };
+                        self.mapped.write_used(self.ring.get_queue(), i, head, 0);
+                    }
+                    self.consume(k + 1);
+                    self.tally.drop(DropReason::MalformedChain);
+                    self.held
+                        .session
+                        .warn_once(Warn::IommuFault, &format_args!("RX chain {head}: {f}"));
+                    return Err(DropReason::MalformedChain);
+                }
                 Err(e) => {
                     self.tally.drop(DropReason::MalformedChain);
                     return Err(self.isolate(&e));

@@ -21,6 +21,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::hostmem::{HostMem, MemMap};
+use crate::iommu::{Iommu, VIRTIO_F_ACCESS_PLATFORM};
 use crate::offload::{RxOffloads, TxOffloads};
 use crate::partition::Partition;
 use crate::ring::{Dir, Ring, RingCache, RingError};
@@ -37,6 +38,8 @@ pub enum Warn {
     BadTxHeader = 1,
     SenderMemory = 2,
     Oversize = 3,
+    /// A buffer whose IOVA the IOTLB cannot translate for the access.
+    IommuFault = 4,
 }
 
 pub struct Session {
@@ -44,6 +47,8 @@ pub struct Session {
     pub mem: GuestMem,
     vrings: OnceLock<Vec<Vring>>,
     features: AtomicU64,
+    /// The vIOMMU side of the connection (ACCESS_PLATFORM, IOTLB, MISS channel).
+    pub iommu: Arc<Iommu>,
     broken: Vec<AtomicBool>,
     warned: AtomicU32,
     /// Bumped whenever rings or memory may have changed under a lock-free observer (memory
@@ -63,6 +68,7 @@ impl Session {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             vrings: OnceLock::new(),
             features: AtomicU64::new(0),
+            iommu: Arc::new(Iommu::default()),
             broken: (0..num_queues).map(|_| AtomicBool::new(false)).collect(),
             warned: AtomicU32::new(0),
             generation: AtomicU64::new(0),
@@ -93,6 +99,8 @@ impl Session {
 
     pub fn set_features(&self, f: u64) {
         self.features.store(f, Ordering::Release);
+        self.iommu
+            .set_enabled(f & (1u64 << VIRTIO_F_ACCESS_PLATFORM) != 0);
     }
 
     pub fn has(&self, bit: u32) -> bool {
@@ -240,8 +248,28 @@ impl Held {
     }
 
     /// A translation view of the snapshot for one batch or RX run.
+    /// With ACCESS_PLATFORM it holds the session's IOTLB until dropped (waiting out an
+    /// invalidation in progress); without, it costs the one check.
     pub fn host(&self) -> HostMem<'_> {
-        self.map.host()
+        let h = self.map.host();
+        let iommu = &self.session.iommu;
+        if iommu.enabled() {
+            h.with_dma(iommu.dma())
+        } else {
+            h
+        }
+    }
+
+    /// As [`Held::host`] for a sender delivering into this session: None instead of waiting
+    /// while its IOTLB is being changed (see [`Iommu::try_dma`]).
+    pub fn try_host(&self) -> Option<HostMem<'_>> {
+        let h = self.map.host();
+        let iommu = &self.session.iommu;
+        if iommu.enabled() {
+            Some(h.with_dma(iommu.try_dma()?))
+        } else {
+            Some(h)
+        }
     }
 
     /// Queue `qidx`'s rings (`q` is that queue, under its lock), mapped in the snapshot; reused

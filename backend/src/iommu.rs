@@ -1,0 +1,261 @@
+//! One session's vIOMMU state, shared by the message pump (which feeds the IOTLB and owns the
+//! protocol side) and the data path (which translates through it):
+//! - whether the driver acked VIRTIO_F_ACCESS_PLATFORM (then descriptor addresses are IOVAs);
+//! - the IOTLB, behind a read-write lock: a batch or RX run holds the read side for as long as it
+//!   uses what it translated, and an INVALIDATE takes the write side before it is acked, so once
+//!   QEMU has its reply no access through the old mapping is in flight;
+//! - the back-end request channel (SET_BACKEND_REQ_FD), on which IOTLB MISS requests go.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use crate::iotlb::{Access, Fault, Iotlb};
+
+/// VIRTIO_F_ACCESS_PLATFORM (a.k.a. VIRTIO_F_IOMMU_PLATFORM).
+pub const VIRTIO_F_ACCESS_PLATFORM: u32 = 33;
+
+/// Back-end request VHOST_USER_BACKEND_IOTLB_MSG and the message type MISS.
+const BACKEND_IOTLB_MSG: u32 = 1;
+const IOTLB_MISS: u8 = 1;
+/// `struct vhost_iotlb_msg` as QEMU sizes it (26 bytes of fields, padded to 8).
+pub const IOTLB_MSG_LEN: usize = 32;
+
+/// The data path asks again for the same page only after this long: a driver that keeps posting
+/// one unmapped buffer must not turn every chain into a message.
+const MISS_REPEAT: Duration = Duration::from_millis(1);
+
+#[derive(Default)]
+pub struct Iommu {
+    on: AtomicBool,
+    tlb: RwLock<Iotlb>,
+    channel: Mutex<Option<UnixStream>>,
+    /// The last MISS the data path sent: when, and for which page.
+    last_miss: Mutex<Option<(Instant, u64)>>,
+    misses: AtomicU64,
+}
+
+/// A MISS request for `iova` (back-end request 1, flags: version 1, no reply wanted).
+pub fn miss_message(iova: u64, access: Access) -> [u8; 12 + IOTLB_MSG_LEN] {
+    let mut m = [0u8; 12 + IOTLB_MSG_LEN];
+    m[0..4].copy_from_slice(&BACKEND_IOTLB_MSG.to_le_bytes());
+    m[4..8].copy_from_slice(&1u32.to_le_bytes());
+    m[8..12].copy_from_slice(&(IOTLB_MSG_LEN as u32).to_le_bytes());
+    m[12..20].copy_from_slice(&iova.to_le_bytes());
+    m[12 + 24] = access.perm();
+    m[12 + 25] = IOTLB_MISS;
+    m
+}
+
+impl Iommu {
+    /// True when the driver acked ACCESS_PLATFORM: addresses it gives the device are IOVAs.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, Ordering::Release);
+    }
+
+    /// The table for a batch, waiting out an INVALIDATE in progress.
+    pub fn dma(&self) -> Dma<'_> {
+        Dma {
+            tlb: self.tlb.read().unwrap_or_else(|e| e.into_inner()),
+            iommu: self,
+        }
+    }
+
+    /// The table without waiting: None while an update or invalidation holds or waits for it.
+    /// A sender delivering into this partition while it holds its own partition's table uses
+    /// this, so two invalidations waiting on each other's partitions cannot deadlock.
+    pub fn try_dma(&self) -> Option<Dma<'_>> {
+        let tlb = match self.tlb.try_read() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(Dma { tlb, iommu: self })
+    }
+
+    /// The table for an update or invalidation; the caller acks only after dropping it.
+    pub fn write(&self) -> RwLockWriteGuard<'_, Iotlb> {
+        self.tlb.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The back-end request channel (a duplicate of the SET_BACKEND_REQ_FD socket).
+    pub fn set_channel(&self, s: UnixStream) {
+        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
+
+    pub fn has_channel(&self) -> bool {
+        self.channel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// MISS requests sent so far (by the pump and the data path).
+    pub fn misses_sent(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Sends a MISS and waits (up to the socket's write timeout) until it is written: the pump
+    /// holds frontend messages until the answer comes.
+    pub fn send_miss(&self, iova: u64, access: Access) -> io::Result<()> {
+        let g = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = g.as_ref() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no back-end request channel (SET_BACKEND_REQ_FD) for an IOTLB miss",
+            ));
+        };
+        let mut w = s;
+        w.write_all(&miss_message(iova, access))?;
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The data path hit `f`: ask for the entry without ever blocking (a full channel, a
+    /// channel in use or a page asked for within [`MISS_REPEAT`] just skips the request; the
+    /// driver's next buffer there faults and asks again).
+    pub fn report(&self, f: &Fault) {
+        let Some((iova, access)) = f.miss_iova() else {
+            return;
+        };
+        let Ok(g) = self.channel.try_lock() else {
+            return;
+        };
+        let Some(s) = g.as_ref() else {
+            return;
+        };
+        let page = iova >> 12;
+        let now = Instant::now();
+        {
+            let Ok(mut last) = self.last_miss.try_lock() else {
+                return;
+            };
+            if last.is_some_and(|(t, p)| p == page && now.duration_since(t) < MISS_REPEAT) {
+                return;
+            }
+            *last = Some((now, page));
+        }
+        let m = miss_message(iova, access);
+        // SAFETY: `m` is a live buffer of m.len() bytes; the fd belongs to `s`, held locked.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                m.as_ptr().cast(),
+                m.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        // A message half sent would desynchronise the channel: finish it (a few bytes).
+        if (n as usize) < m.len() {
+            let mut w = s;
+            if w.write_all(&m[n as usize..]).is_err() {
+                return;
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The IOTLB held for one batch or RX run. Guest-physical addresses translated through it are
+/// valid until it is dropped.
+pub struct Dma<'a> {
+    tlb: RwLockReadGuard<'a, Iotlb>,
+    iommu: &'a Iommu,
+}
+
+impl Dma<'_> {
+    /// [`Iotlb::translate`]; a fault is reported (a MISS is sent).
+    pub fn translate(
+        &self,
+        iova: u64,
+        len: u64,
+        access: Access,
+        out: impl FnMut(u64, u64),
+    ) -> Result<(), Fault> {
+        self.tlb
+            .translate(iova, len, access, out)
+            .inspect_err(|f| self.iommu.report(f))
+    }
+
+    /// [`Iotlb::translate_contiguous`]; a fault is reported.
+    pub fn contiguous(&self, iova: u64, len: u64, access: Access) -> Result<u64, Fault> {
+        self.tlb
+            .translate_contiguous(iova, len, access)
+            .inspect_err(|f| self.iommu.report(f))
+    }
+
+    /// [`Iotlb::translate_contiguous`] for a fast path that falls back to the general walk (which
+    /// reports the fault) when this gives nothing.
+    #[inline]
+    pub fn peek(&self, iova: u64, len: u64, access: Access) -> Option<u64> {
+        self.tlb.translate_contiguous(iova, len, access).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_miss_is_a_backend_iotlb_msg_of_type_miss() {
+        let m = miss_message(0x1234_5000, Access::Write);
+        assert_eq!(&m[0..12], &[1, 0, 0, 0, 1, 0, 0, 0, 32, 0, 0, 0]);
+        assert_eq!(
+            u64::from_le_bytes(m[12..20].try_into().unwrap()),
+            0x1234_5000
+        );
+        assert_eq!((m[36], m[37]), (2, 1));
+    }
+
+    #[test]
+    fn data_path_misses_go_out_once_per_page_and_never_block() {
+        let i = Iommu::default();
+        let f = Fault::Miss {
+            iova: 0x5000,
+            access: Access::Read,
+        };
+        i.report(&f); // no channel yet: nothing, no error
+        assert_eq!(i.misses_sent(), 0);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        i.set_channel(ours);
+        i.report(&f);
+        i.report(&Fault::Miss {
+            iova: 0x5008,
+            access: Access::Read,
+        });
+        i.report(&Fault::Perm {
+            iova: 0x9000,
+            access: Access::Write,
+        });
+        i.report(&Fault::NotContiguous { iova: 0, len: 1 });
+        assert_eq!(
+            i.misses_sent(),
+            2,
+            "same page once; only misses and perms ask"
+        );
+        let mut got = [0u8; 88];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(got[..44], miss_message(0x5000, Access::Read));
+        assert_eq!(got[44..], miss_message(0x9000, Access::Write));
+        // A peer that stops reading: the sends fail quietly instead of blocking.
+        for p in 0..100_000u64 {
+            i.report(&Fault::Miss {
+                iova: p << 12,
+                access: Access::Read,
+            });
+        }
+        assert!(i.misses_sent() < 100_000);
+    }
+}
