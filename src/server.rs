@@ -379,7 +379,12 @@ fn serve_one(
     part.on_connect();
     log::info!("{name}: frontend connected");
     // This thread pumps the connection itself until either side closes it.
-    if let Err(e) = shim::run(frontend, framework_side, device.num_queues()) {
+    if let Err(e) = shim::run_with(
+        frontend,
+        framework_side,
+        device.num_queues(),
+        session.iommu.clone(),
+    ) {
         log::warn!("{name}: vhost-user stream error: {e}");
     }
     let result = daemon.wait();

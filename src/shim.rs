@@ -7,21 +7,35 @@
 //! (with its file descriptors) unchanged, except such an early SET_VRING_ENABLE: it acks that one
 //! itself and replays the last requested state per ring right after the first SET_FEATURES.
 //!
+//! With VIRTIO_F_ACCESS_PLATFORM (a vIOMMU in the guest) the pump also does what the framework
+//! cannot (vhost 0.18 refuses IOTLB_MSG and takes ring addresses for QEMU VAs):
+//! - IOTLB_MSG (front-end request 22) updates or invalidates the partition's IOTLB, is acked here
+//!   and never forwarded; an INVALIDATE is acked only once no batch uses the old entries;
+//! - SET_VRING_ADDR's three IOVAs are rewritten into QEMU VAs before the framework sees them.
+//!   One without an entry yet (QEMU pushes entries only when asked, the used rings' only after
+//!   starting them) is asked for with a MISS on the back-end channel, and that message and all
+//!   after it wait (at most [`MAX_HELD`] messages for [`HOLD_TIMEOUT`]) while IOTLB_MSGs are still
+//!   handled; then they go on in order;
+//! - the memory table (SET_MEM_TABLE, ADD/REM_MEM_REG) and the back-end channel
+//!   (SET_BACKEND_REQ_FD) are noted on the way through, for translation and for MISS requests.
+//!
 //! Every frontend is treated as hostile: what the pump keeps per connection is bounded (one
 //! message, one early state per ring), a write to the frontend that cannot finish within
 //! [`IO_TIMEOUT`] ends the connection (a peer that stops reading never blocks a thread for
 //! good), so does a message that stalls half-sent, and when either direction ends both sockets
 //! are shut down so that no thread is left blocked on the other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use backend::iommu::{Iommu, VIRTIO_F_ACCESS_PLATFORM};
+use backend::iotlb::{Access, Fault, VaRegion};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const HDR_LEN: usize = 12;
@@ -33,7 +47,23 @@ const MAX_FDS: usize = 32;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
+const SET_VRING_NUM: u32 = 8;
+const SET_VRING_ADDR: u32 = 9;
 const SET_VRING_ENABLE: u32 = 18;
+const SET_BACKEND_REQ_FD: u32 = 21;
+const IOTLB_MSG: u32 = 22;
+const ADD_MEM_REG: u32 = 37;
+const REM_MEM_REG: u32 = 38;
+const IOTLB_UPDATE: u8 = 2;
+const IOTLB_INVALIDATE: u8 = 3;
+
+/// Messages a frontend may send while a SET_VRING_ADDR waits for its translation (QEMU sends a
+/// dozen or so per ring before it waits for a reply).
+pub const MAX_HELD: usize = 256;
+/// How long a SET_VRING_ADDR may wait for the entries its MISS asked for. The wait is noticed
+/// when the frontend socket's read times out, so the connection ends 5 to 10 s after the MISS.
+pub const HOLD_TIMEOUT: Duration = IO_TIMEOUT;
 const FLAG_VERSION_1: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -77,6 +107,12 @@ fn timed_out(e: &io::Error) -> bool {
 /// timeout on `s`, waiting between messages goes on for ever, but a message that has begun must
 /// be complete within the timeout.
 fn read_msg(s: &UnixStream) -> io::Result<Option<Msg>> {
+    read_msg_until(s, None)
+}
+
+/// [`read_msg`], giving up with `TimedOut` once `deadline` has passed while it waits between
+/// messages.
+fn read_msg_until(s: &UnixStream, deadline: Option<Instant>) -> io::Result<Option<Msg>> {
     let mut hdr = [0u8; HDR_LEN];
     let mut raw_fds = [-1 as RawFd; MAX_FDS];
     let (got, fds) = loop {
@@ -94,7 +130,15 @@ fn read_msg(s: &UnixStream) -> io::Result<Option<Msg>> {
                     .collect();
                 break (got, fds);
             }
-            Err(e) if timed_out(&e) => continue,
+            Err(e) if timed_out(&e) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("IOTLB miss not answered within {HOLD_TIMEOUT:?}"),
+                    ));
+                }
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
@@ -157,6 +201,16 @@ fn write_msg(s: &UnixStream, m: &Msg) -> io::Result<()> {
 /// `num_queues` is the device's ring count: an early SET_VRING_ENABLE for any other ring is a
 /// protocol error, so the state kept for them stays bounded.
 pub fn run(frontend: UnixStream, framework: UnixStream, num_queues: usize) -> io::Result<()> {
+    run_with(frontend, framework, num_queues, Arc::new(Iommu::default()))
+}
+
+/// [`run`] for a partition whose session's vIOMMU state is `iommu`.
+pub fn run_with(
+    frontend: UnixStream,
+    framework: UnixStream,
+    num_queues: usize,
+    iommu: Arc<Iommu>,
+) -> io::Result<()> {
     for s in [&frontend, &framework] {
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -174,7 +228,7 @@ pub fn run(frontend: UnixStream, framework: UnixStream, num_queues: usize) -> io
                 result
             })?
     };
-    let up = pump_up(&frontend, &framework, &to_frontend, num_queues);
+    let up = Up::new(&framework, &to_frontend, num_queues, iommu).run(&frontend);
     close_both(&frontend, &framework);
     let down = down
         .join()
@@ -210,51 +264,282 @@ fn pump_down(framework: &UnixStream, to_frontend: &Mutex<UnixStream>) -> io::Res
     Ok(())
 }
 
-fn pump_up(
-    frontend: &UnixStream,
-    framework: &UnixStream,
-    to_frontend: &Mutex<UnixStream>,
+/// The frontend-to-framework direction and what it keeps per connection.
+struct Up<'a> {
+    framework: &'a UnixStream,
+    to_frontend: &'a Mutex<UnixStream>,
     num_queues: usize,
-) -> io::Result<()> {
-    let mut features_seen = false;
-    let mut early_enable: BTreeMap<u32, u32> = BTreeMap::new();
-    while let Some(m) = read_msg(frontend)? {
-        if m.request == SET_VRING_ENABLE && !features_seen {
-            if m.payload.len() == 8 {
-                let index =
-                    u32::from_le_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
-                let num =
-                    u32::from_le_bytes([m.payload[4], m.payload[5], m.payload[6], m.payload[7]]);
-                if index as usize >= num_queues {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("SET_VRING_ENABLE for ring {index}; the device has {num_queues}"),
-                    ));
-                }
-                early_enable.insert(index, num);
-            }
-            if m.flags & FLAG_NEED_REPLY != 0 {
-                let ack = Msg::new(
-                    SET_VRING_ENABLE,
-                    FLAG_VERSION_1 | FLAG_REPLY,
-                    0u64.to_le_bytes().to_vec(),
-                );
-                write_msg(&to_frontend.lock().unwrap_or_else(|e| e.into_inner()), &ack)?;
-            }
-            continue;
+    iommu: Arc<Iommu>,
+    features_seen: bool,
+    early_enable: BTreeMap<u32, u32>,
+    /// The driver acked ACCESS_PLATFORM: ring addresses are IOVAs.
+    platform: bool,
+    /// SET_VRING_NUM per ring (ring areas' lengths for translation).
+    vring_num: BTreeMap<u32, u32>,
+    /// Messages waiting behind a SET_VRING_ADDR (first) whose translation is missing.
+    held: VecDeque<Msg>,
+    /// Since when, and the IOVA last asked for.
+    hold: Option<(Instant, u64)>,
+}
+
+fn u32_at(p: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(p.get(i..i + 4)?.try_into().ok()?))
+}
+
+fn u64_at(p: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(i..i + 8)?.try_into().ok()?))
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// The (gpa, size, uaddr) of a vhost-user memory region at `p[i..]`.
+fn region_at(p: &[u8], i: usize) -> Option<VaRegion> {
+    Some(VaRegion {
+        gpa: u64_at(p, i)?,
+        size: u64_at(p, i + 8)?,
+        uaddr: u64_at(p, i + 16)?,
+    })
+}
+
+impl<'a> Up<'a> {
+    fn new(
+        framework: &'a UnixStream,
+        to_frontend: &'a Mutex<UnixStream>,
+        num_queues: usize,
+        iommu: Arc<Iommu>,
+    ) -> Self {
+        Up {
+            framework,
+            to_frontend,
+            num_queues,
+            iommu,
+            features_seen: false,
+            early_enable: BTreeMap::new(),
+            platform: false,
+            vring_num: BTreeMap::new(),
+            held: VecDeque::new(),
+            hold: None,
         }
-        write_msg(framework, &m)?;
-        if m.request == SET_FEATURES && !features_seen {
-            features_seen = true;
-            // No NEED_REPLY: the framework answers nothing, so no reply reaches the frontend.
-            for (index, num) in std::mem::take(&mut early_enable) {
-                let mut p = index.to_le_bytes().to_vec();
-                p.extend_from_slice(&num.to_le_bytes());
-                write_msg(framework, &Msg::new(SET_VRING_ENABLE, FLAG_VERSION_1, p))?;
+    }
+
+    fn run(mut self, frontend: &UnixStream) -> io::Result<()> {
+        loop {
+            let deadline = self.hold.map(|(t, _)| t + HOLD_TIMEOUT);
+            let Some(m) = read_msg_until(frontend, deadline)? else {
+                return Ok(());
+            };
+            if m.request == IOTLB_MSG {
+                self.iotlb_msg(&m)?;
+                self.flush()?;
+            } else if !self.held.is_empty() {
+                if self.held.len() >= MAX_HELD {
+                    return Err(invalid(format!(
+                        "more than {MAX_HELD} messages behind an IOTLB miss"
+                    )));
+                }
+                self.held.push_back(m);
+            } else if let Some(m) = self.handle(m)? {
+                self.held.push_back(m);
             }
         }
     }
-    Ok(())
+
+    fn reply(&self, m: &Msg, value: u64) -> io::Result<()> {
+        let r = Msg::new(
+            m.request,
+            FLAG_VERSION_1 | FLAG_REPLY,
+            value.to_le_bytes().to_vec(),
+        );
+        write_msg(
+            &self.to_frontend.lock().unwrap_or_else(|e| e.into_inner()),
+            &r,
+        )
+    }
+
+    /// Applies an IOTLB_MSG and acks it (0 done, 1 refused). A refused one leaves the table as
+    /// it was and the connection up: only that mapping is missing.
+    fn iotlb_msg(&self, m: &Msg) -> io::Result<()> {
+        let p = &m.payload;
+        let parsed = (|| {
+            Some((
+                u64_at(p, 0)?,
+                u64_at(p, 8)?,
+                u64_at(p, 16)?,
+                *p.get(24)?,
+                *p.get(25)?,
+            ))
+        })();
+        let result = match parsed {
+            None => Err(format!("IOTLB_MSG of {} bytes", p.len())),
+            Some((iova, size, uaddr, perm, IOTLB_UPDATE)) => self
+                .iommu
+                .write()
+                .update(iova, size, uaddr, perm)
+                .map_err(|e| e.to_string()),
+            Some((iova, size, _, _, IOTLB_INVALIDATE)) => {
+                // The write side waits for every batch using the table: after this reply no
+                // access through the old entries is in flight.
+                self.iommu.write().invalidate(iova, size);
+                Ok(())
+            }
+            Some((_, _, _, _, t)) => Err(format!("IOTLB_MSG of type {t}")),
+        };
+        if let Err(e) = &result {
+            log::warn!("IOTLB message refused: {e}");
+        }
+        if m.flags & FLAG_NEED_REPLY != 0 {
+            self.reply(m, u64::from(result.is_err()))?;
+        }
+        Ok(())
+    }
+
+    /// Sends held messages on, in order, until one has to wait again.
+    fn flush(&mut self) -> io::Result<()> {
+        while let Some(m) = self.held.pop_front() {
+            if let Some(m) = self.handle(m)? {
+                self.held.push_front(m);
+                return Ok(());
+            }
+        }
+        self.hold = None;
+        Ok(())
+    }
+
+    /// Notes what the pump needs from `m` and forwards it, or gives it back when it has to wait
+    /// for an IOTLB entry.
+    fn handle(&mut self, mut m: Msg) -> io::Result<Option<Msg>> {
+        if m.request == SET_VRING_ENABLE && !self.features_seen {
+            return self.early_vring_enable(&m).map(|()| None);
+        }
+        match m.request {
+            SET_FEATURES => {
+                if let Some(f) = u64_at(&m.payload, 0) {
+                    self.platform = f & (1u64 << VIRTIO_F_ACCESS_PLATFORM) != 0;
+                }
+            }
+            SET_MEM_TABLE | ADD_MEM_REG | REM_MEM_REG => self.note_memory(&m),
+            SET_VRING_NUM => {
+                if let (Some(i), Some(n)) = (u32_at(&m.payload, 0), u32_at(&m.payload, 4)) {
+                    if (i as usize) < self.num_queues {
+                        self.vring_num.insert(i, n);
+                    }
+                }
+            }
+            SET_BACKEND_REQ_FD => {
+                // The framework gets the descriptor too (and ignores it); MISS requests go on
+                // this duplicate.
+                if let Some(fd) = m.fds.first() {
+                    let s = UnixStream::from(fd.try_clone()?);
+                    s.set_write_timeout(Some(IO_TIMEOUT))?;
+                    self.iommu.set_channel(s);
+                }
+            }
+            SET_VRING_ADDR if self.platform => match self.translate_vring_addr(&m.payload)? {
+                Ok(p) => m.payload = p,
+                Err((iova, access)) => {
+                    if self.hold.is_none_or(|(_, asked)| asked != iova) {
+                        self.iommu.send_miss(iova, access)?;
+                    }
+                    let since = self.hold.map_or_else(Instant::now, |(t, _)| t);
+                    self.hold = Some((since, iova));
+                    return Ok(Some(m));
+                }
+            },
+            _ => {}
+        }
+        write_msg(self.framework, &m)?;
+        if m.request == SET_FEATURES && !self.features_seen {
+            self.features_seen = true;
+            // No NEED_REPLY: the framework answers nothing, so no reply reaches the frontend.
+            for (index, num) in std::mem::take(&mut self.early_enable) {
+                let mut p = index.to_le_bytes().to_vec();
+                p.extend_from_slice(&num.to_le_bytes());
+                write_msg(
+                    self.framework,
+                    &Msg::new(SET_VRING_ENABLE, FLAG_VERSION_1, p),
+                )?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn early_vring_enable(&mut self, m: &Msg) -> io::Result<()> {
+        if let (Some(index), Some(num)) = (u32_at(&m.payload, 0), u32_at(&m.payload, 4)) {
+            if m.payload.len() == 8 {
+                if index as usize >= self.num_queues {
+                    return Err(invalid(format!(
+                        "SET_VRING_ENABLE for ring {index}; the device has {}",
+                        self.num_queues
+                    )));
+                }
+                self.early_enable.insert(index, num);
+            }
+        }
+        if m.flags & FLAG_NEED_REPLY != 0 {
+            self.reply(m, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the IOTLB's view of the memory table (QEMU VA -> guest-physical) in step with the
+    /// framework's. A table the framework will refuse anyway is only logged here.
+    fn note_memory(&self, m: &Msg) {
+        let p = &m.payload;
+        let result = match m.request {
+            SET_MEM_TABLE => {
+                let n = u32_at(p, 0).unwrap_or(0) as usize;
+                let regions: Option<Vec<VaRegion>> =
+                    (0..n).map(|i| region_at(p, 8 + 32 * i)).collect();
+                match regions {
+                    Some(r) => self.iommu.write().set_regions(r).map_err(|e| e.to_string()),
+                    None => Err(format!("SET_MEM_TABLE of {n} regions in {} bytes", p.len())),
+                }
+            }
+            ADD_MEM_REG => match region_at(p, 8) {
+                Some(r) => self.iommu.write().add_region(r).map_err(|e| e.to_string()),
+                None => Err(format!("ADD_MEM_REG of {} bytes", p.len())),
+            },
+            _ => {
+                if let Some(r) = region_at(p, 8) {
+                    self.iommu.write().remove_region(r.gpa, r.size);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            log::debug!("memory table not noted for the IOTLB: {e}");
+        }
+    }
+
+    /// SET_VRING_ADDR's payload with its descriptor, used and avail IOVAs replaced by QEMU VAs;
+    /// `Err((iova, access))` names the first one with no entry yet. A translation that can never
+    /// succeed (no permission, not contiguous) ends the connection.
+    #[allow(clippy::type_complexity)]
+    fn translate_vring_addr(&self, p: &[u8]) -> io::Result<Result<Vec<u8>, (u64, Access)>> {
+        let (Some(index), Some(desc), Some(used), Some(avail)) =
+            (u32_at(p, 0), u64_at(p, 8), u64_at(p, 16), u64_at(p, 24))
+        else {
+            return Err(invalid(format!("SET_VRING_ADDR of {} bytes", p.len())));
+        };
+        let n = u64::from(self.vring_num.get(&index).copied().unwrap_or(1));
+        let areas = [
+            (8, desc, 16 * n, Access::Read),
+            (16, used, 6 + 8 * n, Access::Write),
+            (24, avail, 6 + 2 * n, Access::Read),
+        ];
+        let mut out = p.to_vec();
+        let tlb = self.iommu.dma();
+        for (at, iova, len, access) in areas {
+            match tlb.translate_va(iova, len, access) {
+                Ok(va) => out[at..at + 8].copy_from_slice(&va.to_le_bytes()),
+                Err(Fault::Miss { iova, access }) => return Ok(Err((iova, access))),
+                Err(e) => return Err(invalid(format!("ring {index}: {e}"))),
+            }
+        }
+        Ok(Ok(out))
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +638,221 @@ mod tests {
         let mut h = Msg::new(1, FLAG_VERSION_1, vec![]).header();
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         (&qemu).write_all(&h).unwrap();
+        assert!(pump.join().unwrap().is_err());
+    }
+
+    fn iotlb(iova: u64, size: u64, uaddr: u64, perm: u8, kind: u8) -> Vec<u8> {
+        let mut p = [iova.to_le_bytes(), size.to_le_bytes(), uaddr.to_le_bytes()].concat();
+        p.extend_from_slice(&[perm, kind, 0, 0, 0, 0, 0, 0]);
+        p
+    }
+
+    fn ack(s: &UnixStream) -> (u32, u64) {
+        let r = read_msg(s).unwrap().unwrap();
+        assert_eq!(r.flags, FLAG_VERSION_1 | FLAG_REPLY);
+        (
+            r.request,
+            u64::from_le_bytes(r.payload[..8].try_into().unwrap()),
+        )
+    }
+
+    const NR: u32 = FLAG_VERSION_1 | FLAG_NEED_REPLY;
+
+    #[test]
+    fn iotlb_messages_are_applied_and_acked_never_forwarded() {
+        let (qemu, front_end) = UnixStream::pair().unwrap();
+        let (back_end, fw) = UnixStream::pair().unwrap();
+        let iommu = Arc::new(Iommu::default());
+        let i2 = iommu.clone();
+        let pump = thread::spawn(move || run_with(front_end, back_end, 4, i2));
+        let mut q = &qemu;
+        q.write_all(&msg_bytes(
+            IOTLB_MSG,
+            NR,
+            &iotlb(0x1000, 0x2000, 0x7000, 3, 2),
+        ))
+        .unwrap();
+        assert_eq!(ack(&qemu), (IOTLB_MSG, 0));
+        assert_eq!(
+            iommu.dma().translate_va(0x1010, 8, Access::Write),
+            Ok(0x7010)
+        );
+        // Refused: bad type, bad permission, short; the connection stays up.
+        for bad in [
+            iotlb(0, 0x1000, 0, 3, 7),
+            iotlb(0, 0x1000, 0, 9, 2),
+            vec![0; 20],
+        ] {
+            q.write_all(&msg_bytes(IOTLB_MSG, NR, &bad)).unwrap();
+            assert_eq!(ack(&qemu), (IOTLB_MSG, 1));
+        }
+        q.write_all(&msg_bytes(IOTLB_MSG, NR, &iotlb(0x2000, 0x1000, 0, 0, 3)))
+            .unwrap();
+        assert_eq!(ack(&qemu), (IOTLB_MSG, 0));
+        assert!(iommu.dma().translate_va(0x2000, 1, Access::Read).is_err());
+        assert!(iommu.dma().translate_va(0x1fff, 1, Access::Read).is_ok());
+        q.write_all(&msg_bytes(1, FLAG_VERSION_1, &[])).unwrap();
+        qemu.shutdown(Shutdown::Write).unwrap();
+        let seen: Vec<u32> = read_all(&fw).iter().map(|m| m.0).collect();
+        assert_eq!(seen, vec![1], "only the GET_FEATURES reached the framework");
+        drop(fw);
+        pump.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn vring_addresses_wait_for_their_translation_then_go_on_in_order() {
+        let (qemu, front_end) = UnixStream::pair().unwrap();
+        let (back_end, fw) = UnixStream::pair().unwrap();
+        let (channel, qemu_channel) = UnixStream::pair().unwrap();
+        let iommu = Arc::new(Iommu::default());
+        let pump = thread::spawn({
+            let iommu = iommu.clone();
+            move || run_with(front_end, back_end, 4, iommu)
+        });
+        let mut q = &qemu;
+        let va = 0x7f00_0000_0000u64;
+        // One region: guest 0..1 MiB at QEMU VA `va`.
+        let mut table = [1u32.to_le_bytes(), [0; 4]].concat();
+        for v in [0, 0x10_0000, va, 0] {
+            table.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        q.write_all(&msg_bytes(SET_MEM_TABLE, FLAG_VERSION_1, &table))
+            .unwrap();
+        let features = (1u64 << VIRTIO_F_ACCESS_PLATFORM) | 1;
+        q.write_all(&msg_bytes(
+            SET_FEATURES,
+            FLAG_VERSION_1,
+            &features.to_le_bytes(),
+        ))
+        .unwrap();
+        let hdr = Msg::new(SET_BACKEND_REQ_FD, FLAG_VERSION_1, vec![]).header();
+        qemu.send_with_fds(&[&hdr[..]], &[channel.as_raw_fd()])
+            .unwrap();
+        drop(channel);
+        q.write_all(&msg_bytes(
+            SET_VRING_NUM,
+            FLAG_VERSION_1,
+            &[[0; 4], 512u32.to_le_bytes()].concat(),
+        ))
+        .unwrap();
+        // desc at IOVA 0x10000 (8 KiB: two pages), avail 0x20000, used 0x30000.
+        let addr: Vec<u8> = [0u32.to_le_bytes(), [0; 4]]
+            .concat()
+            .into_iter()
+            .chain(
+                [0x10000u64, 0x30000, 0x20000, 0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes()),
+            )
+            .collect();
+        q.write_all(&msg_bytes(SET_VRING_ADDR, FLAG_VERSION_1, &addr))
+            .unwrap();
+        q.write_all(&msg_bytes(12, FLAG_VERSION_1, &[0; 8]))
+            .unwrap(); // SET_VRING_KICK-like
+                       // The pump asks for the descriptor table's first page.
+        let miss = |s: &UnixStream| {
+            let m = read_msg(s).unwrap().unwrap();
+            assert_eq!((m.request, m.flags, m.payload.len()), (1, 1, 32));
+            (u64_at(&m.payload, 0).unwrap(), m.payload[24], m.payload[25])
+        };
+        assert_eq!(miss(&qemu_channel), (0x10000, 1, 1));
+        let update = |iova: u64, gpa: u64, size: u64| {
+            let mut q = &qemu;
+            q.write_all(&msg_bytes(
+                IOTLB_MSG,
+                NR,
+                &iotlb(iova, size, va + gpa, 3, 2),
+            ))
+            .unwrap();
+            assert_eq!(ack(&qemu), (IOTLB_MSG, 0));
+        };
+        update(0x10000, 0x4000, 0x1000);
+        assert_eq!(
+            miss(&qemu_channel),
+            (0x11000, 1, 1),
+            "the table's second page"
+        );
+        update(0x11000, 0x5000, 0x1000);
+        assert_eq!(
+            miss(&qemu_channel),
+            (0x30000, 2, 1),
+            "used ring, for writing"
+        );
+        // The used ring of 512 entries runs 6 bytes into its second page: one entry for both.
+        update(0x30000, 0x8000, 0x2000);
+        assert_eq!(miss(&qemu_channel), (0x20000, 1, 1));
+        update(0x20000, 0xa000, 0x1000);
+        qemu.shutdown(Shutdown::Write).unwrap();
+        let seen = read_all(&fw);
+        let reqs: Vec<u32> = seen.iter().map(|m| m.0).collect();
+        assert_eq!(
+            reqs,
+            vec![
+                SET_MEM_TABLE,
+                SET_FEATURES,
+                SET_BACKEND_REQ_FD,
+                SET_VRING_NUM,
+                SET_VRING_ADDR,
+                12
+            ]
+        );
+        let p = &seen[4].2;
+        assert_eq!(
+            (u64_at(p, 8), u64_at(p, 16), u64_at(p, 24), u64_at(p, 32)),
+            (
+                Some(va + 0x4000),
+                Some(va + 0x8000),
+                Some(va + 0xa000),
+                Some(0)
+            )
+        );
+        assert_eq!(iommu.misses_sent(), 4);
+        drop(fw);
+        pump.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_frontend_that_keeps_sending_behind_a_miss_is_cut_off() {
+        let (qemu, front_end) = UnixStream::pair().unwrap();
+        let (back_end, _fw) = UnixStream::pair().unwrap();
+        let (channel, _qemu_channel) = UnixStream::pair().unwrap();
+        let pump = thread::spawn(move || run(front_end, back_end, 4));
+        let mut q = &qemu;
+        let features = 1u64 << VIRTIO_F_ACCESS_PLATFORM;
+        q.write_all(&msg_bytes(
+            SET_FEATURES,
+            FLAG_VERSION_1,
+            &features.to_le_bytes(),
+        ))
+        .unwrap();
+        let hdr = Msg::new(SET_BACKEND_REQ_FD, FLAG_VERSION_1, vec![]).header();
+        qemu.send_with_fds(&[&hdr[..]], &[channel.as_raw_fd()])
+            .unwrap();
+        q.write_all(&msg_bytes(SET_VRING_ADDR, FLAG_VERSION_1, &[0; 40]))
+            .unwrap();
+        for _ in 0..MAX_HELD {
+            q.write_all(&msg_bytes(12, FLAG_VERSION_1, &[0; 8]))
+                .unwrap();
+        }
+        let e = pump.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("behind an IOTLB miss"), "{e}");
+    }
+
+    #[test]
+    fn a_miss_without_a_backend_channel_ends_the_connection() {
+        let (qemu, front_end) = UnixStream::pair().unwrap();
+        let (back_end, _fw) = UnixStream::pair().unwrap();
+        let pump = thread::spawn(move || run(front_end, back_end, 4));
+        let mut q = &qemu;
+        let features = 1u64 << VIRTIO_F_ACCESS_PLATFORM;
+        q.write_all(&msg_bytes(
+            SET_FEATURES,
+            FLAG_VERSION_1,
+            &features.to_le_bytes(),
+        ))
+        .unwrap();
+        q.write_all(&msg_bytes(SET_VRING_ADDR, FLAG_VERSION_1, &[0; 40]))
+            .unwrap();
         assert!(pump.join().unwrap().is_err());
     }
 }

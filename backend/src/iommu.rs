@@ -195,6 +195,11 @@ impl Dma<'_> {
             .inspect_err(|f| self.iommu.report(f))
     }
 
+    /// [`Iotlb::translate_va`], unreported (the pump asks for what it misses itself).
+    pub fn translate_va(&self, iova: u64, len: u64, access: Access) -> Result<u64, Fault> {
+        self.tlb.translate_va(iova, len, access)
+    }
+
     /// [`Iotlb::translate_contiguous`] for a fast path that falls back to the general walk (which
     /// reports the fault) when this gives nothing.
     #[inline]
