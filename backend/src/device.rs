@@ -48,15 +48,21 @@ pub fn offered_features(cfg: &PartitionConfig) -> u64 {
     if cfg.queue_pairs > 1 {
         f |= 1 << VIRTIO_NET_F_MQ;
     }
+    // A vIOMMU in the guest (`iommu_platform=on`): IOTLB messages are handled by the pump and
+    // descriptor addresses translated in the data path (`iommu`). Frontends without a vIOMMU
+    // do not ack it (QEMU masks it off unless the device has iommu_platform=on).
+    f |= 1 << crate::iommu::VIRTIO_F_ACCESS_PLATFORM;
     f | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
 /// vhost-user protocol features. STATUS is not offered: vhost 0.18's backend handler has no
-/// SET_STATUS/GET_STATUS, and frontends (QEMU, DPDK virtio_user) work without it.
+/// SET_STATUS/GET_STATUS, and frontends (QEMU, DPDK virtio_user) work without it. BACKEND_REQ
+/// carries IOTLB MISS requests; QEMU offers a vIOMMU only with it and REPLY_ACK.
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::BACKEND_REQ
 }
 
 /// Largest split ring the virtio spec allows (Queue Size is at most 32768).
@@ -281,6 +287,11 @@ mod tests {
             assert_ne!(f & (1 << b), 0, "bit {b}");
         }
         assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        assert_ne!(f & (1 << crate::iommu::VIRTIO_F_ACCESS_PLATFORM), 0);
+        let p = offered_protocol_features();
+        assert!(p.contains(
+            VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::REPLY_ACK
+        ));
         cfg.queue_pairs = 2;
         assert_ne!(offered_features(&cfg) & (1 << VIRTIO_NET_F_MQ), 0);
     }

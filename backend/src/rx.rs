@@ -232,7 +232,7 @@ impl<'a> RxQueue<'a> {
                 Ok(c) => c,
                 // The driver's buffer is not mapped for the device (a MISS went out): like any
                 // chain the device refuses, it is completed empty, with the ones gathered before
-                // it, and the queue goes on; the frame is lost.
+                // it, and the queue goes on (it is not isolated); the frame is lost.
                 Err(ring::ChainError::Iommu(f)) => {
                     for i in 0..=k {
                         let head = match self.scratch.chains.get(usize::from(i)) {
@@ -246,7 +246,8 @@ impl<'a> RxQueue<'a> {
                     self.held
                         .session
                         .warn_once(Warn::IommuFault, &format_args!("RX chain {head}: {f}"));
-                    return Err(DropReason::MalformedChain);
+                    // The sender sees what a broken receiver ring shows it.
+                    return Err(DropReason::DestinationDown);
                 }
                 Err(e) => {
                     self.tally.drop(DropReason::MalformedChain);

@@ -321,6 +321,13 @@ pub struct Driver {
     pub pairs: usize,
     queues: Vec<DriverQueue>,
     host_base: u64,
+    /// With a vIOMMU (ACCESS_PLATFORM): what the device is given for guest address g is the
+    /// IOVA g + iova (0 without).
+    iova: u64,
+    /// With a vIOMMU: a second handle on the vhost-user socket, for the IOTLB messages the
+    /// vhost crate's frontend cannot send, and our end of the back-end request channel.
+    raw: Option<std::os::unix::net::UnixStream>,
+    pub backend_channel: Option<std::os::unix::net::UnixStream>,
 }
 
 /// A raw descriptor for hand-made (possibly malformed) chains. `next` is absolute.
@@ -335,6 +342,22 @@ pub struct RawDesc {
 impl Driver {
     /// Connects and negotiates, without starting rings (like QEMU at start-up).
     pub fn connect(path: &Path, want: u64, pairs: usize) -> Driver {
+        Self::connect_with(path, want, pairs, None)
+    }
+
+    /// Connects with a vIOMMU: negotiates ACCESS_PLATFORM and BACKEND_REQ, and maps all of guest
+    /// memory at IOVA `iova` (read-write, in 64 KiB entries) before any ring is set up.
+    pub fn connect_iommu(path: &Path, want: u64, pairs: usize, iova: u64) -> Driver {
+        let d = Self::connect_with(path, want | (1u64 << 33), pairs, Some(iova));
+        assert!(d.has(33), "the daemon offers ACCESS_PLATFORM");
+        let size = d.mem.last_addr().0 + 1;
+        for off in (0..size).step_by(0x10000) {
+            d.iotlb_update(iova + off, 0x10000, d.host_base + off, 3);
+        }
+        d
+    }
+
+    fn connect_with(path: &Path, want: u64, pairs: usize, iova: Option<u64>) -> Driver {
         let nq = 2 * pairs;
         let size = QUEUE_SPAN * nq as u64;
         // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
@@ -354,18 +377,26 @@ impl Driver {
         let info = VhostUserMemoryRegionInfo::from_guest_region(r).unwrap();
         let host_base = info.userspace_addr;
 
-        let mut fe = Frontend::connect(path, nq as u64).unwrap();
+        let sock = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let raw = iova.map(|_| sock.try_clone().unwrap());
+        let mut fe = Frontend::from_stream(sock, nq as u64);
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
         let features = want & offered;
         fe.set_features(features).unwrap();
         let pf = fe.get_protocol_features().unwrap();
-        fe.set_protocol_features(
-            pf & (VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS),
-        )
-        .unwrap();
+        let mut proto = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if iova.is_some() {
+            proto |= VhostUserProtocolFeatures::BACKEND_REQ;
+        }
+        fe.set_protocol_features(pf & proto).unwrap();
+        let backend_channel = iova.map(|_| {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            fe.set_backend_request_fd(&theirs).unwrap();
+            ours
+        });
         assert!(fe.get_queue_num().unwrap() >= nq as u64);
         fe.set_mem_table(&[info]).unwrap();
         let queues = (0..nq)
@@ -386,7 +417,65 @@ impl Driver {
             pairs,
             queues,
             host_base,
+            iova: iova.unwrap_or(0),
+            raw,
+            backend_channel,
         }
+    }
+
+    /// Sends one IOTLB_MSG (front-end request 22, NEED_REPLY) and returns the daemon's ack.
+    fn iotlb_msg(&self, iova: u64, size: u64, uaddr: u64, perm: u8, kind: u8) -> u64 {
+        use std::io::{Read, Write};
+        let mut m = Vec::new();
+        for v in [22u32, 1 | 8, 32] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [iova, size, uaddr] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(&[perm, kind, 0, 0, 0, 0, 0, 0]);
+        let mut s = self.raw.as_ref().expect("a vIOMMU driver");
+        s.write_all(&m).unwrap();
+        let mut r = [0u8; 20];
+        s.read_exact(&mut r).unwrap();
+        assert_eq!(&r[..12], &[22, 0, 0, 0, 5, 0, 0, 0, 8, 0, 0, 0]);
+        u64::from_le_bytes(r[12..].try_into().unwrap())
+    }
+
+    /// IOTLB UPDATE: `size` bytes at `iova` are QEMU VA `uaddr` with `perm` (1 RO, 2 WO, 3 RW).
+    pub fn iotlb_update(&self, iova: u64, size: u64, uaddr: u64, perm: u8) {
+        assert_eq!(
+            self.iotlb_msg(iova, size, uaddr, perm, 2),
+            0,
+            "update acked"
+        );
+    }
+
+    /// IOTLB INVALIDATE, acked only once the daemon no longer uses the range.
+    pub fn iotlb_invalidate(&self, iova: u64, size: u64) {
+        assert_eq!(self.iotlb_msg(iova, size, 0, 0, 3), 0, "invalidate acked");
+    }
+
+    /// The IOVA the device is given for guest address `gpa`.
+    pub fn iova_of(&self, gpa: u64) -> u64 {
+        gpa.wrapping_add(self.iova)
+    }
+
+    /// QEMU's (our) virtual address of guest address `gpa`.
+    pub fn va_of(&self, gpa: u64) -> u64 {
+        self.host_base + gpa
+    }
+
+    /// The next IOTLB MISS on the back-end channel within `timeout`: (iova, perm).
+    pub fn read_miss(&self, timeout: Duration) -> Option<(u64, u8)> {
+        use std::io::Read;
+        let mut s = self.backend_channel.as_ref().expect("a vIOMMU driver");
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let mut m = [0u8; 44];
+        s.read_exact(&mut m).ok()?;
+        assert_eq!(&m[..12], &[1, 0, 0, 0, 1, 0, 0, 0, 32, 0, 0, 0]);
+        assert_eq!(m[37], 1, "type MISS");
+        Some((u64::from_le_bytes(m[12..20].try_into().unwrap()), m[36]))
     }
 
     /// Connects and starts every ring: what virtio_net's probe causes.
@@ -402,6 +491,14 @@ impl Driver {
 
     /// Fresh rings (as after a driver reset) and the vhost-user ring start sequence.
     pub fn start_rings(&mut self) {
+        let (iova, host_base) = (self.iova, self.host_base);
+        let ring_addr = |gpa: u64| {
+            if self.raw.is_some() {
+                gpa + iova
+            } else {
+                host_base + gpa
+            }
+        };
         for qi in 0..self.queues.len() {
             let q = &mut self.queues[qi];
             let zero = vec![0u8; RING_AREA as usize];
@@ -413,9 +510,10 @@ impl Driver {
                 queue_max_size: QSIZE,
                 queue_size: QSIZE,
                 flags: 0,
-                desc_table_addr: self.host_base + q.desc(),
-                used_ring_addr: self.host_base + q.used(),
-                avail_ring_addr: self.host_base + q.avail(),
+                // QEMU's VAs, or with a vIOMMU the rings' IOVAs.
+                desc_table_addr: ring_addr(q.desc()),
+                used_ring_addr: ring_addr(q.used()),
+                avail_ring_addr: ring_addr(q.avail()),
                 log_addr: None,
             };
             self.fe.set_vring_num(qi, QSIZE).unwrap();
@@ -443,7 +541,7 @@ impl Driver {
     fn write_desc(&self, qi: usize, i: u16, d: RawDesc) {
         let q = &self.queues[qi];
         let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&d.addr.to_le_bytes());
+        b[..8].copy_from_slice(&self.iova_of(d.addr).to_le_bytes());
         b[8..12].copy_from_slice(&d.len.to_le_bytes());
         b[12..14].copy_from_slice(&d.flags.to_le_bytes());
         b[14..16].copy_from_slice(&d.next.to_le_bytes());

@@ -306,6 +306,9 @@ impl Driver {
             pairs,
             queues,
             host_base,
+            iova: 0,
+            raw: None,
+            backend_channel: None,
         })
     }
 

@@ -1,0 +1,174 @@
+//! The real daemon with vIOMMU frontends: drivers that negotiate VIRTIO_F_ACCESS_PLATFORM, map
+//! their memory with IOTLB messages at IOVAs far from their guest addresses, and put IOVAs in
+//! rings and descriptors, as a guest behind QEMU's intel-iommu does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// IOVAs each partition's memory is mapped at (its guest addresses start at 0).
+const PF_IOVA: u64 = 0x40_0000_0000;
+const VF_IOVA: u64 = 0x7_0000_0000;
+/// A guest address beyond every test driver's memory: its IOVA is never mapped.
+const NOWHERE: u64 = 0x1000_0000;
+
+fn two() -> (Daemon, Driver, Driver) {
+    let d = Daemon::start(&["--vfs", "1"]);
+    let mut pf = Driver::connect_iommu(&d.sock("pf"), plain(), 1, PF_IOVA);
+    pf.start_rings();
+    let mut vf0 = Driver::connect_iommu(&d.sock("vf0"), plain(), 1, VF_IOVA);
+    vf0.start_rings();
+    d.wait_state("pf", "started");
+    d.wait_state("vf0", "started");
+    (d, pf, vf0)
+}
+
+fn drops(d: &Daemon, name: &str) -> u64 {
+    d.partition(name)["counters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("drop_"))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+fn wait_counter(d: &Daemon, name: &str, key: &str, want: u64) {
+    wait_for(
+        Duration::from_secs(5),
+        || d.counter(name, key) == want,
+        &format!("{name} {key} = {want}"),
+    );
+}
+
+#[test]
+fn frames_cross_partitions_through_the_iotlb_byte_exact() {
+    let (d, mut pf, mut vf0) = two();
+    let (m_pf, m0) = (d.mac("pf"), d.mac("vf0"));
+    pf.post_rx(0, 16, 2048);
+    vf0.post_rx(0, 16, 2048);
+    // A chain of three descriptors, each an IOVA.
+    let f1 = test_frame(m0, m_pf, 1, 100);
+    pf.send_split(0, &[0; NET_HDR_LEN], &f1, &[NET_HDR_LEN, 5]);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f1);
+    let f2 = test_frame(m_pf, m0, 2, 1500);
+    vf0.send(0, &f2);
+    assert_eq!(pf.recv_n(0, 1)[0].1, f2);
+    // Mergeable RX over small buffers, written through the receiver's IOTLB.
+    vf0.post_rx(0, 8, 256);
+    let f3 = test_frame(m0, m_pf, 3, 1000);
+    for _ in 0..15 {
+        // Use up the large buffers first.
+        pf.send(0, &test_frame(m0, m_pf, 4, 60));
+    }
+    assert_eq!(vf0.recv_n(0, 15).len(), 15);
+    pf.send(0, &f3);
+    let got = vf0.recv_n(0, 1);
+    assert_eq!(got[0].1, f3);
+    assert!(got[0].0.num_buffers > 1, "{:?}", got[0].0);
+    assert_eq!((drops(&d, "pf"), drops(&d, "vf0")), (0, 0));
+    // Everything was mapped beforehand: nothing was asked for.
+    assert_eq!(pf.read_miss(Duration::from_millis(50)), None);
+    assert_eq!(vf0.read_miss(Duration::from_millis(50)), None);
+}
+
+#[test]
+fn an_unmapped_tx_buffer_is_a_malformed_chain_and_a_miss_on_that_partition_only() {
+    let (d, mut pf, mut vf0) = two();
+    pf.post_rx(0, 4, 2048);
+    vf0.post_rx(0, 4, 2048);
+    vf0.post_raw(
+        1,
+        &[RawDesc {
+            addr: NOWHERE,
+            len: 100,
+            flags: 0,
+            next: 0,
+        }],
+    );
+    assert_eq!(vf0.wait_tx_done(0, 1).len(), 1, "completed all the same");
+    wait_counter(&d, "vf0", "drop_malformed_chain", 1);
+    assert_eq!(
+        vf0.read_miss(Duration::from_secs(2)),
+        Some((VF_IOVA + NOWHERE, 1)),
+        "a read MISS for the buffer's IOVA"
+    );
+    assert_eq!(drops(&d, "pf"), 0);
+    assert_eq!(pf.read_miss(Duration::from_millis(50)), None);
+    // The queue goes on: the next frame, mapped, crosses.
+    let f = test_frame(d.mac("pf"), d.mac("vf0"), 9, 80);
+    vf0.send(0, &f);
+    assert_eq!(pf.recv_n(0, 1)[0].1, f);
+    assert!(d.log().contains("no IOTLB entry for IOVA"), "{}", d.log());
+}
+
+#[test]
+fn a_read_only_rx_buffer_is_returned_empty_and_asked_for_with_write_permission() {
+    let (d, mut pf, mut vf0) = two();
+    let (m_pf, m0) = (d.mac("pf"), d.mac("vf0"));
+    // VF0's next RX buffer is mapped read-only for the device.
+    let id = vf0.next_free(0);
+    let gpa = vf0.slot_addr(0, id);
+    let iova = vf0.iova_of(gpa);
+    vf0.iotlb_update(iova, 0x1000, vf0.va_of(gpa), 1);
+    vf0.post_rx(0, 1, 2048);
+    pf.send(0, &test_frame(m0, m_pf, 1, 64));
+    pf.wait_tx_done(0, 1);
+    wait_counter(&d, "vf0", "drop_malformed_chain", 1);
+    assert_eq!(
+        vf0.take_used(0),
+        vec![(id, 0)],
+        "the buffer came back empty"
+    );
+    assert_eq!(vf0.read_miss(Duration::from_secs(2)), Some((iova, 2)));
+    // The sender sees a destination that could not take the frame, as with any receiver-side
+    // ring fault; its own chain was fine.
+    assert_eq!(d.counter("pf", "drop_malformed_chain"), 0);
+    assert_eq!(d.counter("pf", "drop_destination_down"), 1);
+    assert_eq!(pf.read_miss(Duration::from_millis(50)), None);
+    // Mapped writable again (QEMU's answer), the same buffer works.
+    vf0.iotlb_update(iova, 0x1000, vf0.va_of(gpa), 3);
+    vf0.post_rx(0, 1, 2048);
+    let f = test_frame(m0, m_pf, 2, 64);
+    pf.send(0, &f);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f);
+}
+
+#[test]
+fn after_an_invalidate_the_old_mapping_is_not_used() {
+    let (d, mut pf, mut vf0) = two();
+    let (m_pf, m0) = (d.mac("pf"), d.mac("vf0"));
+    vf0.post_rx(0, 8, 2048);
+    let f = test_frame(m0, m_pf, 1, 64);
+    pf.send(0, &f);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f);
+    pf.wait_tx_done(0, 1);
+    // The page of PF's next TX buffer is unmapped; the ack means the daemon is done with it.
+    let id = pf.next_free(1);
+    let gpa = pf.slot_addr(1, id);
+    pf.iotlb_invalidate(pf.iova_of(gpa), 0x1000);
+    pf.send(0, &test_frame(m0, m_pf, 2, 64));
+    pf.wait_tx_done(0, 1);
+    wait_counter(&d, "pf", "drop_malformed_chain", 1);
+    assert_eq!(
+        pf.read_miss(Duration::from_secs(2)),
+        Some((pf.iova_of(gpa), 1))
+    );
+    assert!(
+        vf0.recv(0).is_empty(),
+        "nothing arrived from the unmapped buffer"
+    );
+    assert_eq!(drops(&d, "vf0"), 0);
+    // Answering the miss brings the page back.
+    pf.iotlb_update(pf.iova_of(gpa), 0x1000, pf.va_of(gpa), 3);
+    let id2 = pf.next_free(1);
+    assert_eq!(
+        id2, id,
+        "the driver reuses the freed descriptor and its buffer"
+    );
+    let f = test_frame(m0, m_pf, 3, 64);
+    pf.send(0, &f);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f);
+}
