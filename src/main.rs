@@ -106,6 +106,11 @@ enum Command {
         /// the NIC needs, and the NIC's arguments in <qemu:commandline>.
         #[arg(long, conflicts_with = "shell")]
         libvirt: bool,
+        /// Give the guest a vIOMMU (intel-iommu, interrupt remapping, device IOTLB) and put the
+        /// PF and every VF behind it (iommu_platform=on,ats=on): DMA isolation for vfio or DPDK
+        /// in the guest. QEMU >= 10.1 with KVM needs the split irqchip this adds to -machine.
+        #[arg(long, conflicts_with = "libvirt")]
+        iommu: bool,
     },
     /// Administer and query a running daemon, in `ip link`'s words.
     Ctl {
@@ -180,13 +185,14 @@ fn main() -> ExitCode {
             shell,
             nic_only,
             libvirt,
+            iommu,
         }) => {
             let format = match (libvirt, shell) {
                 (true, _) => QemuFormat::Libvirt,
                 (false, true) => QemuFormat::Shell,
                 (false, false) => QemuFormat::Lines,
             };
-            run_qemu_args(&config, &memory, nic_only, format)
+            run_qemu_args(&config, &memory, nic_only, iommu, format)
         }
         Some(Command::Ctl {
             socket_dir,
@@ -322,7 +328,13 @@ enum QemuFormat {
     Libvirt,
 }
 
-fn run_qemu_args(a: &ConfigArgs, memory: &str, nic_only: bool, format: QemuFormat) -> ExitCode {
+fn run_qemu_args(
+    a: &ConfigArgs,
+    memory: &str,
+    nic_only: bool,
+    iommu: bool,
+    format: QemuFormat,
+) -> ExitCode {
     let cfg = match load_config(a) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
@@ -340,10 +352,15 @@ fn run_qemu_args(a: &ConfigArgs, memory: &str, nic_only: bool, format: QemuForma
             Err(e) => fail(EXIT_BAD_INPUT, &e),
         };
     }
-    let args = match qemu::args(&cfg, (!nic_only).then_some(mib)) {
+    let args = match qemu::args_with(&cfg, (!nic_only).then_some(mib), iommu) {
         Ok(a) => a,
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
+    if nic_only && iommu {
+        eprintln!(
+            "note: intel-iommu with intremap=on needs -machine ...,kernel-irqchip=split under KVM"
+        );
+    }
     let vcpus = qemu::min_vcpus(&cfg);
     if nic_only && vcpus > 1 {
         eprintln!(

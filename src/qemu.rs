@@ -76,18 +76,44 @@ fn device_opts(cfg: &PartitionConfig) -> String {
 /// ([`min_vcpus`]); without it, those are left to the caller (e.g. libvirt's `<memoryBacking>`
 /// and `<vcpu>`).
 pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, QemuArgsError> {
+    args_with(config, memory_mib, false)
+}
+
+/// The intel-iommu device `--iommu` adds. intremap needs KVM's irqchip split (the machine line
+/// gets it). device-iotlb lets the guest enable ATS on the NIC's functions (`ats=on`); QEMU then
+/// sends the daemon the device-IOTLB invalidations, as vhost-kernel setups do. Without ATS QEMU
+/// would still forward the IOMMU's own unmaps (hw/virtio/vhost.c picks the notifier by
+/// `device_iotlb_enabled`), so either works; this is the documented vhost configuration.
+pub const INTEL_IOMMU: &str = "intel-iommu,intremap=on,device-iotlb=on";
+
+/// [`args`], with `iommu`: a vIOMMU in the guest ([`INTEL_IOMMU`], before any PCI device) and
+/// `iommu_platform=on,ats=on` on the PF and every VF, so the guest's DMA API (and vfio in the
+/// guest) gives the NIC IOVAs that the daemon translates through its IOTLB.
+pub fn args_with(
+    config: &Config,
+    memory_mib: Option<u64>,
+    iommu: bool,
+) -> Result<Vec<String>, QemuArgsError> {
     let mut a: Vec<String> = Vec::new();
     if let Some(m) = memory_mib {
+        let machine = if iommu {
+            "q35,memory-backend=sriov-mem,kernel-irqchip=split"
+        } else {
+            "q35,memory-backend=sriov-mem"
+        };
         a.extend([
             "-object".into(),
             format!("memory-backend-memfd,id=sriov-mem,size={m}M,share=on"),
             "-machine".into(),
-            "q35,memory-backend=sriov-mem".into(),
+            machine.into(),
             "-m".into(),
             format!("{m}M"),
             "-smp".into(),
             min_vcpus(config).to_string(),
         ]);
+    }
+    if iommu {
+        a.extend(["-device".into(), INTEL_IOMMU.into()]);
     }
     let qmp = config.socket_dir.join(crate::qmp::QMP_SOCKET);
     a.extend([
@@ -139,9 +165,14 @@ pub fn args(config: &Config, memory_mib: Option<u64>) -> Result<Vec<String>, Qem
             Role::Pf => format!("id={PF_ID},romfile="),
             Role::Vf(_) => format!("id={},sriov-pf={PF_ID}", crate::qmp::device_id(*role)),
         };
+        let dma = if iommu {
+            ",iommu_platform=on,ats=on"
+        } else {
+            ""
+        };
         a.push("-device".into());
         a.push(format!(
-            "virtio-net-pci,bus={ROOT_PORT_ID},{addr},netdev=sriov-{name}-net,{owner},{}",
+            "virtio-net-pci,bus={ROOT_PORT_ID},{addr},netdev=sriov-{name}-net,{owner},{}{dma}",
             device_opts(cfg)
         ));
     }
@@ -369,5 +400,35 @@ mod tests {
         );
         assert_eq!(shell_quote("romfile="), "romfile=");
         assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn iommu_adds_the_vtd_first_and_dma_translation_on_every_function() {
+        let c = cfg("vfs = 2");
+        let a = args_with(&c, Some(512), true).unwrap();
+        let iommu = a.iter().position(|s| s == INTEL_IOMMU).unwrap();
+        assert_eq!(a[iommu - 1], "-device");
+        let first_pci = a
+            .iter()
+            .position(|s| s.starts_with("pcie-root-port"))
+            .unwrap();
+        assert!(iommu < first_pci, "intel-iommu before every PCI device");
+        assert!(a.contains(&"q35,memory-backend=sriov-mem,kernel-irqchip=split".to_string()));
+        let devs: Vec<&String> = a
+            .iter()
+            .filter(|s| s.starts_with("virtio-net-pci"))
+            .collect();
+        assert_eq!(devs.len(), 3);
+        for d in devs {
+            assert!(d.ends_with(",iommu_platform=on,ats=on"), "{d}");
+        }
+        // Without it, nothing of the kind; the NIC-only form still carries the vIOMMU.
+        let plain = args(&c, Some(512)).unwrap();
+        assert!(!plain
+            .iter()
+            .any(|s| s.contains("iommu") || s.contains("irqchip")));
+        let nic = args_with(&c, None, true).unwrap();
+        assert!(nic.contains(&INTEL_IOMMU.to_string()));
+        assert!(!nic.iter().any(|s| s.starts_with("q35")));
     }
 }
