@@ -5,8 +5,9 @@
 # (scripts/guest/) on QEMU with the device arguments from `vhost-user-sriov-net qemu-args`, lets the
 # guest run its scenarios (a..o; which ones depends on the setup, see E2E_ONLY) while
 # scripts/e2e_sync.py snapshots the daemon's counters at the guest's checkpoints (second serial
-# port), then evaluates everything with scripts/e2e_check.py. Prints a summary table; exits
-# non-zero on any FAIL, missing result or timeout.
+# port) and restarts the daemon when the guest asks (RESTART), then evaluates everything with
+# scripts/e2e_check.py. Prints a summary table; exits non-zero on any FAIL, missing result or
+# timeout.
 #
 # Results (console.log, daemon.log, qemu.log, sync.log, snap-*.json, summary.txt/json) go to
 # E2E_RESULTS (default <repo>/results/e2e-<timestamp>).
@@ -98,6 +99,7 @@ RUNDIR=
 WATCHDOG_PID=
 CHILD_PID=
 DAEMON_PID=
+DAEMON_CHILD=1
 SYNC_PID=
 QEMU_PID=
 TAIL_PID=
@@ -118,7 +120,15 @@ die() {
     exit 1
 }
 
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+# alive PID: PID is running. A zombie (a child killed but not reaped yet, like the daemon after a
+# RESTART) answers kill -0 but does not count.
+alive() {
+    local st
+    [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
+    read -r st 2>/dev/null <"/proc/$1/stat" || return 1
+    st=${st##*) }
+    [ "${st%% *}" != Z ]
+}
 
 # stop_pid PID [GROUP]: SIGTERM, up to 5 s grace, then SIGKILL. GROUP=1: signal the process group
 # whose leader is PID (for children started with setsid).
@@ -149,6 +159,8 @@ cleanup() {
     stop_pid "$TAIL_PID"
     stop_pid "$SYNC_PID"
     stop_pid "$DAEMON_PID"
+    # A daemon scripts/e2e_sync.py started again (RESTART) is named by the ready file only.
+    [ -n "$RUNDIR" ] && stop_pid "$(ready_pid)"
     stop_pid "$CHILD_PID" 1
     stop_pid "$LV_LIBVIRTD_PID" 1
     stop_pid "$LV_VIRTLOGD_PID" 1
@@ -242,11 +254,14 @@ daemon_common_args() {
 }
 
 start_daemon() {
-    local ready=$RUNDIR/daemon.ready i pid_in_file
+    local ready=$RUNDIR/daemon.ready i pid_in_file cmd
     daemon_common_args
     mkdir -p "$RUNDIR/sock"
+    cmd=(env "RUST_LOG=${RUST_LOG:-info}" "${DAEMON_AS[@]}" "$BIN" "${DARGS[@]}" --ready-file "$ready")
+    # The same command, NUL-separated, for scripts/e2e_sync.py to start the daemon again (RESTART).
+    printf '%s\0' "${cmd[@]}" >"$RUNDIR/daemon.cmd"
     say "starting daemon: $BIN ${DARGS[*]} --ready-file $ready"
-    RUST_LOG=${RUST_LOG:-info} "${DAEMON_AS[@]}" "$BIN" "${DARGS[@]}" --ready-file "$ready" >"$RESULTS/daemon.log" 2>&1 &
+    "${cmd[@]}" >"$RESULTS/daemon.log" 2>&1 &
     DAEMON_PID=$!
     for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
         [ -s "$ready" ] && break
@@ -260,6 +275,44 @@ start_daemon() {
     pid_in_file=$(tr -d ' \n' <"$ready")
     [ "$pid_in_file" = "$DAEMON_PID" ] || say "WARNING: ready file holds '$pid_in_file', daemon PID is $DAEMON_PID"
     say "daemon ready (PID $DAEMON_PID) after $((i / 10)).$((i % 10))s"
+}
+
+# ready_pid: the PID the daemon's ready file names (none once a daemon has exited cleanly).
+ready_pid() { tr -d ' \n' 2>/dev/null <"$RUNDIR/daemon.ready" || true; }
+
+# adopt_restarted_daemon: after a RESTART (scripts/e2e_sync.py killed the daemon with SIGKILL and
+# started the same command again), the daemon is the one the ready file names. Reap the killed
+# one, our child, and follow the new one; it is not our child, so its exit status comes from the
+# file its launcher writes, RUNDIR/daemon-<pid>.exit.
+adopt_restarted_daemon() {
+    local pid rc=0
+    pid=$(ready_pid)
+    [ -n "$pid" ] && [ "$pid" != "$DAEMON_PID" ] || return 0
+    if [ "$DAEMON_CHILD" = 1 ]; then
+        wait "$DAEMON_PID" || rc=$?
+        say "daemon PID $DAEMON_PID (killed by a RESTART) exit status: $rc"
+    fi
+    say "following the restarted daemon, PID $pid"
+    DAEMON_PID=$pid
+    DAEMON_CHILD=0
+}
+
+# daemon_exit_status: the exit status of the daemon that has just stopped.
+daemon_exit_status() {
+    local i rc=0
+    if [ "$DAEMON_CHILD" = 1 ]; then
+        wait "$DAEMON_PID" || rc=$?
+        echo "$rc"
+        return
+    fi
+    for ((i = 0; i < 50; i++)); do
+        if [ -s "$RUNDIR/daemon-$DAEMON_PID.exit" ]; then
+            tr -d ' \n' <"$RUNDIR/daemon-$DAEMON_PID.exit"
+            return
+        fi
+        sleep 0.1
+    done
+    echo "unknown (no $RUNDIR/daemon-$DAEMON_PID.exit)"
 }
 
 ctl_show() {
@@ -289,6 +342,7 @@ daemon_setup() {
 
 final_snapshot() {
     local i
+    adopt_restarted_daemon
     # QEMU is gone: give the daemon a moment to notice every disconnect.
     for ((i = 0; i < 50; i++)); do
         alive "$DAEMON_PID" || break
@@ -313,8 +367,7 @@ final_snapshot() {
             kill -KILL "$DAEMON_PID" 2>/dev/null || true
             wait "$DAEMON_PID" 2>/dev/null || true
         else
-            DAEMON_EXIT=0
-            wait "$DAEMON_PID" || DAEMON_EXIT=$?
+            DAEMON_EXIT=$(daemon_exit_status)
         fi
     else
         DAEMON_EXIT="not running after QEMU exited"
@@ -502,7 +555,9 @@ main() {
         sync_args=(--standin)
     else
         daemon_setup
-        sync_args=(--ctl "$BIN" --socket-dir "$RUNDIR/sock")
+        sync_args=(--ctl "$BIN" --socket-dir "$RUNDIR/sock" --daemon-cmd "$RUNDIR/daemon.cmd"
+            --daemon-ready "$RUNDIR/daemon.ready" --daemon-log "$RESULTS/daemon.log"
+            --ready-timeout "$READY_TIMEOUT")
     fi
     [ "$VFS" -ge 2 ] || die "the scenarios need at least 2 VFs (have $VFS)"
     say "$VFS VFs, MACs $MACS"

@@ -33,7 +33,9 @@ Host checks (daemon mode), by scenario; P = pings (= ARP requests in d), "delta"
   h  QEMU exited by itself with status 0 and the console shows the power-down (no panic); then
      snapshot "final" (taken by the runner after QEMU exited): every partition "waiting" with
      connects == 1 and disconnects == 1 (QEMU never had to reconnect); the daemon was still
-     running, and exited 0 on SIGTERM.
+     running, and exited 0 on SIGTERM. After a RESTART that is the new daemon; the last
+     snapshot of each daemon killed by a restart has every partition at connects == 1 and
+     disconnects == 0 (no reconnect before the kill).
   i  i-down: vf0 link down and stopped; i-vlan: VLANs set; i-vlan -> i-end: VLAN 10 traffic, vf2 heard
      nothing.
   j  (unmanaged PF) j-stub: pf not "started"; j-stub -> j-rebound (the whole time the PF is on
@@ -55,6 +57,8 @@ Host checks (daemon mode), by scenario; P = pings (= ARP requests in d), "delta"
   n  (shared group) n-start -> n-end: no VF started (they are only ever bound to vfio-pci);
      n-stub: pf not "started"; n-end: pf "started".
   o  (many VFs) o-start: pf and every VF "started"; o-start -> o-end: the last VF and pf rx/tx >= P.
+Snapshots of different daemons (before and after a restart) are never compared: their counters
+start from zero in each daemon (a delta across them is a FAIL).
 In stand-in mode (no daemon) the host checks are skipped, except h's QEMU/console part.
 """
 
@@ -143,19 +147,43 @@ def cmd_all_waiting(args):
 
 # ---------------------------------------------------------------- report
 
+class Snap(dict):
+    """A snapshot's partitions by name, with the snapshot's name and the daemon that answered it
+    (its index in daemons.json: 0 for the first daemon, 1 after the first restart, ...)."""
+
+    def __init__(self, parts, name, daemon):
+        super().__init__(parts)
+        self.name = name
+        self.daemon = daemon
+
+
 class Run:
     def __init__(self, args):
         self.args = args
         self.dir = args.results
         self.pings = args.pings
         self.vfs = [f"vf{i}" for i in range(args.vfs)]
+        # daemons.json (scripts/e2e_sync.py): each daemon's PID and the snapshots it answered.
+        # Without it (stand-in mode, or no snapshots yet) there was one daemon throughout.
+        try:
+            self.daemons = load_json(os.path.join(self.dir, "daemons.json"))["daemons"]
+        except (OSError, ValueError, KeyError):
+            self.daemons = [{"pid": None, "snapshots": []}]
+
+    def daemon_of(self, name):
+        """The daemon that answered snapshot NAME; one that e2e_sync.py did not take (final) is the
+        last daemon's."""
+        for i, d in enumerate(self.daemons):
+            if name in d.get("snapshots", []):
+                return i
+        return len(self.daemons) - 1
 
     def snap(self, name):
         path = os.path.join(self.dir, f"snap-{name}.json")
         if not os.path.exists(path):
             raise CheckError(f"snapshot {name} missing (see sync.log)")
         try:
-            return partitions(load_json(path))
+            return Snap(partitions(load_json(path)), name, self.daemon_of(name))
         except (OSError, ValueError) as err:
             raise CheckError(f"snapshot {name} unreadable: {err}") from err
 
@@ -176,6 +204,11 @@ class Run:
 
 
 def delta(start, end, part, key):
+    d0, d1 = getattr(start, "daemon", 0), getattr(end, "daemon", 0)
+    if d0 != d1:
+        raise CheckError(f"{part} {key}: snapshots {getattr(start, 'name', '?')} and "
+                         f"{getattr(end, 'name', '?')} come from different daemons (restarted "
+                         "in between): their counters cannot be compared")
     if key in ("starts", "stops"):
         return end[part][key] - start[part][key]
     return end[part]["counters"][key] - start[part]["counters"][key]
@@ -459,9 +492,26 @@ def host_h(run):
         need(p["connects"] == 1 and p["disconnects"] == 1,
              f"{n} connects {p['connects']} disconnects {p['disconnects']}, expected 1/1 "
              "(a connection was dropped and QEMU reconnected)")
+    # Each daemon killed by a restart: no reconnect up to its last snapshot.
+    killed = []
+    for i, d in enumerate(run.daemons[:-1]):
+        if not d.get("snapshots"):
+            continue
+        last = run.snap(d["snapshots"][-1])
+        need(last.daemon == i, f"snapshot {last.name} is not daemon {i}'s")
+        for n in ["pf"] + run.vfs:
+            p = last[n]
+            need(p["connects"] == 1 and p["disconnects"] == 0,
+                 f"{n} connects {p['connects']} disconnects {p['disconnects']} in {last.name}, "
+                 f"the last snapshot of daemon PID {d.get('pid')} before its restart, expected 1/0")
+        killed.append(str(d.get("pid")))
     need(run.args.daemon_alive == 1, "daemon was not running after QEMU exited")
     need(run.args.daemon_exit == "0", f"daemon exit status on SIGTERM: {run.args.daemon_exit}")
-    return detail + "; all partitions waiting, daemon alive, exited 0 on SIGTERM"
+    restarts = ""
+    if killed:
+        restarts = (f"; restarted daemon PID {run.daemons[-1].get('pid')} (after "
+                    f"{' '.join(killed)} killed) served through the end")
+    return detail + "; all partitions waiting, daemon alive, exited 0 on SIGTERM" + restarts
 
 
 HOST_CHECKS = {"a": host_a, "b": host_b, "c": host_c, "d": host_d, "e": host_e, "f": host_f,

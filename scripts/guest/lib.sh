@@ -90,26 +90,34 @@ snap() {
     return 1
 }
 
-# hostctl NAME WORDS...: the host runs `ctl WORDS` on the daemon (the operator's side of an
-# admin scenario) and answers ACK NAME once it is done. Needs the sync channel.
-hostctl() {
-    local _name=$1
-    shift
-    [ "$SYNC_OK" = 1 ] || { log "hostctl $_name: no host channel"; return 1; }
-    echo "CTL $_name $*" >&3
+# host_ask KIND NAME [WORDS...]: send "KIND NAME WORDS" to the host, wait for ACK NAME (0) or
+# NAK NAME (1). Needs the sync channel.
+host_ask() {
+    local _kind=$1 _name=$2 _line
+    shift 2
+    [ "$SYNC_OK" = 1 ] || { log "$_kind $_name: no host channel"; return 1; }
+    echo "$_kind $_name${*:+ $*}" >&3
     # shellcheck disable=SC3045 # busybox ash has read -t
     while read -r -t "$SNAP_TIMEOUT" _line <&3; do
         case $_line in
             "ACK $_name") return 0 ;;
             "NAK $_name"*)
-                log "hostctl $_name refused: $_line"
+                log "$_kind $_name refused: $_line"
                 return 1
                 ;;
         esac
     done
-    log "hostctl $_name: no answer from host"
+    log "$_kind $_name: no answer from host"
     return 1
 }
+
+# hostctl NAME WORDS...: the host runs `ctl WORDS` on the daemon (the operator's side of an
+# admin scenario) and answers ACK NAME once it is done.
+hostctl() { host_ask CTL "$@"; }
+
+# host_restart NAME: the host kills the daemon with SIGKILL and starts it again, and answers ACK
+# NAME once the new daemon is ready (its sockets listen; QEMU has not reconnected yet).
+host_restart() { host_ask RESTART "$1"; }
 
 # ------------------------------------------------------------------ PCI / netdev helpers
 
