@@ -112,6 +112,21 @@ def running(pid):
     return pid is not None and proc_state(pid) not in (None, "Z")
 
 
+def dead(pid):
+    """PID and all its threads have exited, so its sockets are closed: it is gone, or a zombie
+    with no thread left but the leader (the leader of a killed process can be a zombie while its
+    other threads are still exiting)."""
+    state = proc_state(pid)
+    if state is None:
+        return True
+    if state != "Z":
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except OSError:
+        return True
+
+
 class Daemons:
     """Which daemon (PID) answered which snapshot: <results>/daemons.json."""
 
@@ -161,8 +176,7 @@ def restart_daemon(args, name):
         return None, f"no command in {args.daemon_cmd}"
     t_kill = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    # Dead once gone, or a zombie: the kernel has closed its sockets by then.
-    if not wait_until(lambda: not running(old), 10):
+    if not wait_until(lambda: dead(old), 10):
         return None, f"daemon PID {old} still running 10s after SIGKILL"
     t_dead = time.monotonic()
     try:
