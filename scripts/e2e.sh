@@ -3,9 +3,9 @@
 #
 # Runs scripts/provision.sh (fast when cached), starts vhost-user-sriov-net, boots the test guest
 # (scripts/guest/) on QEMU with the device arguments from `vhost-user-sriov-net qemu-args`, lets the
-# guest run its scenarios (a..o; which ones depends on the setup, see E2E_ONLY) while
+# guest run its scenarios (a..q; which ones depends on the setup, see E2E_ONLY) while
 # scripts/e2e_sync.py snapshots the daemon's counters at the guest's checkpoints (second serial
-# port) and restarts the daemon when the guest asks (RESTART), then evaluates everything with
+# port) and restarts the daemon when the guest asks (scenario p), then evaluates everything with
 # scripts/e2e_check.py. Prints a summary table; exits non-zero on any FAIL, missing result or
 # timeout.
 #
@@ -25,7 +25,7 @@
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
-#                      setup's set, abcdefghijkoq; abmolh with E2E_IOMMU=1; anh with
+#                      setup's set, abcdefghijkopq; abmolh with E2E_IOMMU=1; anh with
 #                      E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
 #   E2E_UPLINK         1 (default, except with E2E_IOMMU=1 or E2E_LIBVIRT=1 or E2E_STANDIN): the
 #                      daemon gets a stream uplink (--uplink stream:<run dir>/uplink.sock) and the
@@ -81,7 +81,7 @@ if [ "$ACS_REDIR_OFF" = 1 ]; then
 elif [ "$IOMMU" = 1 ]; then
     DEFAULT_IDS=abmolh
 else
-    DEFAULT_IDS=abcdefghijkoq
+    DEFAULT_IDS=abcdefghijkopq
 fi
 ONLY=${E2E_ONLY:-$DEFAULT_IDS}
 STANDIN=${E2E_STANDIN:-}

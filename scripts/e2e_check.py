@@ -33,7 +33,7 @@ Host checks (daemon mode), by scenario; P = pings (= ARP requests in d), "delta"
   h  QEMU exited by itself with status 0 and the console shows the power-down (no panic); then
      snapshot "final" (taken by the runner after QEMU exited): every partition "waiting" with
      connects == 1 and disconnects == 1 (QEMU never had to reconnect); the daemon was still
-     running, and exited 0 on SIGTERM. After a RESTART that is the new daemon; the last
+     running, and exited 0 on SIGTERM. After a restart (p) that is the new daemon; the last
      snapshot of each daemon killed by a restart has every partition at connects == 1 and
      disconnects == 0 (no reconnect before the kill).
   i  i-down: vf0 link down and stopped; i-vlan: VLANs set; i-vlan -> i-end: VLAN 10 traffic, vf2 heard
@@ -57,6 +57,17 @@ Host checks (daemon mode), by scenario; P = pings (= ARP requests in d), "delta"
   n  (shared group) n-start -> n-end: no VF started (they are only ever bound to vfio-pci);
      n-stub: pf not "started"; n-end: pf "started".
   o  (many VFs) o-start: pf and every VF "started"; o-start -> o-end: the last VF and pf rx/tx >= P.
+  p  (daemon restart under traffic) restart-p-restart.json: scripts/e2e_sync.py killed the daemon
+     with SIGKILL and a new one (another PID) got ready; p-start is the old daemon's snapshot and
+     p-end the new one's (daemons.json). p-start: vf0, vf1 and pf "started", every partition at
+     connects 1 / disconnects 0. p-end (fresh counters): every partition "started" with connects
+     == 1 and disconnects == 0 (QEMU reconnected each socket once and the guest's drivers were
+     started again). The guest's two pings ("E2E: restart-gap" lines) got replies again after the
+     restart: each reply after the ACK crossed the new daemon both ways, so each partition's
+     rx/tx_packets >= the sum of those replies over the pings it is in. The longest gap between
+     replies: vf0 -> vf1 (arp_evict_nocarrier=0, the restart's own gap) under
+     RESTART_GAP_BOUND_MS; pf -> vf1 (the guest's default, which re-resolves ARP after the carrier
+     loss) under that plus ARP_RETRANS_MS. Both gaps and the lost replies are in the row.
 Snapshots of different daemons (before and after a restart) are never compared: their counters
 start from zero in each daemon (a delta across them is a FAIL).
 In stand-in mode (no daemon) the host checks are skipped, except h's QEMU/console part.
@@ -68,11 +79,20 @@ import os
 import re
 import sys
 
-IDS = "abcdefghijklmnoq"
+IDS = "abcdefghijklmnopq"
 DROPS = ("drop_no_rx_buffer", "drop_spoofed_source", "drop_unknown_destination",
          "drop_destination_down", "drop_malformed_chain")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 RESULT_RE = re.compile(r"RESULT ([a-z]) (PASS|FAIL)\b ?(.*)$")
+GAP_RE = re.compile(r"E2E: restart-gap (\S+) (.*)$")
+# The longest gap between ping replies (every 20 ms) that p accepts across a daemon restart, with
+# neighbour entries kept over the carrier loss (arp_evict_nocarrier=0). With reconnect-ms=100
+# (qemu-args) it measured 130-230 ms under TCG on a loaded 2-vCPU machine; the bound leaves twice
+# that for slower runs and is half the 1.0-1.2 s that reconnect-ms=1000 gave.
+RESTART_GAP_BOUND_MS = 500
+# Linux's ARP retransmit time (retrans_time_ms): what a guest with the default
+# arp_evict_nocarrier=1 may add, its first ARP request lost while the carrier is down.
+ARP_RETRANS_MS = 1000
 
 
 class CheckError(Exception):
@@ -514,9 +534,89 @@ def host_h(run):
     return detail + "; all partitions waiting, daemon alive, exited 0 on SIGTERM" + restarts
 
 
+def restart_record(run, name):
+    path = os.path.join(run.dir, f"restart-{name}.json")
+    try:
+        return load_json(path)
+    except (OSError, ValueError) as err:
+        raise CheckError(f"no record of restart {name} ({err}; see sync.log)") from err
+
+
+def guest_gaps(run, name):
+    """The guest's "E2E: restart-gap NAME key=value ..." lines, as dicts (numbers as ints)."""
+    out = []
+    for line in read_console(run.dir).splitlines():
+        m = GAP_RE.search(line)
+        if not m or m.group(1) != name:
+            continue
+        g = dict(kv.split("=", 1) for kv in m.group(2).split() if "=" in kv)
+        try:
+            for k in ("arp_evict_nocarrier", "gap_ms", "lost", "replies", "after"):
+                g[k] = int(g[k])
+        except (KeyError, ValueError) as err:
+            raise CheckError(f"bad restart-gap line from the guest ({err}): {line!r}") from err
+        out.append(g)
+    return out
+
+
+def host_p(run):
+    rec = restart_record(run, "p-restart")
+    start, end = run.snap("p-start"), run.snap("p-end")
+    old, new = rec["old_pid"], rec["new_pid"]
+    need(old != new, f"restart kept PID {old}")
+    need(end.daemon == start.daemon + 1 and run.daemons[end.daemon].get("pid") == new
+         and run.daemons[start.daemon].get("pid") == old,
+         f"p-start / p-end answered by daemons {start.daemon} / {end.daemon}, expected PID {old} "
+         f"then PID {new} (daemons.json)")
+    for n in ("pf", "vf0", "vf1"):
+        need(start[n]["state"] == "started", f"{n} state {start[n]['state']} before the restart")
+    for n in ["pf"] + run.vfs:
+        p = start[n]
+        need(p["connects"] == 1 and p["disconnects"] == 0,
+             f"{n} connects {p['connects']} disconnects {p['disconnects']} before the restart, "
+             "expected 1/0")
+        p = end[n]
+        need(p["state"] == "started", f"{n} state {p['state']} in the new daemon, expected started")
+        need(p["connects"] == 1 and p["disconnects"] == 0,
+             f"{n} connects {p['connects']} disconnects {p['disconnects']} in the new daemon, "
+             "expected 1/0 (QEMU reconnects each socket once)")
+    gaps = {g["arp_evict_nocarrier"]: g for g in guest_gaps(run, "p-restart")}
+    need(set(gaps) == {0, 1}, "the guest reported no restart-gap with arp_evict_nocarrier=0 "
+         f"and =1 (got {sorted(gaps)})")
+    # Replies after the ACK crossed the new daemon: a request from -> to and a reply to -> from.
+    want = {}
+    for g in gaps.values():
+        for n in (g.get("from"), g.get("to")):
+            need(n in end, f"restart-gap names partition {n!r}")
+            want[n] = want.get(n, 0) + g["after"]
+    moved = []
+    for n, w in sorted(want.items()):
+        for key in ("rx_packets", "tx_packets"):
+            c = end[n]["counters"][key]
+            need(c >= w, f"{n} {key} {c} in the new daemon, expected >= {w} (the guest's replies "
+                 "after the restart)")
+        moved.append(f"{n} rx {end[n]['counters']['rx_packets']}/tx {end[n]['counters']['tx_packets']}")
+    keep, dflt = gaps[0], gaps[1]
+    need(keep["gap_ms"] < RESTART_GAP_BOUND_MS,
+         f"{keep['from']}->{keep['to']} (arp_evict_nocarrier=0): longest gap {keep['gap_ms']} ms, "
+         f"bound {RESTART_GAP_BOUND_MS} ms")
+    need(dflt["gap_ms"] < RESTART_GAP_BOUND_MS + ARP_RETRANS_MS,
+         f"{dflt['from']}->{dflt['to']} (default ARP): longest gap {dflt['gap_ms']} ms, bound "
+         f"{RESTART_GAP_BOUND_MS + ARP_RETRANS_MS} ms")
+
+    def fig(g):
+        return f"{g['gap_ms']} ms, {g['lost']} of {g['replies'] + g['lost']} lost"
+
+    return (f"daemon PID {old} killed -9, PID {new} ready {rec['ready_after_ms']:.0f} ms later; "
+            f"QEMU reconnected every partition once, all started; new daemon: {', '.join(moved)}; "
+            f"guest up, longest gap {keep['from']}->{keep['to']} (ARP kept) {fig(keep)} (bound "
+            f"{RESTART_GAP_BOUND_MS}), {dflt['from']}->{dflt['to']} (default ARP) {fig(dflt)} "
+            f"(bound {RESTART_GAP_BOUND_MS + ARP_RETRANS_MS})")
+
+
 HOST_CHECKS = {"a": host_a, "b": host_b, "c": host_c, "d": host_d, "e": host_e, "f": host_f,
                "g": host_g, "h": host_h, "i": host_i, "j": host_j, "k": host_k, "l": host_l,
-               "m": host_m, "n": host_n, "o": host_o, "q": host_q}
+               "m": host_m, "n": host_n, "o": host_o, "p": host_p, "q": host_q}
 
 
 def read_console(d):

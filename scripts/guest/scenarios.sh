@@ -21,6 +21,8 @@
 #   m            IOMMU groups with ACS (every function started, for the record)
 #   n-start/stub/end  shared group (no VF ever started; PF not started while on pci-pf-stub)
 #   o-start/end  all VFs, the last one pings the PF
+#   p-start/end  around a daemon restart (kill -9, start again) under vf0 -> vf1 and pf -> vf1
+#                pings; p-end is the new daemon's (fresh counters)
 #   q-start/end  around pings between the uplink NIC (QEMU -netdev stream) and VF0 (q: the stream
 #                uplink's rx/tx and VF0's counters moved, the uplink's link up)
 #   (after QEMU exits the runner takes "final": every partition waiting, daemon alive)
@@ -526,6 +528,134 @@ scen_o_many_vfs() {
     ping_check "$last" pf || return 1
     snap o-end
     DETAIL="$total VFs bound with the daemon's MACs, $PING_DETAIL"
+}
+
+# Scenario p's pings, every P_INTERVAL s. `ts` stamps each line of ping's output as it reads it;
+# it buffers what it writes, so a log is complete only once its ping has stopped.
+P_INTERVAL=0.02
+
+# now_s: the time, in seconds with microseconds, as `ts` stamps lines.
+now_s() { echo | ts '%.s' | tr -d ' '; }
+
+# p_ping_start FROM TO: FROM pings TO in the background; the stamped replies go to
+# /tmp/p-FROM.log, ping's PID to /tmp/p-FROM.pid and the pipeline's to P_JOBS.
+p_ping_start() {
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    xip netns exec "$1" sh -c 'echo $$ >"$1"; exec ping -i "$2" -w 60 "$3" 2>&1' _ \
+        "/tmp/p-$1.pid" "$P_INTERVAL" "$(fn_ip "$2")" | ts '%.s' >"/tmp/p-$1.log" &
+    P_JOBS="$P_JOBS $!"
+    wait_for 5 test -s "/tmp/p-$1.pid" || fail "ping $1 -> $2 did not start" || return 1
+}
+
+# p_ping_stop FROM: stop FROM's ping (SIGINT); fails if it had died on its own.
+p_ping_stop() {
+    local _pid
+    _pid=$(cat "/tmp/p-$1.pid")
+    kill -0 "$_pid" 2>/dev/null || fail "ping from $1 died: $(tail -n 2 "/tmp/p-$1.log" | tr '\n' ' ')" || return 1
+    kill -INT "$_pid"
+}
+
+# p_abort: after a failure, stop the pings that were started; returns 1.
+p_abort() {
+    local _f
+    for _f in vf0 pf; do
+        [ -s "/tmp/p-$_f.pid" ] && kill -INT "$(cat "/tmp/p-$_f.pid")" 2>/dev/null
+    done
+    return 1
+}
+
+# p_stats LOG REQ ACK END: from a ping log, "GAP_MS GAP_AT_MS LOST REPLIES BEFORE AFTER DUPS
+# TAIL_MS": the longest gap between successive replies and where it began (ms after REQ), the
+# replies lost (sequence numbers below the last answered one that never got a reply), the replies
+# (before REQ, after ACK), duplicates, and the time from the last reply to END (negative: replies
+# came after END, before the ping stopped; 999999: no reply at all).
+p_stats() {
+    awk -v req="$2" -v ack="$3" -v end="$4" '
+        / bytes from .* seq=/ {
+            t = $1 + 0
+            s = $0
+            sub(/.* seq=/, "", s)
+            sub(/[^0-9].*/, "", s)
+            s += 0
+            if (s in seen) { dups++; next }
+            seen[s] = 1
+            n++
+            if (n > 1 && t - prev > gap) { gap = t - prev; at = prev - req }
+            prev = t
+            if (s > last) last = s
+            if (t < req) before++
+            if (t > ack) after++
+        }
+        END {
+            printf "%d %d %d %d %d %d %d %d\n", gap * 1000 + 0.5, at * 1000, (n ? last + 1 - n : 0),
+                n, before, after, dups, (n ? (end - prev) * 1000 : 999999)
+        }' "$1"
+}
+
+# p_report FROM TO EVICT REQ ACK END: one ping's figures as an "E2E: restart-gap" line (read by
+# the host) and in P_DETAIL; fails unless there was traffic before the restart and it resumed.
+p_report() {
+    local gap at lost n before after dups tail
+    read -r gap at lost n before after dups tail <<EOF
+$(p_stats "/tmp/p-$1.log" "$4" "$5" "$6")
+EOF
+    log "restart-gap p-restart from=$1 to=$2 arp_evict_nocarrier=$3 gap_ms=$gap gap_at_ms=$at lost=$lost replies=$n before=$before after=$after dups=$dups tail_ms=$tail"
+    P_DETAIL="$1->$2 (arp_evict_nocarrier=$3): longest gap $gap ms (from $at ms after the request), $lost lost of $((n + lost))"
+    [ "$before" -ge 10 ] || fail "$P_DETAIL: $before replies before the restart, expected >= 10" || return 1
+    [ "$after" -ge 25 ] || fail "$P_DETAIL: traffic did not resume ($after replies after the ACK, expected >= 25)" || return 1
+    [ "$tail" -lt 1000 ] || fail "$P_DETAIL: no reply in the last second" || return 1
+}
+
+# p: a daemon restart under traffic. The host kills the daemon with SIGKILL and starts it again
+# (RESTART over the sync channel) while two pings run every 20 ms, and they go on 4 s after the
+# host's ACK. Every function loses its carrier until QEMU has reconnected. vf0 -> vf1 run with
+# arp_evict_nocarrier=0, so their neighbour entries survive the carrier loss: their gap is the
+# restart's own (QEMU's reconnect-ms, the new daemon, the link coming back), which the host
+# bounds. pf -> vf1 keep the default (1): the kernel flushes pf's neighbour entries, the first
+# ARP request goes out while the carrier is still down and is lost, and the next one comes 1 s
+# later (retrans_time_ms): that gap is reported as a guest would see it by default. (vf1, the
+# target of both, learns pf's MAC from pf's ARP request, so its own setting does not matter for
+# pf's pings.) Reports each ping's longest gap between replies and the replies lost, and checks
+# that traffic resumed.
+scen_p_restart() {
+    local f t_req t_ack t_end d1 j
+    [ -n "$PF" ] || fail "no PF" || return 1
+    [ "$SYNC_OK" = 1 ] || fail "needs the host channel (sync)" || return 1
+    # All VFs, as o leaves them (some netdevs already in their namespaces).
+    if [ "$(numvfs)" != "$E2E_VFS" ]; then
+        vfs_off || return 1
+        set_numvfs "$E2E_VFS" || fail "echo $E2E_VFS > sriov_numvfs: $SET_ERR" || return 1
+        check_vfs_bound || return 1
+    fi
+    for f in pf vf0 vf1; do
+        ns_has_dev "$f" || into_ns "$f" || return 1
+    done
+    for f in vf0 vf1; do
+        xip netns exec "$f" sh -c 'echo 0 >/proc/sys/net/ipv4/conf/net0/arp_evict_nocarrier' ||
+            fail "$f: cannot set arp_evict_nocarrier" || return 1
+    done
+    ping_check vf0 vf1 || return 1
+    ping_check pf vf1 || return 1
+    snap p-start
+    P_JOBS=
+    rm -f /tmp/p-vf0.pid /tmp/p-pf.pid
+    p_ping_start vf0 vf1 || p_abort || return 1
+    p_ping_start pf vf1 || p_abort || return 1
+    # Steady traffic through the first daemon.
+    sleep 1
+    t_req=$(now_s)
+    host_restart p-restart || fail "the host did not restart the daemon (see sync.log)" || p_abort || return 1
+    t_ack=$(now_s)
+    sleep 4
+    t_end=$(now_s)
+    p_ping_stop vf0 || p_abort || return 1
+    p_ping_stop pf || p_abort || return 1
+    for j in $P_JOBS; do wait "$j"; done
+    snap p-end
+    p_report vf0 vf1 0 "$t_req" "$t_ack" "$t_end" || return 1
+    d1=$P_DETAIL
+    p_report pf vf1 1 "$t_req" "$t_ack" "$t_end" || return 1
+    DETAIL="restart (kill -9) under pings every ${P_INTERVAL}s: $d1; $P_DETAIL"
 }
 
 # h: the end: report, then /init powers off (the host checks the daemon afterwards).
