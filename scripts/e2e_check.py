@@ -87,8 +87,9 @@ RESULT_RE = re.compile(r"RESULT ([a-z]) (PASS|FAIL)\b ?(.*)$")
 GAP_RE = re.compile(r"E2E: restart-gap (\S+) (.*)$")
 # The longest gap between ping replies (every 20 ms) that p accepts across a daemon restart, with
 # neighbour entries kept over the carrier loss (arp_evict_nocarrier=0). With reconnect-ms=100
-# (qemu-args) it measured 130-230 ms under TCG on a loaded 2-vCPU machine; the bound leaves twice
-# that for slower runs and is half the 1.0-1.2 s that reconnect-ms=1000 gave.
+# (qemu-args) it measured 129-260 ms in 16 runs under TCG on a busy 2-vCPU machine (event-driven,
+# busy-poll and libvirt); the bound leaves about twice that for slower runs and is half the
+# 1.02-1.16 s that reconnect-ms=1000 gave.
 RESTART_GAP_BOUND_MS = 500
 # Linux's ARP retransmit time (retrans_time_ms): what a guest with the default
 # arp_evict_nocarrier=1 may add, its first ARP request lost while the carrier is down.

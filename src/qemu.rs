@@ -24,7 +24,7 @@ pub const VECTORS_PER_VCPU: u32 = 160;
 /// `reconnect-ms` of every partition socket: QEMU connects again this long after the daemon
 /// closed it, then every this long while nobody listens, so it is the floor of the guest's outage
 /// when the daemon restarts (measured in the guest, README "Lifecycle": 1.0-1.2 s at 1000,
-/// 0.16-0.23 s at 100). The daemon listens again within 40 ms even with 255 VFs. The price is
+/// 0.13-0.26 s at 100). The daemon listens again within 40 ms even with 255 VFs. The price is
 /// QEMU's retries while the daemon stays down: with PF + 255 VFs about a quarter of a core at 100
 /// (4% at 1000, 13% at 250, 40% at 50), next to nothing with a few VFs.
 pub const RECONNECT_MS: u32 = 100;
