@@ -586,9 +586,11 @@ main() {
     [ -n "$APPEND_EXTRA" ] && append+=" $APPEND_EXTRA"
     local uplink_args=()
     if [ "$UPLINK" = 1 ]; then
-        # A second VM's ordinary NIC, cabled to the daemon's stream uplink by QEMU's own netdev.
+        # A second VM's ordinary NIC, cabled to the daemon's stream uplink by QEMU's own netdev;
+        # reconnect-ms as qemu-args gives the partition sockets: after a daemon restart (p) the
+        # partitions' links wait for this peer.
         # shellcheck disable=SC2054 # commas belong to QEMU option values
-        uplink_args=(-netdev "stream,id=uplink,server=off,addr.type=unix,addr.path=${RUNDIR//,/,,}/uplink.sock,reconnect-ms=1000"
+        uplink_args=(-netdev "stream,id=uplink,server=off,addr.type=unix,addr.path=${RUNDIR//,/,,}/uplink.sock,reconnect-ms=100"
             -device "virtio-net-pci,netdev=uplink,mac=$UPLINK_MAC")
         append+=" sriovnet_uplink_mac=$UPLINK_MAC"
         say "uplink: the daemon's stream:$RUNDIR/uplink.sock, a virtio-net NIC ($UPLINK_MAC) on QEMU's -netdev stream"

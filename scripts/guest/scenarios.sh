@@ -630,6 +630,12 @@ scen_p_restart() {
     for f in pf vf0 vf1; do
         ns_has_dev "$f" || into_ns "$f" || return 1
     done
+    # With an uplink, every partition's link (state auto) follows its carrier, so after the restart
+    # they come up once QEMU's -netdev stream is back; that NIC must be up for QEMU to read the
+    # stream and notice the close.
+    if [ -n "$E2E_UPLINK_MAC" ]; then
+        ns_has_dev up || into_ns up || return 1
+    fi
     for f in vf0 vf1; do
         xip netns exec "$f" sh -c 'echo 0 >/proc/sys/net/ipv4/conf/net0/arp_evict_nocarrier' ||
             fail "$f: cannot set arp_evict_nocarrier" || return 1
