@@ -120,7 +120,7 @@ impl Iommu {
     }
 
     /// The data path hit `f`: ask for the entry without ever blocking (a full channel, a
-    /// channel in use or a page asked for within [`MISS_REPEAT`] just skips the request; the
+    /// channel in use or a page asked for within `MISS_REPEAT` just skips the request; the
     /// driver's next buffer there faults and asks again).
     pub fn report(&self, f: &Fault) {
         let Some((iova, access)) = f.miss_iova() else {

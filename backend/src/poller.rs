@@ -5,7 +5,7 @@
 //! to poll the thread sleeps. Idle partitions cost nothing, as in the event-driven mode.
 //!
 //! `min_tx_rate` is honoured here, where partitions contend for one thread: a queue whose
-//! partition is below its guaranteed rate takes more batches in its turn (see [`turn`]), so it
+//! partition is below its guaranteed rate takes more batches in its turn (see `turn`), so it
 //! gets its rate first and an equal turn at what is left, as a NIC's scheduler gives a VF its
 //! minimum bandwidth and shares the rest.
 
