@@ -91,6 +91,11 @@ if [ "$IOMMU" = 1 ] || [ "$LIBVIRT" = 1 ] || [ -n "$STANDIN" ]; then
 else
     UPLINK=${E2E_UPLINK:-1}
 fi
+# q needs the uplink: not in the default set without one (the libvirt and vIOMMU setups).
+if [ "$UPLINK" != 1 ]; then
+    DEFAULT_IDS=${DEFAULT_IDS//q/}
+    ONLY=${E2E_ONLY:-$DEFAULT_IDS}
+fi
 # The uplink NIC's MAC (QEMU's OUI; no partition's MAC comes from it).
 UPLINK_MAC=52:54:00:77:02:01
 PY=${PYTHON:-python3}
