@@ -25,8 +25,8 @@
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
-#                      setup's set, abcdefghijkopq; abmolh with E2E_IOMMU=1; anh with
-#                      E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
+#                      setup's set, abcdefghijkopq (without q when there is no uplink); abmolh with
+#                      E2E_IOMMU=1; anh with E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
 #   E2E_UPLINK         1 (default, except with E2E_IOMMU=1 or E2E_LIBVIRT=1 or E2E_STANDIN): the
 #                      daemon gets a stream uplink (--uplink stream:<run dir>/uplink.sock) and the
 #                      guest a plain virtio-net NIC cabled to it by QEMU's own -netdev stream, for
@@ -75,15 +75,6 @@ ACCEL=${E2E_ACCEL:-auto}
 IOMMU=${E2E_IOMMU:-0}
 ACS_REDIR_OFF=${E2E_DISABLE_ACS_REDIR:-0}
 APPEND_EXTRA=${E2E_APPEND:-}
-# Each setup's scenarios (scripts/guest/run.sh runs them in its own order; h last).
-if [ "$ACS_REDIR_OFF" = 1 ]; then
-    DEFAULT_IDS=anh
-elif [ "$IOMMU" = 1 ]; then
-    DEFAULT_IDS=abmolh
-else
-    DEFAULT_IDS=abcdefghijkopq
-fi
-ONLY=${E2E_ONLY:-$DEFAULT_IDS}
 STANDIN=${E2E_STANDIN:-}
 LIBVIRT=${E2E_LIBVIRT:-0}
 if [ "$IOMMU" = 1 ] || [ "$LIBVIRT" = 1 ] || [ -n "$STANDIN" ]; then
@@ -91,11 +82,18 @@ if [ "$IOMMU" = 1 ] || [ "$LIBVIRT" = 1 ] || [ -n "$STANDIN" ]; then
 else
     UPLINK=${E2E_UPLINK:-1}
 fi
-# q needs the uplink: not in the default set without one (the libvirt and vIOMMU setups).
-if [ "$UPLINK" != 1 ]; then
-    DEFAULT_IDS=${DEFAULT_IDS//q/}
-    ONLY=${E2E_ONLY:-$DEFAULT_IDS}
+# Each setup's scenarios (scripts/guest/run.sh runs them in its own order; h last); q needs the
+# uplink.
+if [ "$ACS_REDIR_OFF" = 1 ]; then
+    DEFAULT_IDS=anh
+elif [ "$IOMMU" = 1 ]; then
+    DEFAULT_IDS=abmolh
+elif [ "$UPLINK" = 1 ]; then
+    DEFAULT_IDS=abcdefghijkopq
+else
+    DEFAULT_IDS=abcdefghijkop
 fi
+ONLY=${E2E_ONLY:-$DEFAULT_IDS}
 # The uplink NIC's MAC (QEMU's OUI; no partition's MAC comes from it).
 UPLINK_MAC=52:54:00:77:02:01
 PY=${PYTHON:-python3}
