@@ -552,6 +552,23 @@ mod tests {
         v
     }
 
+    /// The frontend acks `features` (SET_FEATURES).
+    fn set_features(mut q: &UnixStream, features: u64) {
+        q.write_all(&msg_bytes(
+            SET_FEATURES,
+            FLAG_VERSION_1,
+            &features.to_le_bytes(),
+        ))
+        .unwrap();
+    }
+
+    /// The frontend hands over `channel` as the back-end request channel.
+    fn set_backend_req_fd(q: &UnixStream, channel: &UnixStream) {
+        let hdr = Msg::new(SET_BACKEND_REQ_FD, FLAG_VERSION_1, vec![]).header();
+        q.send_with_fds(&[&hdr[..]], &[channel.as_raw_fd()])
+            .unwrap();
+    }
+
     fn read_all(s: &UnixStream) -> Vec<(u32, u32, Vec<u8>)> {
         let mut out = Vec::new();
         while let Ok(Some(m)) = read_msg(s) {
@@ -718,16 +735,8 @@ mod tests {
         }
         q.write_all(&msg_bytes(SET_MEM_TABLE, FLAG_VERSION_1, &table))
             .unwrap();
-        let features = (1u64 << VIRTIO_F_ACCESS_PLATFORM) | 1;
-        q.write_all(&msg_bytes(
-            SET_FEATURES,
-            FLAG_VERSION_1,
-            &features.to_le_bytes(),
-        ))
-        .unwrap();
-        let hdr = Msg::new(SET_BACKEND_REQ_FD, FLAG_VERSION_1, vec![]).header();
-        qemu.send_with_fds(&[&hdr[..]], &[channel.as_raw_fd()])
-            .unwrap();
+        set_features(&qemu, (1u64 << VIRTIO_F_ACCESS_PLATFORM) | 1);
+        set_backend_req_fd(&qemu, &channel);
         drop(channel);
         q.write_all(&msg_bytes(
             SET_VRING_NUM,
@@ -818,16 +827,8 @@ mod tests {
         let (channel, _qemu_channel) = UnixStream::pair().unwrap();
         let pump = thread::spawn(move || run(front_end, back_end, 4));
         let mut q = &qemu;
-        let features = 1u64 << VIRTIO_F_ACCESS_PLATFORM;
-        q.write_all(&msg_bytes(
-            SET_FEATURES,
-            FLAG_VERSION_1,
-            &features.to_le_bytes(),
-        ))
-        .unwrap();
-        let hdr = Msg::new(SET_BACKEND_REQ_FD, FLAG_VERSION_1, vec![]).header();
-        qemu.send_with_fds(&[&hdr[..]], &[channel.as_raw_fd()])
-            .unwrap();
+        set_features(&qemu, 1u64 << VIRTIO_F_ACCESS_PLATFORM);
+        set_backend_req_fd(&qemu, &channel);
         q.write_all(&msg_bytes(SET_VRING_ADDR, FLAG_VERSION_1, &[0; 40]))
             .unwrap();
         for _ in 0..MAX_HELD {
@@ -844,13 +845,7 @@ mod tests {
         let (back_end, _fw) = UnixStream::pair().unwrap();
         let pump = thread::spawn(move || run(front_end, back_end, 4));
         let mut q = &qemu;
-        let features = 1u64 << VIRTIO_F_ACCESS_PLATFORM;
-        q.write_all(&msg_bytes(
-            SET_FEATURES,
-            FLAG_VERSION_1,
-            &features.to_le_bytes(),
-        ))
-        .unwrap();
+        set_features(&qemu, 1u64 << VIRTIO_F_ACCESS_PLATFORM);
         q.write_all(&msg_bytes(SET_VRING_ADDR, FLAG_VERSION_1, &[0; 40]))
             .unwrap();
         assert!(pump.join().unwrap().is_err());
