@@ -73,6 +73,7 @@ QEMU_TIMEOUT=${E2E_QEMU_TIMEOUT:-420}
 READY_TIMEOUT=${E2E_READY_TIMEOUT:-30}
 ACCEL=${E2E_ACCEL:-auto}
 IOMMU=${E2E_IOMMU:-0}
+IOMMU_PLATFORM=${E2E_IOMMU_PLATFORM:-0}
 ACS_REDIR_OFF=${E2E_DISABLE_ACS_REDIR:-0}
 APPEND_EXTRA=${E2E_APPEND:-}
 STANDIN=${E2E_STANDIN:-}
@@ -329,6 +330,7 @@ daemon_setup() {
     qa=(qemu-args --socket-dir "$RUNDIR/sock" --memory "$MEMORY")
     [ -n "$VFS_OPT" ] && qa+=(--vfs "$VFS_OPT")
     [ -n "$CONFIG" ] && qa+=(--config "$CONFIG")
+    [ "$IOMMU_PLATFORM" = 1 ] && qa+=(--iommu)
     timeout 30 "$BIN" "${qa[@]}" >"$RESULTS/qemu-args.txt" || die "'$BIN ${qa[*]}' failed"
     if [ "$LIBVIRT" = 1 ]; then
         timeout 30 "$BIN" "${qa[@]}" --libvirt >"$RESULTS/domain-generated.xml" ||
@@ -574,7 +576,12 @@ main() {
     append+=" sriovnet_pings=$PINGS sriovnet_sync=1 sriovnet_only=$ONLY"
     append+=" sriovnet_watchdog=$((QEMU_TIMEOUT > 60 ? QEMU_TIMEOUT - 30 : QEMU_TIMEOUT))"
     local iommu_args=() rp
-    if [ "$IOMMU" = 1 ]; then
+    if [ "$IOMMU_PLATFORM" = 1 ]; then
+        # qemu-args --iommu put the vIOMMU (intel-iommu, intremap, device-iotlb) and the
+        # machine's split irqchip in QARGS, and iommu_platform=on,ats=on on every function.
+        append+=" intel_iommu=on"
+        say "vIOMMU from qemu-args --iommu: every function's DMA through the daemon's IOTLB"
+    elif [ "$IOMMU" = 1 ]; then
         # Before every PCI device, so that their MSIs go through interrupt remapping.
         # shellcheck disable=SC2054 # commas belong to QEMU option values
         iommu_args=(-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on)

@@ -384,6 +384,7 @@ fn serve_one(
         framework_side,
         device.num_queues(),
         session.iommu.clone(),
+        &|| backend::rx::flush_parked(part, &session),
     ) {
         log::warn!("{name}: vhost-user stream error: {e}");
     }

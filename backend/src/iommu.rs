@@ -13,7 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
+use crate::counters::Cast;
 use crate::iotlb::{Access, Fault, Iotlb};
+use crate::net_hdr::NetHdr;
 
 /// VIRTIO_F_ACCESS_PLATFORM (a.k.a. VIRTIO_F_IOMMU_PLATFORM).
 pub const VIRTIO_F_ACCESS_PLATFORM: u32 = 33;
@@ -28,6 +32,13 @@ pub const IOTLB_MSG_LEN: usize = 32;
 /// one unmapped buffer must not turn every chain into a message.
 const MISS_REPEAT: Duration = Duration::from_millis(1);
 
+/// A TX chain whose buffer has no entry yet stays in the ring and is tried again after this long
+/// (QEMU answers a MISS within a round trip of its main loop).
+pub const STALL_RETRY: Duration = Duration::from_millis(1);
+/// A chain still unmapped after this long is given up on and completed as malformed: QEMU sends
+/// nothing for an IOVA the guest never mapped, and the queue must not wait for it for ever.
+pub const STALL_LIMIT: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 pub struct Iommu {
     on: AtomicBool,
@@ -36,6 +47,37 @@ pub struct Iommu {
     /// The last MISS the data path sent: when, and for which page.
     last_miss: Mutex<Option<(Instant, u64)>>,
     misses: AtomicU64,
+    /// Rings (bit = ring index) whose SET_VRING_ADDR IOVAs are not translated in the framework's
+    /// queue yet: the data path leaves them alone (see [`Iommu::expect_ring`]).
+    untranslated: AtomicU64,
+    /// The guest-physical ring addresses each such ring is waiting for, once known.
+    expected: Mutex<Vec<(usize, [u64; 3])>>,
+    /// Per TX ring that stopped at an unmapped chain: its ring position and since when.
+    stalls: Mutex<Vec<(usize, u16, Instant)>>,
+    /// Frames for this session that found an RX buffer without an entry, oldest first.
+    parked: Mutex<VecDeque<Parked>>,
+    any_parked: AtomicBool,
+}
+
+/// At most this many frames wait for RX buffers' entries, per session; more are dropped.
+pub const MAX_PARKED: usize = 64;
+
+/// A frame waiting, for RX pair `pair`, until its buffer's IOTLB entry comes: as a device with
+/// ATS holds a write whose translation it is still fetching, instead of dropping it.
+pub struct Parked {
+    pub pair: usize,
+    pub hdr: NetHdr,
+    pub cast: Cast,
+    pub bytes: Vec<u8>,
+}
+
+/// What a TX ring does about a chain whose buffer has no IOTLB entry yet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// Leave it in the ring and try again in [`STALL_RETRY`].
+    Retry,
+    /// It has waited [`STALL_LIMIT`]: complete it as malformed.
+    GiveUp,
 }
 
 /// A MISS request for `iova` (back-end request 1, flags: version 1, no reply wanted).
@@ -98,6 +140,106 @@ impl Iommu {
             .is_some()
     }
 
+    /// Ring `index` got new addresses (SET_VRING_ADDR): IOVAs whose guest-physical translation
+    /// (descriptor table, avail, used) is `gpas`, or None while their entries are being asked
+    /// for. Until the framework's queue holds exactly those addresses the data path leaves the
+    /// ring alone: the pump forwards the translated message to the framework's thread, which
+    /// takes it some time later.
+    pub fn expect_ring(&self, index: u32, gpas: Option<[u64; 3]>) {
+        let Some(bit) = 1u64.checked_shl(index) else {
+            return;
+        };
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        e.retain(|(i, _)| *i != index as usize);
+        if let Some(g) = gpas {
+            e.push((index as usize, g));
+        }
+        self.untranslated.fetch_or(bit, Ordering::AcqRel);
+    }
+
+    /// True when ring `qidx`, whose queue holds `addrs` (descriptor table, avail, used), may be
+    /// used: nothing is pending for it, or the framework now has the translated addresses.
+    #[inline]
+    pub fn ring_ready(&self, qidx: usize, addrs: [u64; 3]) -> bool {
+        let Some(bit) = 1u64.checked_shl(qidx as u32) else {
+            return true;
+        };
+        if self.untranslated.load(Ordering::Acquire) & bit == 0 {
+            return true;
+        }
+        let e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        if e.iter().any(|(i, g)| *i == qidx && *g == addrs) {
+            self.untranslated.fetch_and(!bit, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// TX ring `qidx` stopped at ring position `pos` on a chain with no entry (a MISS went out):
+    /// retry, unless that same position has waited [`STALL_LIMIT`] already.
+    pub fn stall(&self, qidx: usize, pos: u16, now: Instant) -> Stall {
+        // Nobody to answer a MISS: waiting cannot help.
+        if !self.has_channel() {
+            return Stall::GiveUp;
+        }
+        let mut st = self.stalls.lock().unwrap_or_else(|e| e.into_inner());
+        match st.iter_mut().find(|(q, _, _)| *q == qidx) {
+            Some((_, p, since)) if *p == pos => {
+                if now.duration_since(*since) >= STALL_LIMIT {
+                    *since = now;
+                    return Stall::GiveUp;
+                }
+            }
+            Some(e) => *e = (qidx, pos, now),
+            None => st.push((qidx, pos, now)),
+        }
+        Stall::Retry
+    }
+
+    /// Keeps `f` until its buffer's entry comes; false (nothing kept) when [`MAX_PARKED`] wait.
+    pub fn park(&self, f: Parked) -> bool {
+        let mut q = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_PARKED {
+            return false;
+        }
+        q.push_back(f);
+        self.any_parked.store(true, Ordering::Release);
+        true
+    }
+
+    /// Puts `f` back in front (its buffer is still unmapped).
+    pub fn unpark_failed(&self, f: Parked) {
+        let mut q = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_front(f);
+        self.any_parked.store(true, Ordering::Release);
+    }
+
+    /// True when frames wait (a hint, for the paths that would flush them).
+    #[inline]
+    pub fn any_parked(&self) -> bool {
+        self.any_parked.load(Ordering::Acquire)
+    }
+
+    /// The oldest frame waiting for RX pair `pair`.
+    pub fn take_parked(&self, pair: usize) -> Option<Parked> {
+        let mut q = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let i = q.iter().position(|f| f.pair == pair)?;
+        let f = q.remove(i);
+        if q.is_empty() {
+            self.any_parked.store(false, Ordering::Release);
+        }
+        f
+    }
+
+    /// The RX pairs frames wait for.
+    pub fn parked_pairs(&self) -> Vec<usize> {
+        let q = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<usize> = q.iter().map(|f| f.pair).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// MISS requests sent so far (by the pump and the data path).
     pub fn misses_sent(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)
@@ -116,6 +258,7 @@ impl Iommu {
         let mut w = s;
         w.write_all(&miss_message(iova, access))?;
         self.misses.fetch_add(1, Ordering::Relaxed);
+        log::trace!("ring IOTLB MISS {iova:#x} {access:?}");
         Ok(())
     }
 
@@ -164,6 +307,7 @@ impl Iommu {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        log::trace!("data path IOTLB MISS {iova:#x} {access:?}");
     }
 }
 

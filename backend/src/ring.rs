@@ -76,6 +76,10 @@ pub enum ChainError {
 pub enum RingError {
     #[error("ring is not set up")]
     NotReady,
+    /// Under ACCESS_PLATFORM: the ring's addresses are IOVAs whose entries are still being asked
+    /// for, or the framework has not taken their translation yet. Not the driver's fault.
+    #[error("ring addresses are IOVAs not translated yet")]
+    Untranslated,
     #[error("avail index jumped from {next} to {avail} on a queue of {size}")]
     AvailJump { avail: u16, next: u16, size: u16 },
     #[error("{what} at {addr:#x} is not inside one memory region (or misaligned)")]

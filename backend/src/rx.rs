@@ -4,7 +4,7 @@
 //! and at most one notification. A receiver with no buffers costs the sender one failed check,
 //! never a wait.
 
-use std::sync::RwLockWriteGuard;
+use std::sync::{Arc, RwLockWriteGuard};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
@@ -13,14 +13,18 @@ use crate::capture::Direction;
 use crate::counters::{Cast, DropReason, Tally};
 use crate::frame::{self, Source};
 use crate::hostmem::HostMem;
+use crate::iommu::Parked;
+use crate::iotlb::Fault;
 use crate::net_hdr::{NetHdr, NET_HDR_LEN};
 use crate::offload::RxOffloads;
 use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, Seg};
-use crate::session::{GuestMem, Held, Warn};
+use crate::session::{GuestMem, Held, Session, Warn};
 
 /// How many frames ahead of the one being written an RX buffer is prefetched.
 const RX_AHEAD: u16 = 4;
+/// Under ACCESS_PLATFORM, how many posted chains ahead IOTLB entries are asked for.
+const ASK_AHEAD: u16 = 8;
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
@@ -63,6 +67,10 @@ pub struct RxQueue<'a> {
     /// Chains the driver had posted beyond next_avail when avail.idx was last read. avail.idx is
     /// a line the driver's core writes, so it is only read again when these run out.
     avail: u16,
+    /// Frames may be kept (parked) for this receiver: they go before any new one.
+    parked: bool,
+    /// The last `put_frame` failed only because a buffer had no IOTLB entry yet.
+    unmapped: bool,
     /// next_used at open: what the driver has been shown.
     published: u16,
     /// Frames of the run not yet put (from the hint at open).
@@ -107,6 +115,8 @@ impl<'a> RxQueue<'a> {
         let published = ring.get_queue().next_used();
         let mapped = match held.ring(2 * pair, ring.get_queue()) {
             Ok(m) => m,
+            // Under ACCESS_PLATFORM, the ring's own entries are still on their way.
+            Err(ring::RingError::Untranslated) => return Err(DropReason::DestinationDown),
             Err(e) => {
                 session.mark_broken(2 * pair, &e);
                 return Err(DropReason::DestinationDown);
@@ -131,6 +141,8 @@ impl<'a> RxQueue<'a> {
             mtu: dest.config.mtu,
             capturing: dest.capture.on(),
             avail: 0,
+            parked: session.iommu.any_parked(),
+            unmapped: false,
             published,
             to_come: frames,
             tally: Tally::default(),
@@ -168,7 +180,16 @@ impl<'a> RxQueue<'a> {
     /// (mergeable) several chains. Receiver-side drops are counted on the receiver.
     /// Delivers one frame (a copy goes to the partition's capture, if one runs).
     pub fn put(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
-        self.put_frame(out)?;
+        // Frames kept for unmapped buffers go first, and this one waits behind them.
+        let written = if self.parked && !self.flush_parked() {
+            self.park(out)
+        } else {
+            match self.put_frame(out) {
+                Err(_) if std::mem::take(&mut self.unmapped) => self.park(out),
+                r => r,
+            }
+        };
+        written?;
         if self.capturing {
             self.dest.capture.record(Direction::Rx, |buf| {
                 if frame::gather(&out.src, out.skip, out.len, buf).is_err() {
@@ -230,9 +251,23 @@ impl<'a> RxQueue<'a> {
             );
             let c = match walked {
                 Ok(c) => c,
-                // The driver's buffer is not mapped for the device (a MISS went out): like any
-                // chain the device refuses, it is completed empty, with the ones gathered before
-                // it, and the queue goes on (it is not isolated); the frame is lost.
+                // The driver's buffer has no IOTLB entry yet (a MISS went out): it stays
+                // posted, and so do the ones gathered before it. The next few are asked for
+                // now.
+                Err(ring::ChainError::Iommu(Fault::Miss { .. })) => {
+                    self.ask_ahead(0);
+                    // With a channel for MISS requests the caller keeps the frame until the
+                    // entry comes; without, it is lost as if no buffer were posted.
+                    if self.held.session.iommu.has_channel() {
+                        self.unmapped = true;
+                    } else {
+                        self.tally.drop(DropReason::NoRxBuffer);
+                    }
+                    return Err(DropReason::NoRxBuffer);
+                }
+                // One it may not write (a permission fault): like any chain the device refuses,
+                // it is completed empty, with the ones gathered before it, and the queue goes
+                // on (it is not isolated); the frame is lost.
                 Err(ring::ChainError::Iommu(f)) => {
                     for i in 0..=k {
                         let head = match self.scratch.chains.get(usize::from(i)) {
@@ -304,12 +339,86 @@ impl<'a> RxQueue<'a> {
         Ok(f.filter(|f| f.seg.len as usize >= need).map(|f| (head, f)))
     }
 
+    /// Keeps a copy of `out` (its buffer had no entry) until the entry comes; see
+    /// [`flush_parked`]. Dropped when too many wait.
+    fn park(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
+        let mut bytes = Vec::with_capacity(out.len);
+        let kept = frame::gather(&out.src, out.skip, out.len, &mut bytes).is_ok()
+            && self.held.session.iommu.park(Parked {
+                pair: self.pair,
+                hdr: out.hdr,
+                cast: out.cast,
+                bytes,
+            });
+        if !kept {
+            self.tally.drop(DropReason::NoRxBuffer);
+            return Err(DropReason::NoRxBuffer);
+        }
+        self.parked = true;
+        Ok(())
+    }
+
+    /// Writes the frames kept for this pair, oldest first; false when one still finds its buffer
+    /// unmapped (it stays first in line).
+    fn flush_parked(&mut self) -> bool {
+        let iommu = self.held.session.iommu.clone();
+        while let Some(f) = iommu.take_parked(self.pair) {
+            let out = Outgoing {
+                hdr: f.hdr,
+                src: Source::Bytes(&f.bytes),
+                skip: 0,
+                len: f.bytes.len(),
+                cast: f.cast,
+            };
+            if self.put_frame(&out).is_err() && std::mem::take(&mut self.unmapped) {
+                iommu.unpark_failed(f);
+                return false;
+            }
+        }
+        self.parked = false;
+        true
+    }
+
     /// Moves past `n` chains whose used entries were written.
     fn consume(&mut self, n: u16) {
         let q = self.ring.get_queue_mut();
         q.set_next_avail(q.next_avail().wrapping_add(n));
         q.set_next_used(q.next_used().wrapping_add(n));
         self.avail -= n;
+        // The window moved by n: only the chains new in it are asked for.
+        self.ask_ahead(ASK_AHEAD.saturating_sub(n));
+    }
+
+    /// Under ACCESS_PLATFORM: walks the next few posted chains so that a MISS goes out now for
+    /// any buffer without an IOTLB entry, and the frames that come for them find it in place
+    /// instead of being dropped. The driver maps buffers as it posts them, so without this
+    /// every first use of a page would cost a frame.
+    /// Chains `from..ASK_AHEAD` past next_avail are looked at.
+    fn ask_ahead(&mut self, from: u16) {
+        if self.mem.dma().is_none() {
+            return;
+        }
+        for k in from..self.avail.min(ASK_AHEAD) {
+            let head = self.mapped.avail_head(self.ring.get_queue(), k);
+            if self
+                .mapped
+                .flat(&self.mem, head, Dir::Writable, u32::MAX)
+                .is_some()
+            {
+                continue;
+            }
+            // The walk's faults are reported (the MISS is sent); what it gathers is not used.
+            self.scratch.segs.clear();
+            let _ = ring::walk_chain(
+                &self.mem,
+                self.mapped.table(),
+                head,
+                Dir::Writable,
+                self.indirect,
+                u32::MAX,
+                &mut self.scratch.segs,
+            );
+        }
     }
 
     /// Destination buffers were checked when walked, so a failed copy means the sender's memory
@@ -339,6 +448,24 @@ impl Drop for RxQueue<'_> {
         let q = self.ring.get_queue();
         self.held.saw(q.next_avail(), q.next_used());
         self.dest.queue_counters(self.pair).add_rx(&self.tally);
+    }
+}
+
+/// Delivers what waits in `part`'s session for RX buffers' IOTLB entries (after an UPDATE came),
+/// as far as the entries allow now.
+pub fn flush_parked(part: &Partition, session: &Arc<Session>) {
+    if !session.iommu.any_parked() {
+        return;
+    }
+    let held = Held::of(session.clone());
+    let mut scratch = RxScratch::default();
+    for pair in session.iommu.parked_pairs() {
+        // Opening writes nothing; the run publishes (and notifies) when dropped.
+        if let Ok(mut q) = RxQueue::open(part, &held, pair, 1, &mut scratch) {
+            if q.pair == pair {
+                q.flush_parked();
+            }
+        }
     }
 }
 

@@ -232,6 +232,12 @@ pub struct Held {
     kicks_off: Cell<bool>,
 }
 
+/// A queue's descriptor table, avail and used ring addresses (guest-physical).
+fn ring_addrs(q: &Queue) -> [u64; 3] {
+    use virtio_queue::QueueT;
+    [q.desc_table(), q.avail_ring(), q.used_ring()]
+}
+
 impl Held {
     pub fn of(session: Arc<Session>) -> Self {
         // Generation first: a change after this read is noticed by `current`.
@@ -275,6 +281,10 @@ impl Held {
     /// Queue `qidx`'s rings (`q` is that queue, under its lock), mapped in the snapshot; reused
     /// from the previous call when it was the same queue with the same addresses.
     pub fn ring(&self, qidx: usize, q: &Queue) -> Result<Ring<'_>, RingError> {
+        let iommu = &self.session.iommu;
+        if iommu.enabled() && !iommu.ring_ready(qidx, ring_addrs(q)) {
+            return Err(RingError::Untranslated);
+        }
         // SAFETY: this cache is only ever used with `self.map`, which lives as long as `self`.
         unsafe { self.rings.ring(&self.map, qidx, q) }
     }

@@ -11,6 +11,8 @@ use vm_memory::GuestAddressSpace;
 use crate::counters::DropReason;
 use crate::frame;
 use crate::hostmem::HostMem;
+use crate::iommu::{Stall, STALL_RETRY};
+use crate::iotlb::Fault;
 use crate::mac::MacAddr;
 use crate::net_hdr::{NetHdr, ETH_HLEN, NET_HDR_LEN, TX_HEADERS};
 use crate::offload;
@@ -48,7 +50,8 @@ pub enum Batch {
     Empty,
     /// The ring is not running (not set up, disabled, or broken).
     Stopped,
-    /// `max_tx_rate`: chains wait in the ring; tokens are back after this long.
+    /// Chains wait in the ring: for `max_tx_rate` tokens, or for the IOTLB entries of a chain
+    /// or of the ring itself (asked for with a MISS). Try again after this long.
     Throttled(std::time::Duration),
 }
 
@@ -119,6 +122,9 @@ pub fn rearm(session: &Session, pair: usize) -> Option<bool> {
     }
 }
 
+/// How often a TX ring whose own addresses are still being translated is looked at again.
+const UNTRANSLATED_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Takes at most one batch of chains from TX pair `pair`, forwards them and completes them.
 pub fn tx_batch(
     sw: &Switch,
@@ -153,6 +159,7 @@ pub fn tx_batch(
     let r = match held.ring(qidx, q) {
         Ok(r) => r,
         Err(RingError::NotReady) => return Batch::Stopped,
+        Err(RingError::Untranslated) => return Batch::Throttled(UNTRANSLATED_RETRY),
         Err(e) => return broken(&e),
     };
     held.saw(q.next_avail(), q.next_used());
@@ -179,8 +186,7 @@ pub fn tx_batch(
     s.fwd.warm_last();
     s.heads.clear();
     s.heads.extend((0..n).map(|k| r.avail_head(q, k)));
-    q.set_next_avail(q.next_avail().wrapping_add(s.heads.len() as u16));
-    held.saw(q.next_avail(), q.next_used());
+    let start = q.next_avail();
 
     let view = TxQueue {
         mem: &mem,
@@ -203,15 +209,26 @@ pub fn tx_batch(
     for f in s.flats.iter().take(PREFETCH_AHEAD).flatten() {
         f.prefetch_headers();
     }
+    let mut unmapped = false;
     for i in 0..s.heads.len() {
         if let Some(Some(f)) = s.flats.get(i + PREFETCH_AHEAD) {
             f.prefetch_headers();
         }
         let (head, flat) = (s.heads[i], s.flats[i]);
-        if let Some(f) = take_frame(part, session, &view, head, flat, &mut s.segs) {
-            s.frames.push(f);
+        let pos = start.wrapping_add(i as u16);
+        match take_frame(part, session, &view, head, flat, pos, &mut s.segs) {
+            Ok(Some(f)) => s.frames.push(f),
+            Ok(None) => {}
+            // The chain and those after it stay in the ring until the entry comes.
+            Err(Unmapped) => {
+                s.heads.truncate(i);
+                unmapped = true;
+                break;
+            }
         }
     }
+    q.set_next_avail(start.wrapping_add(s.heads.len() as u16));
+    held.saw(q.next_avail(), q.next_used());
     let batch = TxBatch {
         mem: &mem,
         segs: &s.segs,
@@ -238,8 +255,14 @@ pub fn tx_batch(
             log::debug!("{}: TX notify failed: {e}", session.name);
         }
     }
-    Batch::Sent(s.heads.len() as u16)
+    match s.heads.len() {
+        0 if unmapped => Batch::Throttled(STALL_RETRY),
+        n => Batch::Sent(n as u16),
+    }
 }
+
+/// A TX chain's buffer has no IOTLB entry yet; a MISS went out and the chain waits in the ring.
+struct Unmapped;
 
 /// What a batch needs to know about the TX queue, read once under the ring lock.
 struct TxQueue<'a> {
@@ -269,8 +292,9 @@ fn take_frame(
     q: &TxQueue<'_>,
     head: u16,
     flat: Option<Flat>,
+    pos: u16,
     segs: &mut Vec<Seg>,
-) -> Option<TxFrame> {
+) -> Result<Option<TxFrame>, Unmapped> {
     let start = segs.len();
     let mut h = [0u8; TX_HEADERS];
     let taken = match flat {
@@ -284,6 +308,15 @@ fn take_frame(
     };
     let (total, host) = match taken {
         Ok(t) => t,
+        Err(BadTx::Chain(ring::ChainError::Iommu(Fault::Miss { .. })))
+            if session
+                .iommu
+                .stall(2 * q.pair + 1, pos, std::time::Instant::now())
+                == Stall::Retry =>
+        {
+            segs.truncate(start);
+            return Err(Unmapped);
+        }
         Err(why) => {
             let pair = q.pair;
             part.queue_counters(pair).drop(DropReason::MalformedChain);
@@ -291,7 +324,7 @@ fn take_frame(
                 Warn::MalformedTxChain,
                 &format_args!("TX chain {head} on pair {pair}: {why}"),
             );
-            return None;
+            return Ok(None);
         }
     };
     let mut hb = [0u8; NET_HDR_LEN];
@@ -305,7 +338,7 @@ fn take_frame(
             Warn::BadTxHeader,
             &format_args!("TX chain {head} on pair {pair}: {why}"),
         );
-        return None;
+        return Ok(None);
     }
     let ethertype = u16::from_be_bytes([h[NET_HDR_LEN + 12], h[NET_HDR_LEN + 13]]);
     let tagged = offload::is_vlan_tpid(ethertype);
@@ -316,7 +349,7 @@ fn take_frame(
             Ok(2) => (ethertype, u16::from_be_bytes(tci) & 0x0fff),
             _ => {
                 part.queue_counters(pair).drop(DropReason::MalformedChain);
-                return None;
+                return Ok(None);
             }
         }
     } else {
@@ -332,13 +365,13 @@ fn take_frame(
                 part.config.mtu
             ),
         );
-        return None;
+        return Ok(None);
     }
     let mut dst = [0u8; 6];
     dst.copy_from_slice(&h[NET_HDR_LEN..NET_HDR_LEN + 6]);
     let mut src = [0u8; 6];
     src.copy_from_slice(&h[NET_HDR_LEN + 6..NET_HDR_LEN + 12]);
-    Some(TxFrame {
+    Ok(Some(TxFrame {
         hdr,
         segs: start..segs.len(),
         len,
@@ -347,7 +380,7 @@ fn take_frame(
         dst: MacAddr(dst),
         src: MacAddr(src),
         host,
-    })
+    }))
 }
 
 /// The general case of [`take_frame`]: walks any chain into `segs` and gathers its headers into
