@@ -25,16 +25,19 @@
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
-#                      setup's set, abcdefghijkopq (without q when there is no uplink); abmolh with
+#                      setup's set, abcdefghijkopq (without q when there is no uplink); abcmolh with
 #                      E2E_IOMMU=1; anh with E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
 #   E2E_UPLINK         1 (default, except with E2E_IOMMU=1 or E2E_LIBVIRT=1 or E2E_STANDIN): the
 #                      daemon gets a stream uplink (--uplink stream:<run dir>/uplink.sock) and the
 #                      guest a plain virtio-net NIC cabled to it by QEMU's own -netdev stream, for
 #                      scenario q; 0: neither
-#   E2E_IOMMU          1: a vIOMMU in the guest (-device intel-iommu,intremap=on, which needs
-#                      -machine kernel-irqchip=split, and intel_iommu=on), for the vfio-pci / VF token
-#                      and IOMMU group scenarios l, m (iommu_platform stays off on the NIC: the daemon
-#                      has no IOTLB, so the vfio user's DMA bypasses the vIOMMU)
+#   E2E_IOMMU          1: a vIOMMU in the guest (`qemu-args --iommu`: intel-iommu with interrupt
+#                      remapping and device IOTLB, -machine kernel-irqchip=split, intel_iommu=on,
+#                      iommu_platform=on,ats=on on every function), for the vfio-pci / VF token
+#                      and IOMMU group scenarios l, m; every buffer of the pings (c, o) goes through
+#                      the daemon's IOTLB
+#   E2E_IOMMU_PLATFORM 0 (with E2E_IOMMU=1): the vIOMMU without iommu_platform on the NIC (the
+#                      device then uses guest-physical addresses; vfio's DMA bypasses the vIOMMU)
 #   E2E_DISABLE_ACS_REDIR  1 (with E2E_IOMMU=1): pci=disable_acs_redir=<the NIC's root port> on the
 #                      guest kernel command line: one IOMMU group for the root port, PF and VFs (n)
 #   E2E_APPEND         more guest kernel command line (e.g. dyndbg=..., a patch's parameter)
@@ -73,7 +76,7 @@ QEMU_TIMEOUT=${E2E_QEMU_TIMEOUT:-420}
 READY_TIMEOUT=${E2E_READY_TIMEOUT:-30}
 ACCEL=${E2E_ACCEL:-auto}
 IOMMU=${E2E_IOMMU:-0}
-IOMMU_PLATFORM=${E2E_IOMMU_PLATFORM:-0}
+IOMMU_PLATFORM=${E2E_IOMMU_PLATFORM:-$IOMMU}
 ACS_REDIR_OFF=${E2E_DISABLE_ACS_REDIR:-0}
 APPEND_EXTRA=${E2E_APPEND:-}
 STANDIN=${E2E_STANDIN:-}
@@ -88,7 +91,7 @@ fi
 if [ "$ACS_REDIR_OFF" = 1 ]; then
     DEFAULT_IDS=anh
 elif [ "$IOMMU" = 1 ]; then
-    DEFAULT_IDS=abmolh
+    DEFAULT_IDS=abcmolh
 elif [ "$UPLINK" = 1 ]; then
     DEFAULT_IDS=abcdefghijkopq
 else
@@ -644,7 +647,7 @@ main() {
 
     local rc=0
     "$PY" "$REPO/scripts/e2e_check.py" report --results "$RESULTS" --mode "$mode" --vfs "$VFS" \
-        --pings "$PINGS" --qemu-rc "$qemu_rc" --daemon-alive "$DAEMON_ALIVE" \
+        --pings "$PINGS" --qemu-rc "$qemu_rc" --daemon-alive "$DAEMON_ALIVE" --iommu "$IOMMU_PLATFORM" \
         --daemon-exit "$DAEMON_EXIT" --only "$ONLY" --default-ids "$DEFAULT_IDS" || rc=$?
     if [ "$rc" != 0 ] && [ -s "$RESULTS/console.log" ]; then
         say "last lines of the guest console ($RESULTS/console.log):"

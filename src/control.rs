@@ -454,6 +454,8 @@ fn partition_json(p: &Partition, version: u32) -> Value {
             "guest_mac": p.guest().map_or(p.config.mac, |g| g.mac),
             "guest_rx": p.guest(),
             "switch_mac": p.effective_mac(&admin),
+            // The connection's vIOMMU state (ACCESS_PLATFORM), while a frontend is connected.
+            "iommu": p.session().map(|s| s.iommu.stats()),
         });
         if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);

@@ -456,10 +456,16 @@ impl<'a> Up<'a> {
                     }
                 }
             }
-            // A stopped ring gets new addresses before it starts again.
+            // A stopped ring gets new addresses before it starts again. And QEMU stops
+            // forwarding the vIOMMU's invalidations when it stops the device, so every entry
+            // may go stale from here on (a guest that re-creates the VF reuses its IOVAs for new
+            // rings): all are dropped, and asked for again after the start.
             GET_VRING_BASE => {
                 if let Some(i) = u32_at(&m.payload, 0) {
                     self.pending.remove(&i);
+                }
+                if self.platform {
+                    self.iommu.write().clear();
                 }
             }
             SET_MEM_TABLE | ADD_MEM_REG | REM_MEM_REG => self.note_memory(&m),
@@ -930,6 +936,40 @@ mod tests {
         // Every one asked for its ring's IOVA 0.
         drop(iommu);
         assert_eq!(asked.join().unwrap(), 1000);
+    }
+
+    #[test]
+    fn stopping_a_ring_drops_every_entry_qemu_stops_invalidating() {
+        let (qemu, front_end) = UnixStream::pair().unwrap();
+        let (back_end, fw) = UnixStream::pair().unwrap();
+        let iommu = Arc::new(Iommu::default());
+        let pump = thread::spawn({
+            let iommu = iommu.clone();
+            move || run_with(front_end, back_end, 4, iommu, &|| {})
+        });
+        let mut q = &qemu;
+        set_features(&qemu, 1u64 << VIRTIO_F_ACCESS_PLATFORM);
+        q.write_all(&msg_bytes(
+            IOTLB_MSG,
+            NR,
+            &iotlb(0x1000, 0x1000, 0x7000, 3, 2),
+        ))
+        .unwrap();
+        assert_eq!(ack(&qemu), (IOTLB_MSG, 0));
+        assert!(iommu.dma().translate_va(0x1000, 8, Access::Read).is_ok());
+        q.write_all(&msg_bytes(GET_VRING_BASE, FLAG_VERSION_1, &[0; 8]))
+            .unwrap();
+        let m = read_msg(&fw).unwrap().unwrap();
+        assert_eq!(m.request, SET_FEATURES);
+        let m = read_msg(&fw).unwrap().unwrap();
+        assert_eq!(m.request, GET_VRING_BASE, "forwarded");
+        assert!(
+            iommu.dma().translate_va(0x1000, 8, Access::Read).is_err(),
+            "the entry went with the stop"
+        );
+        drop(qemu);
+        drop(fw);
+        pump.join().unwrap().unwrap();
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub struct Iommu {
     any_parked: AtomicBool,
 }
 
+/// See [`Iommu::stats`].
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct IommuStats {
+    pub platform: bool,
+    pub misses: u64,
+    pub entries: usize,
+    pub parked: usize,
+}
+
 /// At most this many frames wait for RX buffers' entries, per session; more are dropped.
 pub const MAX_PARKED: usize = 64;
 
@@ -238,6 +247,17 @@ impl Iommu {
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    /// What `show` reports: whether the driver acked ACCESS_PLATFORM, MISS requests sent,
+    /// entries held, and frames waiting for RX buffers' entries.
+    pub fn stats(&self) -> IommuStats {
+        IommuStats {
+            platform: self.enabled(),
+            misses: self.misses_sent(),
+            entries: self.tlb.try_read().map_or(0, |t| t.len()),
+            parked: self.parked.lock().map_or(0, |q| q.len()),
+        }
     }
 
     /// MISS requests sent so far (by the pump and the data path).
