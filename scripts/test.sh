@@ -121,7 +121,8 @@ else
     rm -f "$poll_cfg"
     e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-poll.log || true)))
     # The guest kernel's SR-IOV paths that need a vIOMMU (intel-iommu, intremap=on): vfio-pci with
-    # enable_sriov and the VF token, one IOMMU group per function, and 16 VFs. Its kernel and
+    # enable_sriov and the VF token, one IOMMU group per function, and 16 VFs; iommu_platform is on
+    # for every function (qemu-args --iommu), so the pings go through the daemon's IOTLB. Its kernel and
     # modules come in as a user's would (E2E_KERNEL, E2E_MODULES: the provisioned Debian ones,
     # packaged as a `make modules_install` tarball), so that path boots in CI too. Then the
     # shared IOMMU group (pci=disable_acs_redir on the root port), which needs its own boot.
