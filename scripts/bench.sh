@@ -11,6 +11,13 @@
 #                                   1518 B Mpps and Gbit/s. It runs scripts/bench-uplinks.sh,
 #                                   whose own settings (ROUNDS=3 SECONDS_PER_ROUND=5 ...)
 #                                   `scripts/bench.sh uplinks --help` lists
+#   scripts/bench.sh guest-scale    a real guest (QEMU, TCG) with 64 and 255 VFs: time to enable
+#                                   and bind every VF, the daemon's threads and RSS with every VF
+#                                   started, one ping through the last VF
+#                                   (scripts/bench-guest-scale.sh; GUEST_SCALE_VFS=...)
+#   scripts/bench.sh iotlb          the daemon's CPU time per frame through the vIOMMU's IOTLB
+#                                   against guest-physical addresses, same daemon, alternating
+#                                   rounds (IOTLB_ROUNDS=6 IOTLB_BURSTS=1000 IOTLB_SIZES="64 1518")
 #
 # Method (shared/reference/perf.md): backend pinned to BACKEND_CPU, frontend (one testpmd with
 # net_virtio_user ports, --forward-mode=mac, paired ports, `start tx_first 32`) pinned to
@@ -58,12 +65,22 @@ uplinks)
     shift
     exec "$ROOT/scripts/bench-uplinks.sh" "$@"
     ;;
+guest-scale)
+    exec "$ROOT/scripts/bench-guest-scale.sh"
+    ;;
+iotlb)
+    # In-process drivers that speak the vhost-user IOTLB (DPDK's virtio_user has no vIOMMU); the
+    # benchmark is an ignored test of tests/iommu.rs, built in release mode.
+    cd "$ROOT"
+    exec cargo test --release --test iommu -- --ignored --nocapture --test-threads 1 \
+        bench_iotlb_cost_per_frame
+    ;;
 -h | --help | help)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
-    echo "usage: $0 [throughput|scale|uplinks]  (see $0 --help)" >&2
+    echo "usage: $0 [throughput|scale|uplinks|guest-scale|iotlb]  (see $0 --help)" >&2
     exit 2
     ;;
 esac

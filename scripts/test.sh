@@ -40,6 +40,7 @@ cargo build --release --workspace --all-targets
 # The benchmark itself needs a quiet machine and is not part of the tests; it must still parse.
 bash -n scripts/bench.sh
 bash -n scripts/profile.sh
+bash -n scripts/bench-guest-scale.sh
 bash -n scripts/lib/dpdk.sh
 # The systemd units as shipped, with ExecStart pointed at the binary just built.
 if command -v systemd-analyze >/dev/null; then

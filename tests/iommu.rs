@@ -206,3 +206,108 @@ fn after_an_invalidate_the_old_mapping_is_not_used() {
     pf.wait_tx_done(0, 1);
     assert_eq!((drops(&d, "pf"), drops(&d, "vf0")), (0, 0));
 }
+
+/// The daemon's CPU time so far (every thread, from /proc/PID/task/*/schedstat), in ns.
+fn daemon_cpu_ns(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What the IOTLB costs the daemon per frame. One daemon, two pairs of partitions in event-driven
+/// mode: one pair's drivers give guest-physical addresses (the anchor), the other's give IOVAs
+/// for rings and buffers, every page mapped beforehand (as a driver with static DMA mappings, a
+/// DPDK guest or vfio user, does; a Linux guest's per-buffer mappings add MISS round trips to
+/// QEMU on top, not measured here). Each burst: the receiver posts 128 buffers, the sender offers
+/// 128 frames and kicks once, both wait for completion. The figure is the daemon's CPU time
+/// (all threads) per frame; variants alternate round by round. Prints min / median / max per
+/// variant and the ratio of medians. A benchmark, not a test: `scripts/bench.sh iotlb` runs it
+/// (IOTLB_ROUNDS, IOTLB_BURSTS, IOTLB_SIZES).
+#[test]
+#[ignore = "benchmark: scripts/bench.sh iotlb"]
+fn bench_iotlb_cost_per_frame() {
+    const BURST: usize = 128;
+    let rounds: usize = env_or("IOTLB_ROUNDS", 6);
+    let bursts: usize = env_or("IOTLB_BURSTS", 1000);
+    let sizes: Vec<usize> = std::env::var("IOTLB_SIZES")
+        .unwrap_or_else(|_| "64 1518".into())
+        .split_whitespace()
+        .map(|s| s.parse().expect("IOTLB_SIZES: frame sizes in bytes"))
+        .collect();
+    let d = Daemon::start(&["--vfs", "3"]);
+    let mut pairs = [
+        (
+            Driver::start(&d.sock("pf"), plain(), 1),
+            Driver::start(&d.sock("vf0"), plain(), 1),
+            d.mac("vf0"),
+            d.mac("pf"),
+        ),
+        {
+            let mut a = Driver::connect_iommu(&d.sock("vf1"), plain(), 1, PF_IOVA);
+            a.start_rings();
+            let mut b = Driver::connect_iommu(&d.sock("vf2"), plain(), 1, VF_IOVA);
+            b.start_rings();
+            (a, b, d.mac("vf2"), d.mac("vf1"))
+        },
+    ];
+    for n in ["pf", "vf0", "vf1", "vf2"] {
+        d.wait_state(n, "started");
+    }
+    let names = ["guest-physical", "IOVA (IOTLB)"];
+    println!("IOTLB cost: daemon CPU ns per frame, {rounds} rounds x {bursts} bursts of {BURST}");
+    println!("| size | variant | min | median | max | median / anchor |");
+    println!("|---|---|---|---|---|---|");
+    for size in sizes {
+        let mut ns: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for r in 0..rounds {
+            for k in 0..2 {
+                let v = (r + k) % 2;
+                let (tx, rx, dst, src) = &mut pairs[v];
+                let frames: Vec<Vec<u8>> = (0..BURST)
+                    .map(|i| test_frame(*dst, *src, i as u8, size))
+                    .collect();
+                let c0 = daemon_cpu_ns(d.pid());
+                for b in 0..bursts {
+                    rx.post_rx(0, BURST, 2048);
+                    tx.send_burst(0, &frames);
+                    tx.wait_tx_done(0, BURST);
+                    let got = rx.recv_n(0, BURST);
+                    if b == 0 {
+                        let bytes: Vec<Vec<u8>> = got.into_iter().map(|(_, f)| f).collect();
+                        assert_eq!(bytes, frames, "{} delivered byte-exact", names[v]);
+                    }
+                }
+                let c1 = daemon_cpu_ns(d.pid());
+                ns[v].push((c1 - c0) as f64 / (bursts * BURST) as f64);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let anchor = median(&mut ns[0]);
+        for (v, name) in names.iter().enumerate() {
+            let m = median(&mut ns[v]);
+            println!(
+                "| {size} | {name} | {:.0} | {m:.0} | {:.0} | {:.2} |",
+                ns[v][0],
+                ns[v][ns[v].len() - 1],
+                m / anchor
+            );
+        }
+    }
+    for n in ["pf", "vf0", "vf1", "vf2"] {
+        assert_eq!(drops(&d, n), 0, "{n} dropped frames");
+    }
+    // Everything was mapped beforehand: the IOTLB pair never had to ask.
+    assert_eq!(pairs[1].0.read_miss(Duration::from_millis(50)), None);
+}

@@ -52,8 +52,9 @@ pub struct Iommu {
     untranslated: AtomicU64,
     /// The guest-physical ring addresses each such ring is waiting for, once known.
     expected: Mutex<Vec<(usize, [u64; 3])>>,
-    /// Per TX ring that stopped at an unmapped chain: its ring position and since when.
-    stalls: Mutex<Vec<(usize, u16, Instant)>>,
+    /// Per TX ring that stopped at an unmapped chain: its ring position, since when, and when
+    /// it was last tried.
+    stalls: Mutex<Vec<(usize, u16, Instant, Instant)>>,
     /// Frames for this session that found an RX buffer without an entry, oldest first.
     parked: Mutex<VecDeque<Parked>>,
     any_parked: AtomicBool,
@@ -192,15 +193,20 @@ impl Iommu {
             return Stall::GiveUp;
         }
         let mut st = self.stalls.lock().unwrap_or_else(|e| e.into_inner());
-        match st.iter_mut().find(|(q, _, _)| *q == qidx) {
-            Some((_, p, since)) if *p == pos => {
+        match st.iter_mut().find(|e| e.0 == qidx) {
+            // The same wait, tried again (a wait is retried every STALL_RETRY; a record not
+            // tried for a while is an old one at a position the ring has come round to again).
+            Some((_, p, since, last))
+                if *p == pos && now.duration_since(*last) < 50 * STALL_RETRY =>
+            {
+                *last = now;
                 if now.duration_since(*since) >= STALL_LIMIT {
                     *since = now;
                     return Stall::GiveUp;
                 }
             }
-            Some(e) => *e = (qidx, pos, now),
-            None => st.push((qidx, pos, now)),
+            Some(e) => *e = (qidx, pos, now, now),
+            None => st.push((qidx, pos, now, now)),
         }
         Stall::Retry
     }
@@ -376,6 +382,51 @@ impl Dma<'_> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn a_stalled_chain_is_retried_until_the_limit_then_given_up() {
+        let i = Iommu::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            i.stall(1, 7, t0),
+            Stall::GiveUp,
+            "nobody to ask: no waiting"
+        );
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        i.set_channel(ours);
+        let mut t = t0;
+        while t < t0 + STALL_LIMIT {
+            assert_eq!(i.stall(1, 7, t), Stall::Retry);
+            t += STALL_RETRY;
+        }
+        assert_eq!(i.stall(1, 7, t), Stall::GiveUp);
+        assert_eq!(i.stall(1, 7, t + STALL_RETRY), Stall::Retry, "a new wait");
+        // Another ring's wait and another position are waits of their own.
+        assert_eq!(i.stall(3, 7, t + STALL_LIMIT), Stall::Retry);
+        assert_eq!(i.stall(1, 8, t + STALL_LIMIT), Stall::Retry);
+        // The ring came round to the same position much later: a new wait, not the old one.
+        let later = t + 10 * STALL_LIMIT;
+        assert_eq!(i.stall(1, 8, later), Stall::Retry);
+        assert_eq!(i.stall(1, 8, later + STALL_RETRY), Stall::Retry);
+    }
+
+    #[test]
+    fn a_ring_waits_until_the_framework_holds_its_translated_addresses() {
+        let i = Iommu::default();
+        assert!(i.ring_ready(0, [1, 2, 3]), "nothing pending");
+        i.expect_ring(0, None);
+        assert!(!i.ring_ready(0, [1, 2, 3]), "entries still being asked for");
+        assert!(i.ring_ready(1, [0, 0, 0]), "only that ring");
+        i.expect_ring(0, Some([0x4000, 0x5000, 0x6000]));
+        assert!(
+            !i.ring_ready(0, [1, 2, 3]),
+            "the framework still has the old ones"
+        );
+        assert!(i.ring_ready(0, [0x4000, 0x5000, 0x6000]));
+        assert!(i.ring_ready(0, [1, 2, 3]), "cleared once seen");
+        i.expect_ring(99, None); // beyond any ring: ignored
+        assert!(i.ring_ready(99, [0, 0, 0]));
+    }
 
     #[test]
     fn a_miss_is_a_backend_iotlb_msg_of_type_miss() {

@@ -549,6 +549,67 @@ pub fn qemu_conversation() -> Vec<u8> {
     m
 }
 
+/// QEMU with `iommu_platform=on` behind a vIOMMU: ACCESS_PLATFORM acked, the back-end channel,
+/// ring addresses as IOVAs (one pair), the used rings' entries pushed, the rest answered after
+/// the pump's MISS, a lazy-mode invalidation of almost everything, a stop and a start at the
+/// same IOVAs (the pump forgot every entry at the stop, so it asks again).
+pub fn iommu_conversation() -> Vec<u8> {
+    let features: u64 = (1 << 33) | (1 << 32) | (1 << 30) | (1 << 15) | 1;
+    let protocol: u64 = 1 | (1 << 3) | (1 << 5) | (1 << 15);
+    let uaddr: u64 = 0x7f00_0000_0000;
+    let iova: u64 = 0xffff_0000;
+    let iotlb = |io: u64, size: u64, va: u64, perm: u8, kind: u8| {
+        let mut p = [io.to_le_bytes(), size.to_le_bytes(), va.to_le_bytes()].concat();
+        p.extend_from_slice(&[perm, kind, 0, 0, 0, 0, 0, 0]);
+        vu_msg(22, V1 | NEED_REPLY, &p)
+    };
+    let mut m = Vec::new();
+    m.extend(vu_msg(1, V1, &[])); // GET_FEATURES
+    m.extend(vu_msg(16, V1, &protocol.to_le_bytes())); // SET_PROTOCOL_FEATURES
+    m.extend(vu_msg(3, V1, &[])); // SET_OWNER
+    m.extend(vu_msg(21, V1, &[])); // SET_BACKEND_REQ_FD (its descriptor, where one can go)
+    m.extend(vu_msg(2, V1, &features.to_le_bytes())); // SET_FEATURES
+    let mut mt = Vec::new();
+    mt.extend_from_slice(&1u32.to_le_bytes());
+    mt.extend_from_slice(&0u32.to_le_bytes());
+    for v in [0u64, 0x10_0000, uaddr, 0] {
+        mt.extend_from_slice(&v.to_le_bytes());
+    }
+    m.extend(vu_msg(5, V1 | NEED_REPLY, &mt)); // SET_MEM_TABLE
+    for round in 0..2 {
+        for q in 0..2u32 {
+            let base = iova + 0x4000 * u64::from(q);
+            m.extend(vu_msg(8, V1, &vring_state(q, 256))); // SET_VRING_NUM
+            m.extend(vu_msg(10, V1, &vring_state(q, 0))); // SET_VRING_BASE
+            let mut a = Vec::new();
+            a.extend_from_slice(&q.to_le_bytes());
+            a.extend_from_slice(&0u32.to_le_bytes());
+            for v in [base, base + 0x2000, base + 0x1000, 0] {
+                a.extend_from_slice(&v.to_le_bytes());
+            }
+            m.extend(vu_msg(9, V1 | NEED_REPLY, &a)); // SET_VRING_ADDR (acked at once)
+            m.extend(vu_msg(12, V1, &u64::from(q).to_le_bytes())); // SET_VRING_KICK
+            m.extend(vu_msg(13, V1, &u64::from(q).to_le_bytes())); // SET_VRING_CALL
+        }
+        for q in 0..2u64 {
+            // The used ring (QEMU's own push), then what the MISS requests asked for.
+            let base = iova + 0x4000 * q;
+            m.extend(iotlb(base + 0x2000, 0x1000, uaddr + 0x1_0000 * (q + 1) + 0x2000, 3, 2));
+            m.extend(iotlb(base, 0x1000, uaddr + 0x1_0000 * (q + 1), 1, 2));
+            m.extend(iotlb(base + 0x1000, 0x1000, uaddr + 0x1_0000 * (q + 1) + 0x1000, 1, 2));
+        }
+        m.extend(vu_msg(18, V1 | NEED_REPLY, &vring_state(0, 1))); // SET_VRING_ENABLE
+        m.extend(iotlb(0xfef0_0000, 0xffff_ffff_0110_0000, 0, 0, 3)); // INVALIDATE
+        m.extend(iotlb(0, 0xfee0_0000, 0, 0, 3));
+        if round == 0 {
+            for q in 0..2 {
+                m.extend(vu_msg(11, V1, &vring_state(q, 0))); // GET_VRING_BASE (stop)
+            }
+        }
+    }
+    m
+}
+
 /// Seeds for the `shim` and `vhost_user` targets.
 pub fn vhost_user() -> Vec<(&'static str, Vec<u8>)> {
     let conv = qemu_conversation();
@@ -570,6 +631,7 @@ pub fn vhost_user() -> Vec<(&'static str, Vec<u8>)> {
             [vu_msg(1, V1, &[]), oversized].concat(),
         ),
         ("mem-slots", slots),
+        ("iommu-conversation", iommu_conversation()),
     ]
 }
 

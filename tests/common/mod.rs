@@ -571,15 +571,8 @@ impl Driver {
         self.queues[qi].kick.write(1).unwrap();
     }
 
-    /// Sends header + frame on TX pair `pair`, split into descriptors of the given sizes
-    /// (the rest goes in a final descriptor). Each piece must fit a 4 KiB slot.
-    pub fn send_split(
-        &mut self,
-        pair: usize,
-        hdr: &[u8; NET_HDR_LEN],
-        frame: &[u8],
-        split: &[usize],
-    ) {
+    /// Offers header + frame on TX pair `pair` without kicking (see [`Driver::send_split`]).
+    fn offer_split(&mut self, pair: usize, hdr: &[u8; NET_HDR_LEN], frame: &[u8], split: &[usize]) {
         let qi = 2 * pair + 1;
         let mut bytes = hdr.to_vec();
         bytes.extend_from_slice(frame);
@@ -609,7 +602,28 @@ impl Driver {
         }
         self.queues[qi].chains[ids[0] as usize] = ids.clone();
         self.offer(qi, ids[0]);
-        self.kick(qi);
+    }
+
+    /// Sends header + frame on TX pair `pair`, split into descriptors of the given sizes
+    /// (the rest goes in a final descriptor). Each piece must fit a 4 KiB slot.
+    pub fn send_split(
+        &mut self,
+        pair: usize,
+        hdr: &[u8; NET_HDR_LEN],
+        frame: &[u8],
+        split: &[usize],
+    ) {
+        self.offer_split(pair, hdr, frame, split);
+        self.kick(2 * pair + 1);
+    }
+
+    /// Offers every frame (zero header, one descriptor each) on TX pair `pair`, then kicks once:
+    /// what a driver sending a burst does.
+    pub fn send_burst(&mut self, pair: usize, frames: &[Vec<u8>]) {
+        for f in frames {
+            self.offer_split(pair, &[0; NET_HDR_LEN], f, &[]);
+        }
+        self.kick(2 * pair + 1);
     }
 
     pub fn send(&mut self, pair: usize, frame: &[u8]) {
