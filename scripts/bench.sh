@@ -17,7 +17,7 @@
 #                                   (scripts/bench-guest-scale.sh; GUEST_SCALE_VFS=...)
 #   scripts/bench.sh iotlb          the daemon's CPU time per frame through the vIOMMU's IOTLB
 #                                   against guest-physical addresses, same daemon, alternating
-#                                   rounds (IOTLB_ROUNDS=6 IOTLB_BURSTS=1000 IOTLB_SIZES="64 1518")
+#                                   rounds (IOTLB_ROUNDS=6 IOTLB_BURSTS=1000 IOTLB_SIZES="64 1514")
 #
 # Method (shared/reference/perf.md): backend pinned to BACKEND_CPU, frontend (one testpmd with
 # net_virtio_user ports, --forward-mode=mac, paired ports, `start tx_first 32`) pinned to

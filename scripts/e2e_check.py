@@ -154,8 +154,20 @@ def cmd_guest_params(args):
                       file=sys.stderr)
                 return 1
     print(f"VFS={len(vfs)}")
-    print(f"MACS={','.join(m.lower() for m in macs)}")
+    print(f"MACS={compact_macs([m.lower() for m in macs])}")
     return 0
+
+
+def compact_macs(macs):
+    """The guest's sriovnet_macs: the list, or FIRST+COUNT when there are more than 16 and each
+    is the one before plus 1 in its last three bytes (255 VFs' list would not fit the kernel's
+    2048-byte command line). The guest's fn_mac reads both forms."""
+    def low(m):
+        return int(m.replace(":", "")[6:], 16)
+    if (len(macs) > 16 and all(m[:8] == macs[0][:8] for m in macs)
+            and all(low(m) == low(macs[0]) + i for i, m in enumerate(macs))):
+        return f"{macs[0]}+{len(macs)}"
+    return ",".join(macs)
 
 
 def cmd_all_waiting(args):

@@ -223,7 +223,15 @@ fn_mac() {
             return 0
             ;;
     esac
-    echo "$E2E_MACS" | cut -d, -f"$_i" | tr 'A-F' 'a-f'
+    case $E2E_MACS in
+        *+*)
+            # FIRST+COUNT (e2e_check.py compact_macs): FIRST plus _i-1 in its last three bytes.
+            _m=${E2E_MACS%+*}
+            _l=$((0x$(echo "${_m#????????}" | tr -d :) + _i - 1))
+            printf '%s:%02x:%02x:%02x\n' "${_m%:??:??:??}" $((_l >> 16 & 255)) $((_l >> 8 & 255)) $((_l & 255))
+            ;;
+        *) echo "$E2E_MACS" | cut -d, -f"$_i" | tr 'A-F' 'a-f' ;;
+    esac
 }
 
 vf_list() {
