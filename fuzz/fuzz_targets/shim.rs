@@ -45,9 +45,17 @@ fuzz_target!(|data: &[u8]| {
     let to_fw = drain(&framework);
     let to_front = drain(&frontend);
     let asked = drain(&qemu_channel);
-    assert_eq!(asked.len() % 44, 0, "a partial MISS on the back-end channel");
+    assert_eq!(
+        asked.len() % 44,
+        0,
+        "a partial MISS on the back-end channel"
+    );
     for m in asked.chunks(44) {
-        assert_eq!(&m[..12], &[1, 0, 0, 0, 1, 0, 0, 0, 32, 0, 0, 0], "not a MISS request");
+        assert_eq!(
+            &m[..12],
+            &[1, 0, 0, 0, 1, 0, 0, 0, 32, 0, 0, 0],
+            "not a MISS request"
+        );
         assert_eq!(m[12 + 25], 1, "IOTLB message type MISS");
     }
 
@@ -91,7 +99,10 @@ fuzz_target!(|data: &[u8]| {
     // than were sent.
     let ring = |m: &(u32, u32, &[u8])| m.2.get(..4).map(|b| b.to_vec());
     let addrs = |v: &[(u32, u32, &[u8])]| -> Vec<Option<Vec<u8>>> {
-        v.iter().filter(|m| m.0 == SET_VRING_ADDR).map(ring).collect()
+        v.iter()
+            .filter(|m| m.0 == SET_VRING_ADDR)
+            .map(ring)
+            .collect()
     };
     let (fwd_addr, sent_addr) = (addrs(&fwd), addrs(&sent));
     for r in &fwd_addr {

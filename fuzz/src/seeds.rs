@@ -594,9 +594,21 @@ pub fn iommu_conversation() -> Vec<u8> {
         for q in 0..2u64 {
             // The used ring (QEMU's own push), then what the MISS requests asked for.
             let base = iova + 0x4000 * q;
-            m.extend(iotlb(base + 0x2000, 0x1000, uaddr + 0x1_0000 * (q + 1) + 0x2000, 3, 2));
+            m.extend(iotlb(
+                base + 0x2000,
+                0x1000,
+                uaddr + 0x1_0000 * (q + 1) + 0x2000,
+                3,
+                2,
+            ));
             m.extend(iotlb(base, 0x1000, uaddr + 0x1_0000 * (q + 1), 1, 2));
-            m.extend(iotlb(base + 0x1000, 0x1000, uaddr + 0x1_0000 * (q + 1) + 0x1000, 1, 2));
+            m.extend(iotlb(
+                base + 0x1000,
+                0x1000,
+                uaddr + 0x1_0000 * (q + 1) + 0x1000,
+                1,
+                2,
+            ));
         }
         m.extend(vu_msg(18, V1 | NEED_REPLY, &vring_state(0, 1))); // SET_VRING_ENABLE
         m.extend(iotlb(0xfef0_0000, 0xffff_ffff_0110_0000, 0, 0, 3)); // INVALIDATE
