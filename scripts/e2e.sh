@@ -26,7 +26,7 @@
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
 #                      setup's set, abcdefghijkopq (without q when there is no uplink); abcmolh with
-#                      E2E_IOMMU=1; anh with E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
+#                      E2E_IOMMU=1 (abch with E2E_LIBVIRT=1 too); anh with E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
 #   E2E_UPLINK         1 (default, except with E2E_IOMMU=1 or E2E_LIBVIRT=1 or E2E_STANDIN): the
 #                      daemon gets a stream uplink (--uplink stream:<run dir>/uplink.sock) and the
 #                      guest a plain virtio-net NIC cabled to it by QEMU's own -netdev stream, for
@@ -90,6 +90,8 @@ fi
 # uplink.
 if [ "$ACS_REDIR_OFF" = 1 ]; then
     DEFAULT_IDS=anh
+elif [ "$IOMMU" = 1 ] && [ "$LIBVIRT" = 1 ]; then
+    DEFAULT_IDS=abch
 elif [ "$IOMMU" = 1 ]; then
     DEFAULT_IDS=abcmolh
 elif [ "$UPLINK" = 1 ]; then
@@ -551,7 +553,6 @@ main() {
     [ "$ACS_REDIR_OFF" != 1 ] || [ "$IOMMU" = 1 ] || die "E2E_DISABLE_ACS_REDIR=1 needs E2E_IOMMU=1"
     if [ "$LIBVIRT" = 1 ]; then
         [ "$mode" = daemon ] || die "E2E_LIBVIRT=1 needs the daemon (not E2E_STANDIN)"
-        [ "$IOMMU" != 1 ] || die "E2E_IOMMU=1 is not supported with E2E_LIBVIRT=1"
         libvirt_setup
     fi
     say "QEMU $E2E_QEMU_VERSION, guest kernel $E2E_KERNEL_VERSION, accel: ${ACCEL_ARGS[*]}"

@@ -50,8 +50,16 @@ def main():
         e = ET.Element(ev)
         e.text = "destroy"
         new.append(e)
-    devices = ET.Element("devices")
-    sub(devices, "emulator", args.emulator)
+    # The generated domain's own <devices> (an <iommu> with qemu-args --iommu) is the one to add
+    # to: libvirt's schema allows one.
+    devices = dom.find("devices")
+    if devices is not None:
+        dom.remove(devices)
+    else:
+        devices = ET.Element("devices")
+    emulator = ET.Element("emulator")
+    emulator.text = args.emulator
+    devices.insert(0, emulator)
     con = sub(devices, "serial", type="file")
     sub(con, "source", path=args.console)
     sub(con, "target", port="0")

@@ -72,6 +72,8 @@ for a in "--vfs 255 --queue-pairs 2 --memory 2G" "--vfs 1 --mtu 9000"; do
     "$bin" qemu-args --libvirt $a >"$lv_tmp"
     virt-xml-validate "$lv_tmp" domain
 done
+"$bin" qemu-args --libvirt --iommu --vfs 8 >"$lv_tmp"
+virt-xml-validate "$lv_tmp" domain
 "$bin" qemu-args --libvirt --socket-dir "/tmp/a,b'&<c>\"d" >"$lv_tmp"
 virt-xml-validate "$lv_tmp" domain
 grep -q "path=/tmp/a,,b&apos;&amp;&lt;c&gt;&quot;d/pf.sock," "$lv_tmp"
@@ -169,6 +171,11 @@ else
             exit "$lv_rc"
         else
             e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-libvirt.log || true)))
+            # And the domain `qemu-args --libvirt --iommu` makes (libvirt's <iommu>, the ioapic
+            # in QEMU, iommu_platform on every function): VFs up, pings through the IOTLB.
+            step "guest end-to-end under libvirt with a vIOMMU"
+            E2E_LIBVIRT=1 E2E_IOMMU=1 scripts/e2e.sh | tee /tmp/sriov-net-e2e-libvirt-iommu.log
+            e2e_passed=$((e2e_passed + $(grep -c '^| *[a-z] .*PASS' /tmp/sriov-net-e2e-libvirt-iommu.log || true)))
         fi
     fi
 fi

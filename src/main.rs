@@ -108,8 +108,9 @@ enum Command {
         libvirt: bool,
         /// Give the guest a vIOMMU (intel-iommu, interrupt remapping, device IOTLB) and put the
         /// PF and every VF behind it (iommu_platform=on,ats=on): DMA isolation for vfio or DPDK
-        /// in the guest. QEMU >= 10.1 with KVM needs the split irqchip this adds to -machine.
-        #[arg(long, conflicts_with = "libvirt")]
+        /// in the guest. QEMU >= 10.1 with KVM needs the split irqchip this adds to -machine
+        /// (with --libvirt: an <iommu> device and the ioapic in QEMU).
+        #[arg(long)]
         iommu: bool,
     },
     /// Administer and query a running daemon, in `ip link`'s words.
@@ -344,7 +345,7 @@ fn run_qemu_args(
         Err(e) => return fail(EXIT_BAD_INPUT, &e),
     };
     if let QemuFormat::Libvirt = format {
-        return match qemu::libvirt_domain(&cfg, mib) {
+        return match qemu::libvirt_domain(&cfg, mib, iommu) {
             Ok(x) => {
                 print!("{x}");
                 ExitCode::SUCCESS

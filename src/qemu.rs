@@ -222,8 +222,17 @@ fn xml_comment(s: &str) -> String {
 /// rejects), and the NIC's arguments ([`args`] without memory and machine) in
 /// `<qemu:commandline>`. libvirt has no element for composable SR-IOV (`sriov-pf=`). Add disks,
 /// a kernel or firmware and consoles, or copy these elements into an existing q35 domain.
-pub fn libvirt_domain(config: &Config, memory_mib: u64) -> Result<String, QemuArgsError> {
-    let nic = args(config, None)?;
+pub fn libvirt_domain(
+    config: &Config,
+    memory_mib: u64,
+    iommu: bool,
+) -> Result<String, QemuArgsError> {
+    // libvirt's own <iommu> element creates the vIOMMU: it must come before every PCI device,
+    // libvirt's root ports included, which <qemu:commandline> arguments never do.
+    let mut nic = args_with(config, None, iommu)?;
+    if let Some(i) = nic.iter().position(|a| a == INTEL_IOMMU) {
+        nic.drain(i - 1..=i);
+    }
     let dir = config.socket_dir.to_string_lossy();
     let mut x = String::new();
     x += &format!(
@@ -243,7 +252,14 @@ pub fn libvirt_domain(config: &Config, memory_mib: u64) -> Result<String, QemuAr
     x += &format!("  <vcpu>{}</vcpu>\n", min_vcpus(config));
     x += "  <memoryBacking>\n    <source type='memfd'/>\n    <access mode='shared'/>\n  </memoryBacking>\n";
     x += "  <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n  </os>\n";
-    x += "  <features>\n    <acpi/>\n    <apic/>\n  </features>\n";
+    if iommu {
+        // Interrupt remapping needs the split irqchip (libvirt: the ioapic in QEMU).
+        x += "  <features>\n    <acpi/>\n    <apic/>\n    <ioapic driver='qemu'/>\n  </features>\n";
+        x += "  <devices>\n    <iommu model='intel'>\n      \
+              <driver intremap='on' iotlb='on'/>\n    </iommu>\n  </devices>\n";
+    } else {
+        x += "  <features>\n    <acpi/>\n    <apic/>\n  </features>\n";
+    }
     x += "  <qemu:commandline>\n";
     for a in &nic {
         x += &format!("    <qemu:arg value='{}'/>\n", xml_escape(a));
@@ -360,11 +376,34 @@ mod tests {
     }
 
     #[test]
+    fn libvirt_domain_with_a_viommu_uses_libvirts_own_iommu_device() {
+        let c = cfg("vfs = 2");
+        let x = libvirt_domain(&c, 512, true).unwrap();
+        assert!(x.contains("<iommu model='intel'>") && x.contains("intremap='on' iotlb='on'"));
+        assert!(
+            x.contains("<ioapic driver='qemu'/>"),
+            "split irqchip for intremap"
+        );
+        assert!(
+            !x.contains("intel-iommu"),
+            "not also on QEMU's command line"
+        );
+        let devs = x.lines().filter(|l| l.contains("virtio-net-pci")).count();
+        let dma = x
+            .lines()
+            .filter(|l| l.contains("iommu_platform=on,ats=on"))
+            .count();
+        assert_eq!((devs, dma), (3, 3));
+        let plain = libvirt_domain(&c, 512, false).unwrap();
+        assert!(!plain.contains("iommu") && !plain.contains("ioapic"));
+    }
+
+    #[test]
     fn libvirt_domain_carries_the_nic_arguments_escaped() {
         let mut s: Settings = toml::from_str("vfs = 64").unwrap();
         s.socket_dir = Some("/run/a'b&c,d--e-".into());
         let c = Config::resolve(s).unwrap();
-        let x = libvirt_domain(&c, 1024).unwrap();
+        let x = libvirt_domain(&c, 1024, false).unwrap();
         assert!(x.contains("<memory unit='MiB'>1024</memory>"));
         assert!(x.contains("<vcpu>2</vcpu>"));
         assert!(x.contains("<source type='memfd'/>") && x.contains("<access mode='shared'/>"));
