@@ -258,7 +258,7 @@ impl<'a> RxQueue<'a> {
                     self.ask_ahead(0);
                     // With a channel for MISS requests the caller keeps the frame until the
                     // entry comes; without, it is lost as if no buffer were posted.
-                    if self.held.session.iommu.has_channel() {
+                    if self.held.session.iommu.has_channel_now() {
                         self.unmapped = true;
                     } else {
                         self.tally.drop(DropReason::NoRxBuffer);
