@@ -8,9 +8,14 @@
 //! - the virtio-net header read from it round-trips;
 //! - used entries written and published come out where the driver reads them.
 //!
+//! - with the vIOMMU on (flag 0x20), descriptor and indirect-table addresses are IOVAs
+//!   translated through an IOTLB the input fills; every check above holds for the translated
+//!   buffers, which must also lie inside an entry with the right permission.
+//!
 //! Input: flags (1), ring size (1), ring base (2), direct walk table address (8), size (2),
-//! head (2), max_len (4), gather skip (2), gather length (2), then the guest memory image from
-//! address 0.
+//! head (2), max_len (4), gather skip (2), gather length (2); with flag 0x20, an entry count
+//! (1, up to 7) and per entry IOVA (8), size in 16-byte units (2), guest address (4) and
+//! permission (1); then the guest memory image from address 0.
 #![no_main]
 
 use backend::hostmem::MemMap;
@@ -19,7 +24,7 @@ use backend::ring::{self, ChainError, Dir, Ring, Seg, Table};
 use libfuzzer_sys::fuzz_target;
 use vhost_user_sriov_net_fuzz::{guest_mem, Input, RingLayout};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// `frame::read` gathers a buffer that runs across two adjacent memory regions short (found by
 /// this target; reproducer in fuzz/artifacts-found/). Set to false once fixed.
@@ -44,9 +49,43 @@ fuzz_target!(|data: &[u8]| {
     let max_len = inp.u32();
     let skip = usize::from(inp.u16());
     let glen = usize::from(inp.u16() % 2048);
+    // The vIOMMU: QEMU's virtual address of guest address g is VA + g.
+    const VA: u64 = 0x7f00_0000_0000;
+    let iommu = backend::iommu::Iommu::default();
+    let mut entries = Vec::new();
+    if flags & 0x20 != 0 {
+        for _ in 0..inp.u8() % 8 {
+            let (iova, size, gpa, perm) = (
+                inp.u64(),
+                u64::from(inp.u16()) * 16,
+                u64::from(inp.u32()),
+                inp.u8() & 3,
+            );
+            if iommu.write().update(iova, size, VA + gpa, perm).is_ok() {
+                entries.push((iova, size, gpa, perm));
+            }
+        }
+    }
     let mem = guest_mem(0, layout, inp.rest());
+    if flags & 0x20 != 0 {
+        let regions = mem
+            .iter()
+            .map(|r| backend::iotlb::VaRegion {
+                gpa: r.start_addr().0,
+                size: r.len(),
+                uaddr: VA + r.start_addr().0,
+            })
+            .collect();
+        if iommu.write().set_regions(regions).is_err() {
+            return;
+        }
+    }
     let map = MemMap::new(std::sync::Arc::new(mem.clone()));
-    let host = map.host();
+    let host = if flags & 0x20 != 0 {
+        map.host().with_dma(iommu.dma())
+    } else {
+        map.host()
+    };
 
     // Any table, any head: the general walk on its own.
     let table = Table {
@@ -56,6 +95,7 @@ fuzz_target!(|data: &[u8]| {
     let mut segs = Vec::new();
     let walked = ring::walk_chain(&host, table, t_head, dir, indirect, max_len, &mut segs);
     check_walk(&mem, &host, &walked, &segs, dir, max_len, skip, glen);
+    check_translated(&walked, &segs, &entries, dir);
 
     // The chains the avail ring offers, as the data path takes them.
     let lay = RingLayout::new(base, size);
@@ -73,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
         segs.clear();
         let walked = ring::walk_chain(&host, r.table(), head, dir, indirect, max_len, &mut segs);
         check_walk(&mem, &host, &walked, &segs, dir, max_len, skip, glen);
+        check_translated(&walked, &segs, &entries, dir);
         if let Some((seg, p)) = backend::fuzzing::flat(&r, &host, head, dir, max_len) {
             assert_eq!(walked, Ok(seg.len), "flat took a chain the walk refuses");
             assert_eq!(segs, vec![seg]);
@@ -97,6 +138,43 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+/// With the vIOMMU on, every buffer of a walked chain lies inside the guest ranges of entries
+/// the input added that grant the access (a buffer may run across entries contiguous in both
+/// address spaces; later entries may have replaced parts of earlier ones, so the added ones are
+/// a superset of what the table held).
+fn check_translated(
+    walked: &Result<u32, ChainError>,
+    segs: &[Seg],
+    entries: &[(u64, u64, u64, u8)],
+    dir: Dir,
+) {
+    if walked.is_err() || entries.is_empty() {
+        return;
+    }
+    let need = match dir {
+        Dir::Readable => 1,
+        Dir::Writable => 2,
+    };
+    for s in segs {
+        let end = s.addr + u64::from(s.len);
+        let mut at = s.addr;
+        while at < end {
+            let reach = entries
+                .iter()
+                .filter(|&&(_, size, gpa, perm)| perm & need != 0 && gpa <= at && at - gpa < size)
+                .map(|&(_, size, gpa, _)| gpa + size)
+                .max();
+            let Some(r) = reach else {
+                panic!(
+                    "buffer {:#x}+{}: {at:#x} is in no entry that allows it: {entries:x?}",
+                    s.addr, s.len
+                );
+            };
+            at = r;
+        }
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn check_walk(
