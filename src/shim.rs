@@ -21,6 +21,10 @@
 //! - the memory table (SET_MEM_TABLE, ADD/REM_MEM_REG) and the back-end channel
 //!   (SET_BACKEND_REQ_FD) are noted on the way through, for translation and for MISS requests.
 //!
+//! Ring descriptors (SET_VRING_KICK, CALL, ERR) must be eventfds and are made non-blocking on the
+//! way through: the frontend holds the other end, and a call eventfd it filled would otherwise
+//! block whichever partition's sender signals it next.
+//!
 //! Every frontend is treated as hostile: what the pump keeps per connection is bounded (one
 //! message, one early state per ring), a write to the frontend that cannot finish within
 //! [`IO_TIMEOUT`] ends the connection (a peer that stops reading never blocks a thread for
@@ -53,6 +57,9 @@ const SET_MEM_TABLE: u32 = 5;
 const SET_VRING_NUM: u32 = 8;
 const SET_VRING_ADDR: u32 = 9;
 const GET_VRING_BASE: u32 = 11;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_CALL: u32 = 13;
+const SET_VRING_ERR: u32 = 14;
 const SET_VRING_ENABLE: u32 = 18;
 const SET_BACKEND_REQ_FD: u32 = 21;
 const IOTLB_MSG: u32 = 22;
@@ -272,6 +279,40 @@ struct Up<'a> {
     on_update: &'a dyn Fn(),
 }
 
+/// A ring's kick, call or error descriptor must be an eventfd, and the daemon must never block
+/// on it: the frontend holds the same file and can fill its counter (then signalling the guest,
+/// which another partition's sender does, would block that sender for ever) or drain it between
+/// the wakeup and the read. O_NONBLOCK is a property of the shared file, so it is set here for
+/// both ends; QEMU and DPDK create their eventfds non-blocking already.
+fn ring_eventfds(m: &Msg) -> io::Result<()> {
+    let what = match m.request {
+        SET_VRING_KICK => "SET_VRING_KICK",
+        SET_VRING_CALL => "SET_VRING_CALL",
+        _ => "SET_VRING_ERR",
+    };
+    let ring = u32_at(&m.payload, 0).unwrap_or(u32::MAX) & 0xff;
+    for fd in &m.fds {
+        let raw = fd.as_raw_fd();
+        let kind = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|e| format!("unknown: {e}"));
+        if kind != "anon_inode:[eventfd]" {
+            return Err(invalid(format!(
+                "{what} for ring {ring}: the descriptor is not an eventfd ({kind})"
+            )));
+        }
+        // SAFETY: F_GETFL/F_SETFL on a descriptor this message owns.
+        let ok = unsafe {
+            let fl = libc::fcntl(raw, libc::F_GETFL);
+            fl >= 0 && libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn u32_at(p: &[u8], i: usize) -> Option<u32> {
     Some(u32::from_le_bytes(p.get(i..i + 4)?.try_into().ok()?))
 }
@@ -486,6 +527,7 @@ impl<'a> Up<'a> {
                 }
             }
             SET_VRING_ADDR if self.platform => return self.vring_addr(m),
+            SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => ring_eventfds(&m)?,
             _ => {}
         }
         write_msg(self.framework, &m)?;

@@ -635,3 +635,76 @@ fn socket_modes_are_set_whatever_the_umask() {
     assert_eq!(mode(&d2.sock("vf0")), 0o666);
     assert_eq!(mode(&d2.dir.join("control.sock")), 0o640);
 }
+
+/// A frontend owns the other end of its rings' eventfds. One that fills its RX call eventfd to
+/// one short of the maximum (a blocking eventfd) would make the next signal block the writer for
+/// ever, and that writer is the sending partition's thread. The daemon never blocks on a
+/// frontend's eventfd: VF0 keeps sending after delivering to such a VF1.
+#[test]
+fn a_saturated_call_eventfd_never_blocks_another_partitions_sender() {
+    use vmm_sys_util::eventfd::EventFd;
+    let d = Daemon::start(&["--vfs", "2"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    let mut vf1 = Driver::start(&d.sock("vf1"), plain(), 1);
+    d.wait_state("vf1", "started");
+    let call = EventFd::new(0).unwrap();
+    call.write(0xffff_ffff_ffff_fffe).unwrap();
+    vf1.fe.set_vring_call(0, &call).unwrap();
+    vf1.post_rx(0, 4, 2048);
+    for tag in 1..=3 {
+        let f = test_frame(d.mac("vf1"), d.mac("vf0"), tag, 64);
+        vf0.send(0, &f);
+        assert_eq!(vf1.recv_n(0, 1)[0].1, f, "VF0 -> VF1, frame {tag}");
+        vf0.wait_tx_done(0, 1);
+    }
+    pf.post_rx(0, 1, 2048);
+    let f = test_frame(d.mac("pf"), d.mac("vf0"), 9, 64);
+    vf0.send(0, &f);
+    assert_eq!(
+        pf.recv_n(0, 1)[0].1,
+        f,
+        "VF0 -> PF after the saturated call"
+    );
+    // The blocking flag was taken off the shared file description.
+    // SAFETY: F_GETFL on an fd we own.
+    let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&call), libc::F_GETFL) };
+    assert_ne!(fl & libc::O_NONBLOCK, 0, "call eventfd left blocking");
+}
+
+/// A ring descriptor that is not an eventfd (here a pipe) ends that connection with a clear
+/// error; the partition takes the next frontend and the others never notice.
+#[test]
+fn a_vring_fd_that_is_not_an_eventfd_drops_only_that_connection() {
+    let d = Daemon::start(&["--vfs", "1"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    let mut fds = [0; 2];
+    // SAFETY: pipe with a valid two-int array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the pipe's fds are ours and wrapped once each (the frontend API takes an
+    // EventFd; the type is only a holder of the descriptor here).
+    let (rd, _wr) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            vmm_sys_util::eventfd::EventFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let _ = vf0.fe.set_vring_kick(1, &rd);
+    wait_for(
+        Duration::from_secs(5),
+        || d.state("vf0") == "waiting",
+        "vf0 dropped",
+    );
+    assert!(
+        d.log().contains("not an eventfd"),
+        "no clear error in the log:\n{}",
+        d.log()
+    );
+    drop(vf0);
+    let mut again = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    ping(&d, &mut pf, &mut again, 1);
+}
