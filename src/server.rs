@@ -1,14 +1,16 @@
 //! Wiring partitions to sockets and threads: checks and binds every socket before anything is
-//! served (nothing half-started), then runs one serve loop per partition. Each loop builds a
-//! fresh vhost-user daemon per connection, so a reconnecting frontend always meets a reset
-//! device, while the listening socket stays bound (no window where the file is missing).
+//! served (nothing half-started), then one acceptor thread serves them all and starts a thread
+//! per connection (an idle partition has none). Each connection gets a fresh vhost-user daemon,
+//! so a reconnecting frontend always meets a reset device, while the listening socket stays
+//! bound (no window where the file is missing).
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -164,26 +166,38 @@ pub fn prepare_internal_dir(socket_dir: &Path) -> Result<PathBuf, SetupError> {
     Ok(d)
 }
 
-/// The frontend a partition's serve thread is to take next, handed over by the [`Acceptor`].
-#[derive(Default)]
-struct Slot {
-    next: Mutex<SlotState>,
-    ready: Condvar,
+/// What the acceptor keeps per partition. A partition has a thread only while a frontend is
+/// connected: at 255 VFs, idle partitions would otherwise hold 256 parked threads.
+struct Port {
+    name: String,
+    listener: UnixListener,
+    device: NetDevice,
+    /// The framework's private socket for this partition (see [`internal_dir`]); only the
+    /// connection in progress uses it.
+    internal: Arc<Mutex<Listener>>,
+    internal_path: PathBuf,
+    /// A frontend is being served: another one is refused.
+    busy: Arc<AtomicBool>,
+    /// The thread of the last connection; the next one waits for it to finish its teardown.
+    last: Option<thread::JoinHandle<()>>,
 }
 
-#[derive(Default)]
-struct SlotState {
-    frontend: Option<UnixStream>,
-    /// A frontend is waiting in `frontend` or being served: another one is refused.
-    busy: bool,
+/// Lets the next frontend in when the connection's thread ends, however it ends.
+struct Busy(Arc<AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
-/// One thread that accepts on every partition's socket. A partition takes one frontend at a
-/// time; a second one is refused at once and logged (it would otherwise wait in the backlog
-/// and take the VF over when the first one leaves). Every peer's credentials are logged.
+/// One thread that accepts on every partition's socket and starts a thread per connection. A
+/// partition takes one frontend at a time; a second one is refused at once and logged (it would
+/// otherwise wait in the backlog and take the VF over when the first one leaves). Every peer's
+/// credentials are logged.
 pub struct Acceptor {
     epoll: Epoll,
-    ports: Vec<(String, UnixListener, Arc<Slot>)>,
+    ports: Vec<Port>,
 }
 
 impl Acceptor {
@@ -203,32 +217,26 @@ impl Acceptor {
         poller: Option<Arc<Poller>>,
         listener: UnixListener,
         internal: &Path,
-    ) -> io::Result<thread::JoinHandle<()>> {
+    ) -> io::Result<()> {
         let name = partition.name();
         listener.set_nonblocking(true)?;
-        let token = self.ports.len() as u64;
+        let internal_path = internal.join(format!("{name}.sock"));
+        let internal = Listener::from(UnixListener::bind(&internal_path)?);
         self.epoll.ctl(
             ControlOperation::Add,
             listener.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, token),
+            EpollEvent::new(EventSet::IN, self.ports.len() as u64),
         )?;
-        let slot = Arc::new(Slot::default());
-        self.ports.push((name.clone(), listener, slot.clone()));
-        let path = internal.join(format!("{name}.sock"));
-        let mut internal = Listener::from(UnixListener::bind(&path)?);
-        thread::Builder::new()
-            .name(format!("serve-{name}"))
-            .spawn(move || {
-                let device = NetDevice::new(partition, switch, poller);
-                loop {
-                    let frontend = slot.take();
-                    if let Err(e) = serve_one(&device, frontend, &slot, &mut internal, &path) {
-                        slot.release();
-                        log::error!("{name}: {e}; retrying");
-                        thread::sleep(Duration::from_millis(200));
-                    }
-                }
-            })
+        self.ports.push(Port {
+            name,
+            listener,
+            device: NetDevice::new(partition, switch, poller),
+            internal: Arc::new(Mutex::new(internal)),
+            internal_path,
+            busy: Arc::new(AtomicBool::new(false)),
+            last: None,
+        });
+        Ok(())
     }
 
     pub fn spawn(self) -> io::Result<thread::JoinHandle<()>> {
@@ -237,7 +245,7 @@ impl Acceptor {
             .spawn(move || self.run())
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let mut events = vec![EpollEvent::default(); self.ports.len().max(1)];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -250,17 +258,18 @@ impl Acceptor {
                 }
             };
             for ev in &events[..n] {
-                if let Some((name, listener, slot)) = self.ports.get(ev.data() as usize) {
-                    accept_all(name, listener, slot);
+                if let Some(port) = self.ports.get_mut(ev.data() as usize) {
+                    accept_all(port);
                 }
             }
         }
     }
 }
 
-fn accept_all(name: &str, listener: &UnixListener, slot: &Slot) {
+fn accept_all(port: &mut Port) {
+    let name = port.name.as_str();
     loop {
-        let stream = match listener.accept() {
+        let stream = match port.listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -275,12 +284,35 @@ fn accept_all(name: &str, listener: &UnixListener, slot: &Slot) {
             log::warn!("{name}: frontend {who}: {e}; closed");
             continue;
         }
-        match slot.offer(stream) {
-            Ok(()) => log::info!("{name}: frontend {who} accepted"),
-            Err(refused) => {
-                log::warn!("{name}: frontend {who} refused: the partition already has a frontend");
-                drop(refused);
+        if port.busy.swap(true, Ordering::AcqRel) {
+            log::warn!("{name}: frontend {who} refused: the partition already has a frontend");
+            continue;
+        }
+        let busy = Busy(port.busy.clone());
+        let previous = port.last.take();
+        let device = port.device.clone();
+        let internal = port.internal.clone();
+        let path = port.internal_path.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("serve-{name}"))
+            .spawn(move || {
+                // The last connection may still be tearing down after letting this one in.
+                if let Some(t) = previous {
+                    let _ = t.join();
+                }
+                let mut internal = internal.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = serve_one(&device, stream, busy, &mut internal, &path) {
+                    log::error!("{}: {e}; frontend closed", device.partition().name());
+                }
+            });
+        match spawned {
+            Ok(t) => {
+                port.last = Some(t);
+                log::info!("{name}: frontend {who} accepted");
             }
+            // The closure, with the stream and the busy guard, is gone: the frontend is closed
+            // and the partition takes the next one.
+            Err(e) => log::error!("{name}: frontend {who} refused: cannot start its thread: {e}"),
         }
     }
 }
@@ -310,38 +342,10 @@ pub fn peer(s: &UnixStream) -> String {
     }
 }
 
-impl Slot {
-    /// Hands `s` to the serve thread unless the partition is busy (then `s` comes back).
-    fn offer(&self, s: UnixStream) -> Result<(), UnixStream> {
-        let mut st = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        if st.busy {
-            return Err(s);
-        }
-        st.busy = true;
-        st.frontend = Some(s);
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    fn take(&self) -> UnixStream {
-        let mut st = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(s) = st.frontend.take() {
-                return s;
-            }
-            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn release(&self) {
-        self.next.lock().unwrap_or_else(|e| e.into_inner()).busy = false;
-    }
-}
-
 fn serve_one(
     device: &NetDevice,
     frontend: UnixStream,
-    slot: &Slot,
+    busy: Busy,
     internal: &mut Listener,
     internal_path: &Path,
 ) -> Result<(), String> {
@@ -390,8 +394,9 @@ fn serve_one(
     }
     let result = daemon.wait();
     finish(Some(daemon));
-    // The next frontend may come now; `waiting` below then means it will be taken.
-    slot.release();
+    // The next frontend may come now (its thread waits for this one to end); `waiting` below
+    // then means it will be taken.
+    drop(busy);
     part.on_disconnect();
     use vhost::vhost_user::Error as Proto;
     use vhost_user_backend::Error::HandleRequest;

@@ -409,6 +409,46 @@ fn connect_close_cycles_leave_fds_and_threads_where_they_were() {
     drop(Driver::start(&d.sock("vf0"), plain(), 1));
 }
 
+/// The daemon's threads at rest: the least of a few samples (a `ctl` call of the test has a
+/// thread of its own for a moment).
+fn threads_at_rest(d: &Daemon) -> usize {
+    (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(30));
+            threads(d)
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// Threads are a cost at 255 VFs: an idle partition holds none (64 VFs at rest have the threads
+/// of one), a connection's threads are few, and they end with it.
+#[test]
+fn idle_partitions_hold_no_threads_and_a_connections_threads_end_with_it() {
+    let one = Daemon::start(&["--vfs", "1"]);
+    let many = Daemon::start(&["--vfs", "64"]);
+    let rest = threads_at_rest(&many);
+    assert_eq!(threads_at_rest(&one), rest, "64 idle VFs cost threads");
+    let drv = Driver::start(&many.sock("vf63"), plain(), 1);
+    many.wait_state("vf63", "started");
+    let connected = threads_at_rest(&many);
+    assert!(
+        connected > rest && connected - rest <= PER_CONNECTION,
+        "one connection: {rest} -> {connected} threads"
+    );
+    drop(drv);
+    many.wait_state("vf63", "waiting");
+    wait_for(
+        Duration::from_secs(10),
+        || threads(&many) <= rest,
+        "the connection's threads gone",
+    );
+}
+
+/// Threads a connection costs: the vhost-user framework's message handler and vring worker,
+/// and the pump's two directions.
+const PER_CONNECTION: usize = 4;
+
 /// A frontend that stops reading replies is dropped within the pump's timeout, whether it
 /// keeps the connection open or closes it, and the partition takes the next frontend.
 #[test]
@@ -678,7 +718,7 @@ fn a_saturated_call_eventfd_never_blocks_another_partitions_sender() {
 fn a_vring_fd_that_is_not_an_eventfd_drops_only_that_connection() {
     let d = Daemon::start(&["--vfs", "1"]);
     let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
-    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    let vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
     d.wait_state("vf0", "started");
     let mut fds = [0; 2];
     // SAFETY: pipe with a valid two-int array.
