@@ -28,16 +28,16 @@
 //! Every frontend is treated as hostile: what the pump keeps per connection is bounded (one
 //! message, one early state per ring), a write to the frontend that cannot finish within
 //! [`IO_TIMEOUT`] ends the connection (a peer that stops reading never blocks a thread for
-//! good), so does a message that stalls half-sent, and when either direction ends both sockets
-//! are shut down so that no thread is left blocked on the other.
+//! good), so does a message that stalls half-sent, and when either side ends both sockets are
+//! shut down so that the framework's handler is not left blocked on its end. One thread pumps
+//! both directions (see [`pump`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backend::iommu::{Iommu, VIRTIO_F_ACCESS_PLATFORM};
@@ -212,59 +212,71 @@ pub fn run_with(
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
     }
-    let to_frontend = Arc::new(Mutex::new(frontend.try_clone()?));
-    let down = {
-        let framework = framework.try_clone()?;
-        let to_frontend = to_frontend.clone();
-        let frontend = frontend.try_clone()?;
-        thread::Builder::new()
-            .name("vhost-user-pump".into())
-            .spawn(move || {
-                let result = pump_down(&framework, &to_frontend);
-                close_both(&frontend, &framework);
-                result
-            })?
-    };
-    let up = Up::new(&framework, &to_frontend, num_queues, iommu, on_update).run(&frontend);
+    let mut up = Up::new(&framework, &frontend, num_queues, iommu, on_update);
+    let result = pump(&frontend, &framework, &mut up);
     close_both(&frontend, &framework);
-    let down = down
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("pump thread panicked")));
-    // Report the cause, not the broken pipe the other direction saw after the shutdown.
-    let after_shutdown = |r: &io::Result<()>| {
-        r.as_ref().is_err_and(|e| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-            )
-        })
-    };
-    match (up, down) {
-        (Ok(()), r) | (r, Ok(())) => r,
-        (up, down) if after_shutdown(&up) && !after_shutdown(&down) => down,
-        (up, _) => up,
+    result
+}
+
+/// Which of the two sockets have something to read (a message, or the end of the stream).
+/// Waits for ever: an idle connection costs nothing but this thread's stack.
+fn readable(frontend: &UnixStream, framework: &UnixStream) -> io::Result<(bool, bool)> {
+    let ev = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+    let mut fds = [frontend.as_raw_fd(), framework.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    if fds.iter().any(|f| f.revents & libc::POLLNVAL != 0) {
+        return Err(io::Error::other("pump: socket closed under the poll"));
+    }
+    Ok((fds[0].revents & ev != 0, fds[1].revents & ev != 0))
+}
+
+/// Both directions on this one thread. Each round forwards at most one message each way, so
+/// replies are drained while requests go in: the framework answers each request before it reads
+/// the next, and neither socket fills up behind a write the other side waits on. A frontend
+/// that does not take its replies stalls the write to it, which times out and ends the
+/// connection.
+fn pump(frontend: &UnixStream, framework: &UnixStream, up: &mut Up) -> io::Result<()> {
+    loop {
+        let (from_frontend, from_framework) = readable(frontend, framework)?;
+        if from_framework {
+            match read_msg(framework)? {
+                Some(m) => write_msg(frontend, &m)?,
+                None => return Ok(()),
+            }
+        }
+        if from_frontend {
+            match read_msg(frontend)? {
+                Some(m) => up.message(m)?,
+                None => return Ok(()),
+            }
+        }
     }
 }
 
-/// Ends both directions of both sockets: every thread blocked on either wakes up.
+/// Ends both directions of both sockets: the framework's handler, blocked on its end, wakes up.
 fn close_both(frontend: &UnixStream, framework: &UnixStream) {
     let _ = frontend.shutdown(Shutdown::Both);
     let _ = framework.shutdown(Shutdown::Both);
 }
 
-/// Replies from the framework to the frontend.
-fn pump_down(framework: &UnixStream, to_frontend: &Mutex<UnixStream>) -> io::Result<()> {
-    while let Some(m) = read_msg(framework)? {
-        let out = to_frontend.lock().unwrap_or_else(|e| e.into_inner());
-        write_msg(&out, &m)?;
-    }
-    Ok(())
-}
-
 /// The frontend-to-framework direction and what it keeps per connection.
 struct Up<'a> {
     framework: &'a UnixStream,
-    to_frontend: &'a Mutex<UnixStream>,
+    to_frontend: &'a UnixStream,
     num_queues: usize,
     iommu: Arc<Iommu>,
     features_seen: bool,
@@ -337,7 +349,7 @@ fn region_at(p: &[u8], i: usize) -> Option<VaRegion> {
 impl<'a> Up<'a> {
     fn new(
         framework: &'a UnixStream,
-        to_frontend: &'a Mutex<UnixStream>,
+        to_frontend: &'a UnixStream,
         num_queues: usize,
         iommu: Arc<Iommu>,
         on_update: &'a dyn Fn(),
@@ -356,18 +368,17 @@ impl<'a> Up<'a> {
         }
     }
 
-    fn run(mut self, frontend: &UnixStream) -> io::Result<()> {
-        while let Some(m) = read_msg(frontend)? {
-            if m.request == IOTLB_MSG {
-                if self.iotlb_msg(&m)? {
-                    self.retry_pending()?;
-                    (self.on_update)();
-                }
-            } else {
-                self.handle(m)?;
+    /// One message from the frontend.
+    fn message(&mut self, m: Msg) -> io::Result<()> {
+        if m.request == IOTLB_MSG {
+            if self.iotlb_msg(&m)? {
+                self.retry_pending()?;
+                (self.on_update)();
             }
+            Ok(())
+        } else {
+            self.handle(m)
         }
-        Ok(())
     }
 
     fn reply(&self, m: &Msg, value: u64) -> io::Result<()> {
@@ -376,10 +387,7 @@ impl<'a> Up<'a> {
             FLAG_VERSION_1 | FLAG_REPLY,
             value.to_le_bytes().to_vec(),
         );
-        write_msg(
-            &self.to_frontend.lock().unwrap_or_else(|e| e.into_inner()),
-            &r,
-        )
+        write_msg(self.to_frontend, &r)
     }
 
     /// Applies an IOTLB_MSG and acks it (0 done, 1 refused). A refused one leaves the table as
@@ -638,6 +646,7 @@ impl<'a> Up<'a> {
 mod tests {
     use super::*;
     use backend::iommu::IOTLB_MSG_LEN;
+    use std::thread;
 
     fn msg_bytes(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = Msg::new(request, flags, payload.to_vec()).header().to_vec();

@@ -446,8 +446,8 @@ fn idle_partitions_hold_no_threads_and_a_connections_threads_end_with_it() {
 }
 
 /// Threads a connection costs: the vhost-user framework's message handler and vring worker,
-/// and the pump's two directions.
-const PER_CONNECTION: usize = 4;
+/// and the pump.
+const PER_CONNECTION: usize = 3;
 
 /// A frontend that stops reading replies is dropped within the pump's timeout, whether it
 /// keeps the connection open or closes it, and the partition takes the next frontend.
