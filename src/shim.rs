@@ -30,7 +30,7 @@
 //! [`IO_TIMEOUT`] ends the connection (a peer that stops reading never blocks a thread for
 //! good), so does a message that stalls half-sent, and when either side ends both sockets are
 //! shut down so that the framework's handler is not left blocked on its end. One thread pumps
-//! both directions (see [`pump`]).
+//! both directions (`pump` below).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
