@@ -388,7 +388,10 @@ fn serve_one(
         framework_side,
         device.num_queues(),
         session.iommu.clone(),
-        &|| backend::rx::flush_parked(part, &session),
+        &|| {
+            backend::rx::flush_parked(part, &session);
+            backend::tx::kick_restored(&session);
+        },
     ) {
         log::warn!("{name}: vhost-user stream error: {e}");
     }

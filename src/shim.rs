@@ -287,7 +287,14 @@ struct Up<'a> {
     vring_num: BTreeMap<u32, u32>,
     /// Per ring, a SET_VRING_ADDR whose entries are being asked for, and the IOVA last asked.
     pending: BTreeMap<u32, (Msg, u64)>,
-    /// Called after each applied UPDATE: frames kept for unmapped RX buffers go out.
+    /// Per ring the framework runs with translated addresses: its SET_VRING_ADDR payload as the
+    /// frontend sent it (IOVAs) and as forwarded (QEMU VAs), to follow invalidations.
+    active: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
+    /// Rings of `active` stopped because an invalidation covered their own areas, and the IOVA
+    /// last asked for each (None: not asked yet).
+    stale: BTreeMap<u32, Option<u64>>,
+    /// Called after each applied IOTLB message: frames kept for unmapped RX buffers go out, and
+    /// TX rings that run again are kicked.
     on_update: &'a dyn Fn(),
 }
 
@@ -323,6 +330,16 @@ fn ring_eventfds(m: &Msg) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A SET_VRING_ADDR payload's areas for a ring of `n` entries: (address, length, access) of the
+/// descriptor table, the used ring and the avail ring, in that order.
+fn ring_areas(p: &[u8], n: u64) -> Option<[(u64, u64, Access); 3]> {
+    Some([
+        (u64_at(p, 8)?, 16 * n, Access::Read),
+        (u64_at(p, 16)?, 6 + 8 * n, Access::Write),
+        (u64_at(p, 24)?, 6 + 2 * n, Access::Read),
+    ])
 }
 
 fn u32_at(p: &[u8], i: usize) -> Option<u32> {
@@ -364,6 +381,8 @@ impl<'a> Up<'a> {
             platform: false,
             vring_num: BTreeMap::new(),
             pending: BTreeMap::new(),
+            active: BTreeMap::new(),
+            stale: BTreeMap::new(),
             on_update,
         }
     }
@@ -371,8 +390,9 @@ impl<'a> Up<'a> {
     /// One message from the frontend.
     fn message(&mut self, m: Msg) -> io::Result<()> {
         if m.request == IOTLB_MSG {
-            if self.iotlb_msg(&m)? {
+            if self.iotlb_msg(&m)?.is_some() {
                 self.retry_pending()?;
+                self.revalidate()?;
                 (self.on_update)();
             }
             Ok(())
@@ -390,9 +410,10 @@ impl<'a> Up<'a> {
         write_msg(self.to_frontend, &r)
     }
 
-    /// Applies an IOTLB_MSG and acks it (0 done, 1 refused). A refused one leaves the table as
-    /// it was and the connection up: only that mapping is missing.
-    fn iotlb_msg(&self, m: &Msg) -> io::Result<bool> {
+    /// Applies an IOTLB_MSG and acks it (0 done, 1 refused); returns the type of an applied one.
+    /// A refused one leaves the table as it was and the connection up: only that mapping is
+    /// missing.
+    fn iotlb_msg(&mut self, m: &Msg) -> io::Result<Option<u8>> {
         let p = &m.payload;
         let parsed = (|| {
             Some((
@@ -411,6 +432,9 @@ impl<'a> Up<'a> {
                 .update(iova, size, uaddr, perm)
                 .map_err(|e| e.to_string()),
             Some((iova, size, _, _, IOTLB_INVALIDATE)) => {
+                // Running rings whose own areas lose their entries stop first: the framework
+                // holds their translations, and the data path checks the ring before use.
+                self.stop_rings_in(iova, size);
                 // The write side waits for every batch using the table: after this reply no
                 // access through the old entries is in flight.
                 self.iommu.write().invalidate(iova, size);
@@ -427,7 +451,68 @@ impl<'a> Up<'a> {
         if m.flags & FLAG_NEED_REPLY != 0 {
             self.reply(m, u64::from(result.is_err()))?;
         }
-        Ok(result.is_ok() && p.get(25) == Some(&IOTLB_UPDATE))
+        Ok(result.ok().and(p.get(25).copied()))
+    }
+
+    /// Stops every running ring with an area in `iova`, `size` bytes (0: to the end), until
+    /// [`Up::revalidate`] finds its entries back.
+    fn stop_rings_in(&mut self, iova: u64, size: u64) {
+        let last = match size {
+            0 => u64::MAX,
+            n => iova.saturating_add(n - 1),
+        };
+        for (&index, (iovas, _)) in &self.active {
+            if self.stale.contains_key(&index) {
+                continue;
+            }
+            let n = u64::from(self.vring_num.get(&index).copied().unwrap_or(1));
+            let hit = ring_areas(iovas, n).is_some_and(|areas| {
+                areas.iter().any(|&(a, len, _)| {
+                    a <= last && iova <= a.saturating_add(len.saturating_sub(1))
+                })
+            });
+            if hit {
+                self.iommu.stop_ring(index);
+                self.stale.insert(index, None);
+            }
+        }
+    }
+
+    /// Rings stopped by an invalidation: each one whose areas translate again to what the
+    /// framework holds runs again; the others have their next missing entry asked for. A ring
+    /// whose IOVAs now lead elsewhere, or can no longer be translated, stays stopped until it is
+    /// set up again (moving a running ring is not something a driver may do).
+    fn revalidate(&mut self) -> io::Result<()> {
+        let rings: Vec<u32> = self.stale.keys().copied().collect();
+        for index in rings {
+            let Some((iovas, forwarded)) = self.active.get(&index).cloned() else {
+                self.stale.remove(&index);
+                continue;
+            };
+            let why = match self.translate_vring_addr(&iovas) {
+                Ok(Ok((va, gpas))) if va == forwarded => {
+                    self.stale.remove(&index);
+                    self.iommu.expect_ring(index, Some(gpas));
+                    self.iommu.ring_restored(index);
+                    continue;
+                }
+                Ok(Ok(_)) => "its IOVAs now lead to other memory".to_string(),
+                Ok(Err((iova, access))) => {
+                    if self.stale.get(&index) != Some(&Some(iova)) {
+                        self.iommu.send_miss(iova, access)?;
+                        self.stale.insert(index, Some(iova));
+                    }
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            };
+            log::warn!("ring {index} stopped until it is set up again: {why}");
+            // Still stopped, and no longer waiting: frames for it are dropped from now on.
+            self.iommu.expect_ring(index, None);
+            self.stale.remove(&index);
+            self.active.remove(&index);
+        }
+        Ok(())
     }
 
     /// After an UPDATE: forwards each waiting SET_VRING_ADDR that now translates, and asks for
@@ -445,6 +530,7 @@ impl<'a> Up<'a> {
             match self.translate_vring_addr(&payload)? {
                 Ok((va, gpas)) => {
                     if let Some((mut m, _)) = self.pending.remove(&index) {
+                        self.active.insert(index, (m.payload.clone(), va.clone()));
                         m.payload = va;
                         self.iommu.expect_ring(index, Some(gpas));
                         write_msg(self.framework, &m)?;
@@ -472,8 +558,11 @@ impl<'a> Up<'a> {
             return write_msg(self.framework, &m);
         };
         self.pending.remove(&index);
+        self.active.remove(&index);
+        self.stale.remove(&index);
         match self.translate_vring_addr(&m.payload)? {
             Ok((va, gpas)) => {
+                self.active.insert(index, (m.payload.clone(), va.clone()));
                 m.payload = va;
                 self.iommu.expect_ring(index, Some(gpas));
                 write_msg(self.framework, &m)
@@ -502,6 +591,8 @@ impl<'a> Up<'a> {
                     self.platform = f & (1u64 << VIRTIO_F_ACCESS_PLATFORM) != 0;
                     if !self.platform {
                         self.pending.clear();
+                        self.active.clear();
+                        self.stale.clear();
                     }
                 }
             }
@@ -512,8 +603,13 @@ impl<'a> Up<'a> {
             GET_VRING_BASE => {
                 if let Some(i) = u32_at(&m.payload, 0) {
                     self.pending.remove(&i);
+                    self.active.remove(&i);
+                    self.stale.remove(&i);
                 }
                 if self.platform {
+                    // The other rings lose their entries too: they stop (QEMU is stopping
+                    // them all) and are asked for again after the next UPDATE if still running.
+                    self.stop_rings_in(0, 0);
                     self.iommu.write().clear();
                 }
             }
@@ -611,17 +707,15 @@ impl<'a> Up<'a> {
         &self,
         p: &[u8],
     ) -> io::Result<Result<(Vec<u8>, [u64; 3]), (u64, Access)>> {
-        let (Some(index), Some(desc), Some(used), Some(avail)) =
-            (u32_at(p, 0), u64_at(p, 8), u64_at(p, 16), u64_at(p, 24))
-        else {
-            return Err(invalid(format!("SET_VRING_ADDR of {} bytes", p.len())));
-        };
+        let bad = || invalid(format!("SET_VRING_ADDR of {} bytes", p.len()));
+        let index = u32_at(p, 0).ok_or_else(bad)?;
         let n = u64::from(self.vring_num.get(&index).copied().unwrap_or(1));
+        let [(desc, dl, _), (used, ul, _), (avail, al, _)] = ring_areas(p, n).ok_or_else(bad)?;
         // (payload offset, IOVA, length, access, index in the GPA triple)
         let areas = [
-            (8, desc, 16 * n, Access::Read, 0),
-            (16, used, 6 + 8 * n, Access::Write, 2),
-            (24, avail, 6 + 2 * n, Access::Read, 1),
+            (8, desc, dl, Access::Read, 0),
+            (16, used, ul, Access::Write, 2),
+            (24, avail, al, Access::Read, 1),
         ];
         let mut out = p.to_vec();
         let mut gpas = [0u64; 3];

@@ -312,3 +312,91 @@ fn bench_iotlb_cost_per_frame() {
     // Everything was mapped beforehand: the IOTLB pair never had to ask.
     assert_eq!(pairs[1].0.read_miss(Duration::from_millis(50)), None);
 }
+
+/// An invalidation that covers a running ring's own pages stops that ring: nothing of it is
+/// touched through the old entries, its entries are asked for, and once they come back with the
+/// same translation it runs again. A TX ring's chains wait in it; frames for an RX ring are
+/// kept and delivered in order. Nothing is lost.
+#[test]
+fn an_invalidated_running_ring_stops_until_its_entries_come_back() {
+    let (d, mut pf, mut vf0) = two();
+    let (m_pf, m0) = (d.mac("pf"), d.mac("vf0"));
+    pf.post_rx(0, 8, 2048);
+    vf0.post_rx(0, 8, 2048);
+    let f = test_frame(m_pf, m0, 1, 64);
+    vf0.send(0, &f);
+    assert_eq!(pf.recv_n(0, 1)[0].1, f);
+    vf0.wait_tx_done(0, 1);
+
+    // VF0's TX ring: a chain posted while its pages have no entry waits.
+    let tx = vf0.ring_gpa(1);
+    vf0.iotlb_invalidate(vf0.iova_of(tx), 0x10000);
+    assert_eq!(
+        vf0.read_miss(Duration::from_secs(2)),
+        Some((vf0.iova_of(tx), 1)),
+        "the descriptor table asked for"
+    );
+    let f = test_frame(m_pf, m0, 2, 80);
+    vf0.send(0, &f);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(vf0.take_used(1).is_empty(), "completed through no entry");
+    assert!(pf.recv(0).is_empty(), "sent through no entry");
+    vf0.iotlb_update(vf0.iova_of(tx), 0x10000, vf0.va_of(tx), 3);
+    assert_eq!(pf.recv_n(0, 1)[0].1, f, "sent once the entries are back");
+    vf0.wait_tx_done(0, 1);
+
+    // VF0's RX ring: frames for it are kept meanwhile, then delivered in order.
+    let rx = vf0.ring_gpa(0);
+    vf0.iotlb_invalidate(vf0.iova_of(rx), 0x10000);
+    let frames: Vec<Vec<u8>> = (3..6)
+        .map(|i| test_frame(m0, m_pf, i, 90 + i as usize))
+        .collect();
+    for f in &frames {
+        pf.send(0, f);
+    }
+    pf.wait_tx_done(0, 3);
+    assert!(vf0.read_miss(Duration::from_secs(2)).is_some());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(vf0.used_idx(0), 0, "written through no entry");
+    vf0.iotlb_update(vf0.iova_of(rx), 0x10000, vf0.va_of(rx), 3);
+    let got: Vec<Vec<u8>> = vf0.recv_n(0, 3).into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, frames);
+    assert_eq!((drops(&d, "pf"), drops(&d, "vf0")), (0, 0));
+}
+
+/// A running ring whose IOVAs lead elsewhere after an invalidation (a driver moving a live
+/// ring) stays stopped, logged, until its driver sets it up again; the other partition and the
+/// other direction go on.
+#[test]
+fn a_running_ring_remapped_elsewhere_stays_stopped_until_set_up_again() {
+    let (d, mut pf, mut vf0) = two();
+    let (m_pf, m0) = (d.mac("pf"), d.mac("vf0"));
+    pf.post_rx(0, 8, 2048);
+    vf0.post_rx(0, 8, 2048);
+    let tx = vf0.ring_gpa(1);
+    vf0.iotlb_invalidate(vf0.iova_of(tx), 0x10000);
+    assert!(vf0.read_miss(Duration::from_secs(2)).is_some());
+    // The same IOVAs now lead to other guest memory (queue 1's buffers).
+    vf0.iotlb_update(vf0.iova_of(tx), 0x10000, vf0.va_of(tx + 0x10000), 3);
+    wait_for(
+        Duration::from_secs(5),
+        || d.log().contains("ring 1 stopped until it is set up again"),
+        "the stop logged",
+    );
+    vf0.send(0, &test_frame(m_pf, m0, 1, 64));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(pf.recv(0).is_empty(), "sent from a moved ring");
+    // PF -> VF0 still works.
+    let f = test_frame(m0, m_pf, 2, 64);
+    pf.send(0, &f);
+    assert_eq!(vf0.recv_n(0, 1)[0].1, f);
+    // Set up again (as after a driver reset): everything runs.
+    vf0.stop_rings();
+    vf0.map_all();
+    vf0.start_rings();
+    d.wait_state("vf0", "started");
+    pf.post_rx(0, 1, 2048);
+    let f = test_frame(m_pf, m0, 3, 64);
+    vf0.send(0, &f);
+    assert_eq!(pf.recv_n(0, 1)[0].1, f);
+}

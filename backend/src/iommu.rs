@@ -52,6 +52,12 @@ pub struct Iommu {
     untranslated: AtomicU64,
     /// The guest-physical ring addresses each such ring is waiting for, once known.
     expected: Mutex<Vec<(usize, [u64; 3])>>,
+    /// Rings (bit = ring index) stopped by an invalidation that may run again: see
+    /// [`Iommu::ring_restored`].
+    restored: AtomicU64,
+    /// Rings (bit = ring index) stopped by an invalidation while running, waiting for their
+    /// entries: frames for such an RX ring are kept, not dropped (see [`Iommu::stop_ring`]).
+    revalidating: AtomicU64,
     /// Per TX ring that stopped at an unmapped chain: its ring position, since when, and when
     /// it was last tried.
     stalls: Mutex<Vec<(usize, u16, Instant, Instant)>>,
@@ -170,6 +176,23 @@ impl Iommu {
             e.push((index as usize, g));
         }
         self.untranslated.fetch_or(bit, Ordering::AcqRel);
+        self.revalidating.fetch_and(!bit, Ordering::AcqRel);
+    }
+
+    /// Running ring `index` lost the entries of its own areas (an invalidation): the data path
+    /// leaves it alone until [`Iommu::expect_ring`] names its addresses again. Meanwhile frames
+    /// for it, if an RX ring, are kept as for an unmapped buffer.
+    pub fn stop_ring(&self, index: u32) {
+        self.expect_ring(index, None);
+        if let Some(bit) = 1u64.checked_shl(index) {
+            self.revalidating.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Ring `qidx` is stopped by [`Iommu::stop_ring`] and waiting for its entries.
+    pub fn revalidating(&self, qidx: usize) -> bool {
+        1u64.checked_shl(qidx as u32)
+            .is_some_and(|bit| self.revalidating.load(Ordering::Acquire) & bit != 0)
     }
 
     /// True when ring `qidx`, whose queue holds `addrs` (descriptor table, avail, used), may be
@@ -188,6 +211,20 @@ impl Iommu {
             return true;
         }
         false
+    }
+
+    /// Ring `index`, stopped because an invalidation covered its own areas, has its entries
+    /// back (its addresses are expected again, see [`Iommu::expect_ring`]): a TX ring is to be
+    /// kicked, as its driver will not kick for chains it already posted.
+    pub fn ring_restored(&self, index: u32) {
+        if let Some(bit) = 1u64.checked_shl(index) {
+            self.restored.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// The rings [`Iommu::ring_restored`] named since the last call.
+    pub fn take_restored(&self) -> u64 {
+        self.restored.swap(0, Ordering::AcqRel)
     }
 
     /// TX ring `qidx` stopped at ring position `pos` on a chain with no entry (a MISS went out):

@@ -67,6 +67,8 @@ pub struct RxQueue<'a> {
     /// Chains the driver had posted beyond next_avail when avail.idx was last read. avail.idx is
     /// a line the driver's core writes, so it is only read again when these run out.
     avail: u16,
+    /// The ring is stopped while its IOTLB entries come back: every frame is parked.
+    gated: bool,
     /// Frames may be kept (parked) for this receiver: they go before any new one.
     parked: bool,
     /// The last `put_frame` failed only because a buffer had no IOTLB entry yet.
@@ -113,8 +115,20 @@ impl<'a> RxQueue<'a> {
             }
         }
         let published = ring.get_queue().next_used();
+        // The receiver's IOTLB changing right now: this run's frames find no buffer (see
+        // `Iommu::try_dma` for why a sender never waits for it). Taken before the ring is
+        // checked, so that an invalidation stopping the ring waits for this run to end.
+        let mem = held.try_host().ok_or(DropReason::NoRxBuffer)?;
+        let mut gated = false;
         let mapped = match held.ring(2 * pair, ring.get_queue()) {
             Ok(m) => m,
+            // The ring's entries were invalidated while it ran and are being asked for: the
+            // run keeps its frames (see `put`) and touches nothing of the ring.
+            Err(ring::RingError::Untranslated) if session.iommu.revalidating(2 * pair) => {
+                gated = true;
+                held.ring_unchecked(2 * pair, ring.get_queue())
+                    .map_err(|_| DropReason::DestinationDown)?
+            }
             // Under ACCESS_PLATFORM, the ring's own entries are still on their way.
             Err(ring::RingError::Untranslated) => return Err(DropReason::DestinationDown),
             Err(e) => {
@@ -122,10 +136,9 @@ impl<'a> RxQueue<'a> {
                 return Err(DropReason::DestinationDown);
             }
         };
-        // The receiver's IOTLB changing right now: this run's frames find no buffer (see
-        // `Iommu::try_dma` for why a sender never waits for it).
-        let mem = held.try_host().ok_or(DropReason::NoRxBuffer)?;
-        mapped.prefetch_used(ring.get_queue(), frames);
+        if !gated {
+            mapped.prefetch_used(ring.get_queue(), frames);
+        }
         Ok(RxQueue {
             dest,
             held,
@@ -141,6 +154,7 @@ impl<'a> RxQueue<'a> {
             mtu: dest.config.mtu,
             capturing: dest.capture.on(),
             avail: 0,
+            gated,
             parked: session.iommu.any_parked(),
             unmapped: false,
             published,
@@ -181,7 +195,7 @@ impl<'a> RxQueue<'a> {
     /// Delivers one frame (a copy goes to the partition's capture, if one runs).
     pub fn put(&mut self, out: &Outgoing<'_>) -> Result<(), DropReason> {
         // Frames kept for unmapped buffers go first, and this one waits behind them.
-        let written = if self.parked && !self.flush_parked() {
+        let written = if self.gated || (self.parked && !self.flush_parked()) {
             self.park(out)
         } else {
             match self.put_frame(out) {
@@ -433,9 +447,10 @@ impl Drop for RxQueue<'_> {
     /// Shows the driver every frame of the run: one used.idx store, one fence and at most one
     /// notification, before the ring lock is released (so a stop never sees unpublished entries).
     fn drop(&mut self) {
-        if self
-            .mapped
-            .publish_pending(self.ring.get_queue(), self.published)
+        if !self.gated
+            && self
+                .mapped
+                .publish_pending(self.ring.get_queue(), self.published)
         {
             if let Err(e) = self.ring.signal_used_queue() {
                 log::debug!(

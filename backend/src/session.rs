@@ -289,6 +289,13 @@ impl Held {
         unsafe { self.rings.ring(&self.map, qidx, q) }
     }
 
+    /// [`Held::ring`] without the vIOMMU check, for an RX run that only keeps frames while the
+    /// ring's entries come back: mapping reads nothing, and such a run touches nothing of it.
+    pub fn ring_unchecked(&self, qidx: usize, q: &Queue) -> Result<Ring<'_>, RingError> {
+        // SAFETY: as in `ring`.
+        unsafe { self.rings.ring(&self.map, qidx, q) }
+    }
+
     /// A batch or run on the cached ring left it at next_avail `avail` and next_used `used`.
     pub fn saw(&self, avail: u16, used: u16) {
         self.seen.set((avail, used));

@@ -97,6 +97,28 @@ pub fn process_tx(
     s.release();
 }
 
+/// Kicks the TX rings of `session` that run again after an IOTLB invalidation stopped them
+/// (see `Iommu::ring_restored`); their chains would otherwise wait for the retry timer.
+pub fn kick_restored(session: &Session) {
+    let mask = session.iommu.take_restored();
+    if mask == 0 {
+        return;
+    }
+    let Some(vrings) = session.vrings() else {
+        return;
+    };
+    for (qidx, v) in vrings.iter().enumerate().filter(|(q, _)| q % 2 == 1) {
+        if 1u64
+            .checked_shl(qidx as u32)
+            .is_some_and(|bit| mask & bit != 0)
+        {
+            if let Some(k) = v.get_ref().get_kick() {
+                shaper::Alarm::get().kick_after(k, std::time::Duration::ZERO);
+            }
+        }
+    }
+}
+
 /// Re-enables the driver's kick on TX pair `pair` now that its ring is empty. Returns whether
 /// chains arrived meanwhile (notifications are then suppressed again: the caller goes on), or
 /// None when the ring is not running.

@@ -350,11 +350,22 @@ impl Driver {
     pub fn connect_iommu(path: &Path, want: u64, pairs: usize, iova: u64) -> Driver {
         let d = Self::connect_with(path, want | (1u64 << 33), pairs, Some(iova));
         assert!(d.has(33), "the daemon offers ACCESS_PLATFORM");
-        let size = d.mem.last_addr().0 + 1;
-        for off in (0..size).step_by(0x10000) {
-            d.iotlb_update(iova + off, 0x10000, d.host_base + off, 3);
-        }
+        d.map_all();
         d
+    }
+
+    /// Maps all of guest memory at the driver's IOVAs (read-write, in 64 KiB entries).
+    pub fn map_all(&self) {
+        let size = self.mem.last_addr().0 + 1;
+        for off in (0..size).step_by(0x10000) {
+            self.iotlb_update(self.iova + off, 0x10000, self.host_base + off, 3);
+        }
+    }
+
+    /// The guest address of queue `qi`'s rings: descriptor table, then avail at +0x1000 and
+    /// used at +0x2000, in one 64 KiB-aligned block.
+    pub fn ring_gpa(&self, qi: usize) -> u64 {
+        self.queues[qi].desc()
     }
 
     fn connect_with(path: &Path, want: u64, pairs: usize, iova: Option<u64>) -> Driver {
