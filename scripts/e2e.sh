@@ -25,7 +25,7 @@
 #   E2E_READY_TIMEOUT  seconds to wait for the daemon's ready file (default 30)
 #   E2E_ACCEL          auto (default) | tcg | kvm
 #   E2E_ONLY           run only these guest scenarios, e.g. "abc" (developer option). Default: the
-#                      setup's set, abcdefghijkopq (without q when there is no uplink); abcmolh with
+#                      setup's set, abcdefghijkopq (without q when there is no uplink); abcmoluh with
 #                      E2E_IOMMU=1 (abch with E2E_LIBVIRT=1 too); anh with E2E_IOMMU=1 E2E_DISABLE_ACS_REDIR=1
 #   E2E_UPLINK         1 (default, except with E2E_IOMMU=1 or E2E_LIBVIRT=1 or E2E_STANDIN): the
 #                      daemon gets a stream uplink (--uplink stream:<run dir>/uplink.sock) and the
@@ -93,7 +93,7 @@ if [ "$ACS_REDIR_OFF" = 1 ]; then
 elif [ "$IOMMU" = 1 ] && [ "$LIBVIRT" = 1 ]; then
     DEFAULT_IDS=abch
 elif [ "$IOMMU" = 1 ]; then
-    DEFAULT_IDS=abcmolh
+    DEFAULT_IDS=abcmoluh
 elif [ "$UPLINK" = 1 ]; then
     DEFAULT_IDS=abcdefghijkopq
 else

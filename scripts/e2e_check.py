@@ -57,6 +57,10 @@ Host checks (daemon mode), by scenario; P = pings (= ARP requests in d), "delta"
   n  (shared group) n-start -> n-end: no VF started (they are only ever bound to vfio-pci);
      n-stub: pf not "started"; n-end: pf "started".
   o  (many VFs) o-start: pf and every VF "started"; o-start -> o-end: the last VF and pf rx/tx >= P.
+  u  (userspace driver, vIOMMU) u-start -> u-end: vf0 tx_packets, rx_packets and
+     drop_malformed_chain each +1 or more (the ARP request, the PF's reply, the unmapped IOVA),
+     vf0's IOTLB misses grew, pf rx/tx moved, and qemu.log shows intel-iommu's translation
+     failure for the unmapped IOVA 0x41000000.
   p  (daemon restart under traffic) restart-p-restart.json: scripts/e2e_sync.py killed the daemon
      with SIGKILL and a new one (another PID) got ready; p-start is the old daemon's snapshot and
      p-end the new one's (daemons.json). p-start: vf0, vf1 and pf "started", every partition at
@@ -79,7 +83,7 @@ import os
 import re
 import sys
 
-IDS = "abcdefghijklmnopq"
+IDS = "abcdefghijklmnopqu"
 DROPS = ("drop_no_rx_buffer", "drop_spoofed_source", "drop_unknown_destination",
          "drop_destination_down", "drop_malformed_chain")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -468,6 +472,32 @@ def host_l(run):
     return f"no VF started while on vfio-pci, {last} started on virtio-pci, pf started again"
 
 
+def host_u(run):
+    s, e = run.pair("u")
+    moved = []
+    for key in ("tx_packets", "rx_packets", "drop_malformed_chain"):
+        d = delta(s, e, "vf0", key)
+        need(d >= 1, f"vf0 {key} +{d} from the userspace driver, expected >= 1")
+        moved.append(f"{key} +{d}")
+    i0, i1 = s["vf0"].get("iommu") or {}, e["vf0"].get("iommu") or {}
+    asked = i1.get("misses", 0) - i0.get("misses", 0)
+    need(asked > 0, f"vf0 IOTLB misses +{asked}: the userspace driver's IOVAs never reached the daemon")
+    for key in ("rx_packets", "tx_packets"):
+        d = delta(s, e, "pf", key)
+        need(d >= 1, f"pf {key} +{d} (the ARP request and its reply), expected >= 1")
+    # The daemon's MISS for the unmapped descriptor went to QEMU's intel-iommu, which found no
+    # mapping for the device and recorded the fault, as the hardware would.
+    try:
+        with open(os.path.join(run.dir, "qemu.log"), errors="replace") as f:
+            qlog = f.read()
+    except OSError:
+        qlog = ""
+    need("translation failure" in qlog and "iova=0x41000000" in qlog,
+         "QEMU's vIOMMU recorded no translation failure for the unmapped IOVA 0x41000000")
+    return (f"vf0 driven from guest userspace: {', '.join(moved)} (the unmapped IOVA), IOTLB misses "
+            f"+{asked}, the vIOMMU recorded the fault; pf answered")
+
+
 def host_m(run):
     parts = run.snap("m")
     for n in ["pf"] + run.vfs:
@@ -640,7 +670,7 @@ def host_p(run):
 
 HOST_CHECKS = {"a": host_a, "b": host_b, "c": host_c, "d": host_d, "e": host_e, "f": host_f,
                "g": host_g, "h": host_h, "i": host_i, "j": host_j, "k": host_k, "l": host_l,
-               "m": host_m, "n": host_n, "o": host_o, "p": host_p, "q": host_q}
+               "m": host_m, "n": host_n, "o": host_o, "p": host_p, "q": host_q, "u": host_u}
 
 
 def read_console(d):

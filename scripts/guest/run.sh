@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs the guest scenarios (ids a..q; h, the power-off, last) in order; started by /init. See scenarios.sh.
+# Runs the guest scenarios (ids a..q and u; h, the power-off, last) in order; started by /init. See scenarios.sh.
 # Each new scenario sets up what it needs and leaves the PF on virtio-pci with no VFs or all of them.
 # shellcheck source=/dev/null
 . /e2e/lib.sh
@@ -25,6 +25,7 @@ run_scenario k scen_k_pf_reset
 run_scenario m scen_m_groups
 run_scenario o scen_o_many_vfs
 run_scenario l scen_l_vfio_token
+run_scenario u scen_u_user_dma
 run_scenario n scen_n_shared_group
 run_scenario p scen_p_restart
 run_scenario h scen_h_end

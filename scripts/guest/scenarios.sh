@@ -430,6 +430,36 @@ scen_l_vfio_token() {
     DETAIL="vfio-pci enable_sriov=1: $E2E_VFS VFs captured; vfio_token $pfb/$vf0: $VFIO_SUMMARY; $last on virtio-pci warned about; PF back on virtio-pci"
 }
 
+# u: a userspace driver in the guest (E2E_IOMMU=1): VF0 on vfio-pci, the PF on virtio-pci in its
+# namespace. vfio_token's userspace virtio-net driver maps its own memory for DMA, sends an ARP
+# request for the PF's address and takes the PF's reply, every access through the vIOMMU; a
+# descriptor at an IOVA it never mapped is completed unread.
+scen_u_user_dma() {
+    local d vf
+    [ -n "$PF" ] || fail "no PF" || return 1
+    group_of "$PF" >/dev/null || fail "the PF has no IOMMU group (needs a vIOMMU: E2E_IOMMU=1)" || return 1
+    vfs_off || return 1
+    load_vfio || return 1
+    echo 0 >"$PF/sriov_drivers_autoprobe"
+    set_numvfs 1 || fail "echo 1 > sriov_numvfs: $SET_ERR" || return 1
+    d=$(fn_dir vf0) || fail "vf0: no virtfn link" || return 1
+    vf=$(basename "$d")
+    fn_bind "$d" vfio-pci || fail "bind vf0 to vfio-pci: $WRITE_ERR" || return 1
+    [ -c "/dev/vfio/$(group_of "$d")" ] || fail "no /dev/vfio/$(group_of "$d") for vf0" || return 1
+    ns_has_dev pf || into_ns pf || return 1
+    snap u-start
+    vfio_run dma dma "$vf" "$(fn_mac pf)" "$(fn_ip pf)" "$(fn_ip vf0)" || return 1
+    vfio_expect "VIRTIO_F_ACCESS_PLATFORM offered (the device's DMA goes through the vIOMMU)" \
+        "TX: an ARP request from this process's memory, completed" \
+        "RX: the PF's ARP reply to this VF" \
+        "TX: a descriptor at an unmapped IOVA, completed unread" || return 1
+    snap u-end
+    fn_unbind "$d" || fail "unbind vf0 from vfio-pci: $WRITE_ERR" || return 1
+    sysfs_write "$d/driver_override" "" || fail "clear vf0 driver_override: $WRITE_ERR" || return 1
+    vfs_off || return 1
+    DETAIL="vf0 $vf on vfio-pci, userspace virtio-net driver: $VFIO_SUMMARY"
+}
+
 # m: IOMMU groups with ACS (E2E_IOMMU=1): QEMU's root port has ACS and Linux enables it
 # (SV|RR|CR|UF), so the root port, the PF and every VF each get a group of their own.
 scen_m_groups() {
