@@ -426,11 +426,11 @@ impl<'a> Up<'a> {
         })();
         let result = match parsed {
             None => Err(format!("IOTLB_MSG of {} bytes", p.len())),
-            Some((iova, size, uaddr, perm, IOTLB_UPDATE)) => self
-                .iommu
-                .write()
-                .update(iova, size, uaddr, perm)
-                .map_err(|e| e.to_string()),
+            Some((iova, size, uaddr, perm, IOTLB_UPDATE)) => {
+                let r = self.iommu.write().update(iova, size, uaddr, perm);
+                self.iommu.note_update();
+                r.map_err(|e| e.to_string())
+            }
             Some((iova, size, _, _, IOTLB_INVALIDATE)) => {
                 // Running rings whose own areas lose their entries stop first: the framework
                 // holds their translations, and the data path checks the ring before use.

@@ -28,9 +28,11 @@ const IOTLB_MISS: u8 = 1;
 /// `struct vhost_iotlb_msg` as QEMU sizes it (26 bytes of fields, padded to 8).
 pub const IOTLB_MSG_LEN: usize = 32;
 
-/// The data path asks again for the same page only after this long: a driver that keeps posting
-/// one unmapped buffer must not turn every chain into a message.
+/// The data path asks again for the same page only after this long, doubled at each repeat up to
+/// [`MISS_REPEAT_MAX`]: a driver that keeps posting one unmapped buffer (or a chain waiting
+/// [`STALL_LIMIT`] for an IOVA QEMU cannot translate) must not turn every try into a message.
 const MISS_REPEAT: Duration = Duration::from_millis(1);
+const MISS_REPEAT_MAX: Duration = Duration::from_millis(256);
 
 /// A TX chain whose buffer has no entry yet stays in the ring and is tried again after this long
 /// (QEMU answers a MISS within a round trip of its main loop).
@@ -44,8 +46,11 @@ pub struct Iommu {
     on: AtomicBool,
     tlb: RwLock<Iotlb>,
     channel: Mutex<Option<UnixStream>>,
-    /// The last MISS the data path sent: when, and for which page.
-    last_miss: Mutex<Option<(Instant, u64)>>,
+    /// The last MISS the data path sent: when, for which page, how long until it may be asked
+    /// for again, and the UPDATE count then (an UPDATE since restarts the backoff).
+    last_miss: Mutex<Option<(Instant, u64, Duration, u64)>>,
+    /// IOTLB UPDATEs applied (see [`Iommu::note_update`]).
+    updates: AtomicU64,
     misses: AtomicU64,
     /// Rings (bit = ring index) whose SET_VRING_ADDR IOVAs are not translated in the framework's
     /// queue yet: the data path leaves them alone (see [`Iommu::expect_ring`]).
@@ -330,9 +335,14 @@ impl Iommu {
         Ok(())
     }
 
+    /// An UPDATE was applied: a page asked for again after it is asked for without delay.
+    pub fn note_update(&self) {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The data path hit `f`: ask for the entry without ever blocking (a full channel, a
-    /// channel in use or a page asked for within `MISS_REPEAT` just skips the request; the
-    /// driver's next buffer there faults and asks again).
+    /// channel in use or a page asked for again too soon (`MISS_REPEAT`, doubling) just skips
+    /// the request; the driver's next buffer there faults and asks again).
     pub fn report(&self, f: &Fault) {
         let Some((iova, access)) = f.miss_iova() else {
             return;
@@ -349,10 +359,17 @@ impl Iommu {
             let Ok(mut last) = self.last_miss.try_lock() else {
                 return;
             };
-            if last.is_some_and(|(t, p)| p == page && now.duration_since(t) < MISS_REPEAT) {
-                return;
-            }
-            *last = Some((now, page));
+            let updates = self.updates.load(Ordering::Relaxed);
+            let wait = match *last {
+                Some((t, p, wait, u)) if p == page && u == updates => {
+                    if now.duration_since(t) < wait {
+                        return;
+                    }
+                    (wait * 2).min(MISS_REPEAT_MAX)
+                }
+                _ => MISS_REPEAT,
+            };
+            *last = Some((now, page, wait, updates));
         }
         let m = miss_message(iova, access);
         // SAFETY: `m` is a live buffer of m.len() bytes; the fd belongs to `s`, held locked.
@@ -517,6 +534,31 @@ mod tests {
         theirs.read_exact(&mut got).unwrap();
         assert_eq!(got[..44], miss_message(0x5000, Access::Read));
         assert_eq!(got[44..], miss_message(0x9000, Access::Write));
+        // One page asked for again and again (a chain waiting for an IOVA QEMU cannot
+        // translate): the repeats back off, a handful in 300 ms rather than one per try.
+        let before = i.misses_sent();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            i.report(&Fault::Miss {
+                iova: 0x7000,
+                access: Access::Read,
+            });
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let repeats = i.misses_sent() - before;
+        assert!(
+            (2..=10).contains(&repeats),
+            "{repeats} MISS for one page in 300 ms"
+        );
+        // An UPDATE came meanwhile: the page is asked for again at once.
+        i.note_update();
+        i.report(&Fault::Miss {
+            iova: 0x7000,
+            access: Access::Read,
+        });
+        assert_eq!(i.misses_sent() - before, repeats + 1, "asked again after an UPDATE");
+        let mut drain = vec![0u8; 44 * (repeats as usize + 1)];
+        theirs.read_exact(&mut drain).unwrap();
         // A peer that stops reading: the sends fail quietly instead of blocking.
         for p in 0..100_000u64 {
             i.report(&Fault::Miss {
