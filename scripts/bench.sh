@@ -5,7 +5,8 @@
 #                                   testpmd net_vhost in io mode, same virtio_user frontend;
 #                                   64 B and 1518 B throughput, CPU per packet, latency
 #   scripts/bench.sh scale          64 and 255 VFs: start-up time, idle RSS and threads; then
-#                                   8 VF pairs passing traffic at once
+#                                   8 VF pairs passing traffic at once; then what guest-scale
+#                                   does (a real guest with 64 and 255 VFs; SCALE_GUEST=0 skips it)
 #   scripts/bench.sh uplinks        VF -> tap -> a namespace's stack against DPDK net_vhost +
 #                                   net_tap, and VF -> VXLAN -> a second daemon; 64 B and
 #                                   1518 B Mpps and Gbit/s. It runs scripts/bench-uplinks.sh,
@@ -514,3 +515,7 @@ throughput) run_throughput ;;
 scale) run_scale ;;
 esac
 log "raw figures: $RESULTS/raw.json; tables: $RESULTS/table.txt"
+if [[ $MODE == scale && ${SCALE_GUEST:-1} == 1 ]]; then
+    log "next: a real guest with ${GUEST_SCALE_VFS:-64 255} VFs (scripts/bench-guest-scale.sh; SCALE_GUEST=0 skips it)"
+    "$ROOT/scripts/bench-guest-scale.sh"
+fi

@@ -556,7 +556,11 @@ mod tests {
             iova: 0x7000,
             access: Access::Read,
         });
-        assert_eq!(i.misses_sent() - before, repeats + 1, "asked again after an UPDATE");
+        assert_eq!(
+            i.misses_sent() - before,
+            repeats + 1,
+            "asked again after an UPDATE"
+        );
         let mut drain = vec![0u8; 44 * (repeats as usize + 1)];
         theirs.read_exact(&mut drain).unwrap();
         // A peer that stops reading: the sends fail quietly instead of blocking.
