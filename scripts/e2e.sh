@@ -3,7 +3,7 @@
 #
 # Runs scripts/provision.sh (fast when cached), starts vhost-user-sriov-net, boots the test guest
 # (scripts/guest/) on QEMU with the device arguments from `vhost-user-sriov-net qemu-args`, lets the
-# guest run its scenarios (a..q; which ones depends on the setup, see E2E_ONLY) while
+# guest run its scenarios (a..q and u; which ones depends on the setup, see E2E_ONLY) while
 # scripts/e2e_sync.py snapshots the daemon's counters at the guest's checkpoints (second serial
 # port) and restarts the daemon when the guest asks (scenario p), then evaluates everything with
 # scripts/e2e_check.py. Prints a summary table; exits non-zero on any FAIL, missing result or

@@ -1,5 +1,5 @@
 # shellcheck shell=dash
-# Guest scenarios a..q (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
+# Guest scenarios a..q and u (busybox sh; sourced by run.sh). Each returns 0 (PASS) or 1 (FAIL) and sets
 # DETAIL. "snap NAME" marks a host checkpoint: the runner saves the daemon's state as
 # results/snap-NAME.json while the guest waits; scripts/e2e_check.py compares the snapshots:
 #
