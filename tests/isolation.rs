@@ -748,3 +748,24 @@ fn a_vring_fd_that_is_not_an_eventfd_drops_only_that_connection() {
     d.wait_state("vf0", "started");
     ping(&d, &mut pf, &mut again, 1);
 }
+
+/// A frontend that drains its own kick eventfd (as QEMU may when it takes a queue back, or a
+/// hostile one on purpose) races the daemon's read of it. Losing that race used to end the vring
+/// worker (vhost-user-backend treats the empty read as an error), leaving the partition's data
+/// path dead until the frontend reconnected: now it is a kick with nothing in it.
+#[test]
+fn a_frontend_draining_its_own_kicks_never_stops_its_queue() {
+    let d = Daemon::start(&["--vfs", "1"]);
+    let mut pf = Driver::start(&d.sock("pf"), plain(), 1);
+    let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
+    d.wait_state("vf0", "started");
+    // Reads at every delay from 0 to 60 us after the kick: some land between the daemon's
+    // wakeup and its read.
+    for i in 0..3000u64 {
+        vf0.kick_and_drain(1, Duration::from_nanos(i % 61 * 1000));
+    }
+    pf.post_rx(0, 1, 2048);
+    let f = test_frame(d.mac("pf"), d.mac("vf0"), 1, 64);
+    vf0.send(0, &f);
+    assert_eq!(pf.recv_n(0, 1)[0].1, f, "VF0's TX queue still served");
+}

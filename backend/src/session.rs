@@ -8,12 +8,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use vhost_user_backend::{VringRwLock, VringT};
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
+use vhost_user_backend::{VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_queue::Error as VirtQueError;
 use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
@@ -29,7 +31,94 @@ use crate::Mem;
 
 pub type GuestMem = GuestMemoryAtomic<Mem>;
 
-pub type Vring = VringRwLock<GuestMem>;
+/// The framework's vring for one queue: its `VringRwLock`, except for `read_kick`.
+/// vhost-user-backend 0.24 ends the vring worker on any error reading the kick eventfd, and an
+/// empty read (EAGAIN) happens whenever the frontend drains its own eventfd between our wakeup
+/// and our read (QEMU does when it takes a queue back; a hostile frontend can at will). The
+/// partition's data path would then be dead until the frontend reconnects. Here it is a wakeup
+/// with nothing to do.
+#[derive(Clone)]
+pub struct Vring(VringRwLock<GuestMem>);
+
+impl<'a> VringStateGuard<'a, GuestMem> for Vring {
+    type G = RwLockReadGuard<'a, VringState<GuestMem>>;
+}
+
+impl<'a> VringStateMutGuard<'a, GuestMem> for Vring {
+    type G = RwLockWriteGuard<'a, VringState<GuestMem>>;
+}
+
+impl VringT<GuestMem> for Vring {
+    fn new(mem: GuestMem, max_queue_size: u16) -> Result<Self, VirtQueError> {
+        VringRwLock::new(mem, max_queue_size).map(Vring)
+    }
+
+    fn read_kick(&self) -> io::Result<bool> {
+        match self.0.read_kick() {
+            // Not "disabled": the worker then skips this wakeup, and the next kick comes.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            r => r,
+        }
+    }
+
+    fn get_ref(&self) -> RwLockReadGuard<'_, VringState<GuestMem>> {
+        self.0.get_ref()
+    }
+    fn get_mut(&self) -> RwLockWriteGuard<'_, VringState<GuestMem>> {
+        self.0.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), VirtQueError> {
+        self.0.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.0.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, VirtQueError> {
+        self.0.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), VirtQueError> {
+        self.0.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, VirtQueError> {
+        self.0.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.0.set_enabled(enabled)
+    }
+    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), VirtQueError> {
+        self.0.set_queue_info(desc, avail, used)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.0.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.0.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.0.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
+        self.0.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.0.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.0.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.0.set_queue_ready(ready)
+    }
+    fn set_kick(&self, file: Option<std::fs::File>) {
+        self.0.set_kick(file)
+    }
+    fn set_call(&self, file: Option<std::fs::File>) {
+        self.0.set_call(file)
+    }
+    fn set_err(&self, file: Option<std::fs::File>) {
+        self.0.set_err(file)
+    }
+}
 
 /// Things logged once per session rather than per packet.
 #[derive(Clone, Copy, Debug)]

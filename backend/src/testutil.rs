@@ -14,11 +14,11 @@ use crate::ring::{self, ChainError, Dir, Ring, Seg};
 /// A session of two queues (one pair) whose queue `qidx` is `d`'s ring, set up and enabled as a
 /// frontend would leave it; the other queue is never started.
 pub fn session_on(d: &Driver, qidx: usize) -> std::sync::Arc<crate::session::Session> {
-    use vhost_user_backend::{VringRwLock, VringT};
+    use vhost_user_backend::VringT;
     let s = std::sync::Arc::new(crate::session::Session::new("vf0".into(), 2).unwrap());
     s.mem.lock().unwrap().replace(d.mem.clone());
-    let vrings: Vec<VringRwLock<_>> = (0..2)
-        .map(|_| VringRwLock::new(s.mem.clone(), 256).unwrap())
+    let vrings: Vec<crate::session::Vring> = (0..2)
+        .map(|_| crate::session::Vring::new(s.mem.clone(), 256).unwrap())
         .collect();
     vrings[qidx].set_queue_size(d.size);
     vrings[qidx].set_queue_info(DESC, AVAIL, USED).unwrap();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use backend::session::Session;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -188,8 +188,8 @@ pub fn session_on(
     let s = Arc::new(Session::new(name.into(), 2).unwrap());
     s.mem.lock().unwrap().replace(mem);
     s.set_features(features);
-    let vrings: Vec<VringRwLock<_>> = (0..2)
-        .map(|_| VringRwLock::new(s.mem.clone(), 256).unwrap())
+    let vrings: Vec<backend::session::Vring> = (0..2)
+        .map(|_| backend::session::Vring::new(s.mem.clone(), 256).unwrap())
         .collect();
     let v = &vrings[qidx];
     v.set_queue_size(ring.size);

@@ -578,6 +578,16 @@ impl Driver {
             .unwrap();
     }
 
+    /// Kicks queue `qi` and reads the kick back after `spin`, racing the daemon for it.
+    pub fn kick_and_drain(&self, qi: usize, spin: Duration) {
+        self.queues[qi].kick.write(1).unwrap();
+        let t = Instant::now();
+        while t.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        let _ = self.queues[qi].kick.read();
+    }
+
     fn kick(&self, qi: usize) {
         self.queues[qi].kick.write(1).unwrap();
     }
