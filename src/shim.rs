@@ -457,10 +457,7 @@ impl<'a> Up<'a> {
     /// Stops every running ring with an area in `iova`, `size` bytes (0: to the end), until
     /// [`Up::revalidate`] finds its entries back.
     fn stop_rings_in(&mut self, iova: u64, size: u64) {
-        let last = match size {
-            0 => u64::MAX,
-            n => iova.saturating_add(n - 1),
-        };
+        let last = backend::iotlb::range_last(iova, size);
         for (&index, (iovas, _)) in &self.active {
             if self.stale.contains_key(&index) {
                 continue;
@@ -529,11 +526,8 @@ impl<'a> Up<'a> {
             };
             match self.translate_vring_addr(&payload)? {
                 Ok((va, gpas)) => {
-                    if let Some((mut m, _)) = self.pending.remove(&index) {
-                        self.active.insert(index, (m.payload.clone(), va.clone()));
-                        m.payload = va;
-                        self.iommu.expect_ring(index, Some(gpas));
-                        write_msg(self.framework, &m)?;
+                    if let Some((m, _)) = self.pending.remove(&index) {
+                        self.forward_translated(index, m, va, gpas)?;
                     }
                 }
                 Err((iova, access)) => {
@@ -549,6 +543,21 @@ impl<'a> Up<'a> {
         Ok(())
     }
 
+    /// Forwards ring `index`'s SET_VRING_ADDR `m` with its QEMU VAs `va` (guest-physical `gpas`),
+    /// kept in `active` to follow later invalidations.
+    fn forward_translated(
+        &mut self,
+        index: u32,
+        mut m: Msg,
+        va: Vec<u8>,
+        gpas: [u64; 3],
+    ) -> io::Result<()> {
+        self.active.insert(index, (m.payload.clone(), va.clone()));
+        m.payload = va;
+        self.iommu.expect_ring(index, Some(gpas));
+        write_msg(self.framework, &m)
+    }
+
     /// SET_VRING_ADDR under ACCESS_PLATFORM: forwarded with QEMU VAs when every entry is there;
     /// otherwise the first missing one is asked for, the frontend gets its ack, and the message
     /// waits in `pending` (replacing an older one for the ring) until an UPDATE completes it.
@@ -561,12 +570,7 @@ impl<'a> Up<'a> {
         self.active.remove(&index);
         self.stale.remove(&index);
         match self.translate_vring_addr(&m.payload)? {
-            Ok((va, gpas)) => {
-                self.active.insert(index, (m.payload.clone(), va.clone()));
-                m.payload = va;
-                self.iommu.expect_ring(index, Some(gpas));
-                write_msg(self.framework, &m)
-            }
+            Ok((va, gpas)) => self.forward_translated(index, m, va, gpas),
             Err((iova, access)) => {
                 self.iommu.expect_ring(index, None);
                 self.iommu.send_miss(iova, access)?;

@@ -113,6 +113,11 @@ pub fn miss_message(iova: u64, access: Access) -> [u8; 12 + IOTLB_MSG_LEN] {
     m
 }
 
+/// Ring `index`'s bit in the per-ring masks (None past 64 rings: such rings are never gated).
+pub fn ring_bit(index: usize) -> Option<u64> {
+    1u64.checked_shl(u32::try_from(index).ok()?)
+}
+
 impl Iommu {
     /// True when the driver acked ACCESS_PLATFORM: addresses it gives the device are IOVAs.
     #[inline]
@@ -172,7 +177,7 @@ impl Iommu {
     /// ring alone: the pump forwards the translated message to the framework's thread, which
     /// takes it some time later.
     pub fn expect_ring(&self, index: u32, gpas: Option<[u64; 3]>) {
-        let Some(bit) = 1u64.checked_shl(index) else {
+        let Some(bit) = ring_bit(index as usize) else {
             return;
         };
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,22 +194,21 @@ impl Iommu {
     /// for it, if an RX ring, are kept as for an unmapped buffer.
     pub fn stop_ring(&self, index: u32) {
         self.expect_ring(index, None);
-        if let Some(bit) = 1u64.checked_shl(index) {
+        if let Some(bit) = ring_bit(index as usize) {
             self.revalidating.fetch_or(bit, Ordering::AcqRel);
         }
     }
 
     /// Ring `qidx` is stopped by [`Iommu::stop_ring`] and waiting for its entries.
     pub fn revalidating(&self, qidx: usize) -> bool {
-        1u64.checked_shl(qidx as u32)
-            .is_some_and(|bit| self.revalidating.load(Ordering::Acquire) & bit != 0)
+        ring_bit(qidx).is_some_and(|bit| self.revalidating.load(Ordering::Acquire) & bit != 0)
     }
 
     /// True when ring `qidx`, whose queue holds `addrs` (descriptor table, avail, used), may be
     /// used: nothing is pending for it, or the framework now has the translated addresses.
     #[inline]
     pub fn ring_ready(&self, qidx: usize, addrs: [u64; 3]) -> bool {
-        let Some(bit) = 1u64.checked_shl(qidx as u32) else {
+        let Some(bit) = ring_bit(qidx) else {
             return true;
         };
         if self.untranslated.load(Ordering::Acquire) & bit == 0 {
@@ -222,7 +226,7 @@ impl Iommu {
     /// back (its addresses are expected again, see [`Iommu::expect_ring`]): a TX ring is to be
     /// kicked, as its driver will not kick for chains it already posted.
     pub fn ring_restored(&self, index: u32) {
-        if let Some(bit) = 1u64.checked_shl(index) {
+        if let Some(bit) = ring_bit(index as usize) {
             self.restored.fetch_or(bit, Ordering::AcqRel);
         }
     }

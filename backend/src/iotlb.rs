@@ -132,6 +132,14 @@ pub struct Iotlb {
     regions: Vec<VaRegion>,
 }
 
+/// The last IOVA of an IOTLB message's range: `size` bytes from `iova`, 0 meaning to the end.
+pub fn range_last(iova: u64, size: u64) -> u64 {
+    match size {
+        0 => u64::MAX,
+        n => iova.saturating_add(n - 1),
+    }
+}
+
 impl Iotlb {
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -173,10 +181,7 @@ impl Iotlb {
     /// and at the entry cap a split is avoided by dropping the whole entry. Forgetting more than
     /// asked only costs a later miss.
     pub fn invalidate(&mut self, iova: u64, size: u64) {
-        let last = match size {
-            0 => u64::MAX,
-            n => iova.saturating_add(n - 1),
-        };
+        let last = range_last(iova, size);
         let whole = self.entries.len() + 1 > MAX_ENTRIES;
         self.remove(iova, last, whole);
     }

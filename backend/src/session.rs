@@ -374,14 +374,13 @@ impl Held {
         if iommu.enabled() && !iommu.ring_ready(qidx, ring_addrs(q)) {
             return Err(RingError::Untranslated);
         }
-        // SAFETY: this cache is only ever used with `self.map`, which lives as long as `self`.
-        unsafe { self.rings.ring(&self.map, qidx, q) }
+        self.ring_unchecked(qidx, q)
     }
 
     /// [`Held::ring`] without the vIOMMU check, for an RX run that only keeps frames while the
     /// ring's entries come back: mapping reads nothing, and such a run touches nothing of it.
     pub fn ring_unchecked(&self, qidx: usize, q: &Queue) -> Result<Ring<'_>, RingError> {
-        // SAFETY: as in `ring`.
+        // SAFETY: this cache is only ever used with `self.map`, which lives as long as `self`.
         unsafe { self.rings.ring(&self.map, qidx, q) }
     }
 

@@ -108,10 +108,7 @@ pub fn kick_restored(session: &Session) {
         return;
     };
     for (qidx, v) in vrings.iter().enumerate().filter(|(q, _)| q % 2 == 1) {
-        if 1u64
-            .checked_shl(qidx as u32)
-            .is_some_and(|bit| mask & bit != 0)
-        {
+        if crate::iommu::ring_bit(qidx).is_some_and(|bit| mask & bit != 0) {
             if let Some(k) = v.get_ref().get_kick() {
                 shaper::Alarm::get().kick_after(k, std::time::Duration::ZERO);
             }

@@ -170,6 +170,27 @@ static int open_group(const char *dev, int want_viable)
 	return g;
 }
 
+/* A type1v2 container holding DEV's group (WHO names it in the checks); the group goes to *G.
+ * Returns the container, or -1 once any step failed. */
+static int container_for(const char *dev, const char *who, int *g)
+{
+	char what[64];
+	int c, r;
+
+	c = open_container();
+	if (c < 0)
+		return -1;
+	*g = open_group(dev, 1);
+	if (*g < 0)
+		return -1;
+	r = ioctl(*g, VFIO_GROUP_SET_CONTAINER, &c);
+	snprintf(what, sizeof what, "%s group: VFIO_GROUP_SET_CONTAINER", who);
+	check(r == 0, what, "%s", errname(errno));
+	r = ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU);
+	check(r == 0, "VFIO_SET_IOMMU type1v2", "%s", errname(errno));
+	return failed ? -1 : c;
+}
+
 /* VFIO_GROUP_GET_DEVICE_FD with NAME; check errno EXPECT (0: a device fd). Returns the fd or -1. */
 static int get_device(int g, const char *name, int expect, const char *what)
 {
@@ -219,17 +240,8 @@ static int cmd_token(const char *pf, const char *vf)
 	char pg[PATH_MAX], vg[PATH_MAX];
 	int c, gp, gv, pfd, vfd, fd, r;
 
-	c = open_container();
+	c = container_for(pf, "PF", &gp);
 	if (c < 0)
-		return finish();
-	gp = open_group(pf, 1);
-	if (gp < 0)
-		return finish();
-	r = ioctl(gp, VFIO_GROUP_SET_CONTAINER, &c);
-	check(r == 0, "PF group: VFIO_GROUP_SET_CONTAINER", "%s", errname(errno));
-	r = ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU);
-	check(r == 0, "VFIO_SET_IOMMU type1v2", "%s", errname(errno));
-	if (failed)
 		return finish();
 
 	pfd = get_device(gp, pf, 0, "PF without a token, no VF open");
@@ -562,17 +574,8 @@ static int cmd_dma(const char *vf, const char *pf_mac_s, const char *pf_ip_s, co
 		fprintf(stderr, "vfio_token dma: bad PF-MAC, PF-IP or VF-IP\n");
 		return 2;
 	}
-	c = open_container();
+	c = container_for(vf, "VF", &g);
 	if (c < 0)
-		return finish();
-	g = open_group(vf, 1);
-	if (g < 0)
-		return finish();
-	r = ioctl(g, VFIO_GROUP_SET_CONTAINER, &c);
-	check(r == 0, "VF group: VFIO_GROUP_SET_CONTAINER", "%s", errname(errno));
-	r = ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU);
-	check(r == 0, "VFIO_SET_IOMMU type1v2", "%s", errname(errno));
-	if (failed)
 		return finish();
 	devfd = get_device(g, vf, 0, "VF (PF on virtio-pci: no token)");
 	if (devfd < 0)
