@@ -252,5 +252,6 @@ mod tests {
         assert_eq!(changed.len(), 3, "{changed:?}");
         assert!(changed[1].starts_with("vf0 02:53:52:00:00:01 -> 02:99:00:00:00:01"));
         assert!(check_layout(&dir, &b).is_empty(), "recorded");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

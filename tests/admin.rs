@@ -255,6 +255,7 @@ fn config_file_admin_settings_apply_at_start_and_dump_config_reproduces_them() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("vf.1: vlan 9999 is out of range"));
+    let _ = std::fs::remove_file(&cfg);
 }
 
 /// `max_tx_rate` holds frames in the ring and lets them go at the set rate: within 10% over

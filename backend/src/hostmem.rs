@@ -53,11 +53,12 @@ impl HostPtr {
 }
 
 /// Asks the CPU to fetch the cache line at `p` for writing (PREFETCHW), so a store to a line
-/// another core holds finds it already owned. Never faults; a no-op where the CPU lacks it.
+/// another core holds finds it already owned. Never faults; a no-op where the CPU lacks it, or
+/// before [`detect_cpu`] ran.
 #[inline(always)]
 pub(crate) fn prefetch_write(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    if has_prefetchw() {
+    if PREFETCHW.load(std::sync::atomic::Ordering::Relaxed) {
         // SAFETY: PREFETCHW has no architectural effect and cannot fault; the CPU has it.
         unsafe {
             std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
@@ -65,21 +66,19 @@ pub(crate) fn prefetch_write(p: *const u8) {
     }
 }
 
-/// CPUID.80000001H:ECX.PRFCHW, read once.
+/// CPUID.80000001H:ECX.PRFCHW, set by [`detect_cpu`]. A plain flag rather than a lazy one:
+/// the data path checks it a few times per frame.
 #[cfg(target_arch = "x86_64")]
-fn has_prefetchw() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static KNOWN: AtomicU8 = AtomicU8::new(0);
-    match KNOWN.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            use std::arch::x86_64::__cpuid;
-            let has =
-                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-            KNOWN.store(if has { 1 } else { 2 }, Ordering::Relaxed);
-            has
-        }
+static PREFETCHW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads the CPU features the data path's hints use; the switch does it when it is built.
+pub(crate) fn detect_cpu() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        let has =
+            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+        PREFETCHW.store(has, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -21,7 +21,8 @@ use crate::partition::Partition;
 use crate::ring::{self, Dir, Flat, Ring, Seg};
 use crate::session::{GuestMem, Held, Session, Warn};
 
-/// How many frames ahead of the one being written an RX buffer is prefetched.
+/// How many frames ahead of the one being written an RX buffer is prefetched (a power of two:
+/// it also sizes the table of buffers looked up ahead).
 const RX_AHEAD: u16 = 4;
 /// Under ACCESS_PLATFORM, how many posted chains ahead IOTLB entries are asked for.
 const ASK_AHEAD: u16 = 8;
@@ -77,8 +78,28 @@ pub struct RxQueue<'a> {
     published: u16,
     /// Frames of the run not yet put (from the hint at open).
     to_come: u16,
+    /// Buffers looked up when they were prefetched, by avail position modulo RX_AHEAD, so the
+    /// frame that comes to them reads its descriptor and translates its address only once.
+    ahead: [Ahead; RX_AHEAD as usize],
     tally: Tally,
 }
+
+/// A posted chain looked up ahead of its frame: the avail entry at position `pos` (as u32, so
+/// that u32::MAX can mean none) was `head`, a [`Flat`] chain or not. Reading the avail entry and
+/// the descriptor once, earlier, is what a device may do with anything already posted; the
+/// translation holds for the run's memory snapshot, which is the only one it is used with.
+#[derive(Clone, Copy)]
+struct Ahead {
+    pos: u32,
+    head: u16,
+    flat: Option<Flat>,
+}
+
+const NOT_AHEAD: Ahead = Ahead {
+    pos: u32::MAX,
+    head: 0,
+    flat: None,
+};
 
 impl<'a> RxQueue<'a> {
     /// Locks `dest`'s RX queue (`held` is `dest`'s session and memory) for
@@ -159,6 +180,7 @@ impl<'a> RxQueue<'a> {
             unmapped: false,
             published,
             to_come: frames,
+            ahead: [NOT_AHEAD; RX_AHEAD as usize],
             tally: Tally::default(),
         })
     }
@@ -342,14 +364,36 @@ impl<'a> RxQueue<'a> {
             }
         }
         let q = self.ring.get_queue();
-        let head = self.mapped.avail_head(q, 0);
-        // The buffer a few frames on is posted already: ask for it now, for writing.
-        if self.to_come > RX_AHEAD && self.avail > RX_AHEAD {
+        let pos = q.next_avail();
+        // The slot of `pos` is also the slot of `pos + RX_AHEAD`, refilled below.
+        let slot = usize::from(pos & (RX_AHEAD - 1));
+        let seen = self.ahead[slot];
+        let (head, f) = if seen.pos == u32::from(pos) {
+            (seen.head, seen.flat)
+        } else {
+            let head = self.mapped.avail_head(q, 0);
+            (
+                head,
+                self.mapped.flat(&self.mem, head, Dir::Writable, u32::MAX),
+            )
+        };
+        // The buffer a few frames on is posted already: look it up now and ask for its lines,
+        // for writing. Under ACCESS_PLATFORM a hint is not worth a translation.
+        if self.to_come > RX_AHEAD && self.avail > RX_AHEAD && self.mem.dma().is_none() {
             let later = self.mapped.avail_head(q, RX_AHEAD);
-            self.mapped.warm_desc(&self.mem, later, Dir::Writable);
+            let flat = self.mapped.flat(&self.mem, later, Dir::Writable, u32::MAX);
+            match flat {
+                // The header and a small frame, which span two lines.
+                Some(l) => l.host.prefetch_write_span(128.min(l.seg.len as usize)),
+                None => self.mapped.warm_desc(&self.mem, later, Dir::Writable),
+            }
+            self.ahead[slot] = Ahead {
+                pos: u32::from(pos.wrapping_add(RX_AHEAD)),
+                head: later,
+                flat,
+            };
         }
         self.to_come = self.to_come.saturating_sub(1);
-        let f = self.mapped.flat(&self.mem, head, Dir::Writable, u32::MAX);
         Ok(f.filter(|f| f.seg.len as usize >= need).map(|f| (head, f)))
     }
 
@@ -613,6 +657,78 @@ mod tests {
         d.mem.read_slice(&mut hb, GuestAddress(BUF)).unwrap();
         assert_eq!(NetHdr::parse(&hb).num_buffers, 1);
         assert_eq!(d.used(0), (0, 92));
+    }
+
+    #[test]
+    fn buffers_looked_up_ahead_take_their_own_frames_in_ring_order() {
+        // A run longer than the look-ahead, over heads posted out of order: flat buffers, one
+        // too small for its frame (mergeable: the frame takes the next chain too) and a chain
+        // of two descriptors, so positions are consumed one and two at a time.
+        let (mut d, _) = Driver::new(32);
+        let (p, s) = receiver(&d, true);
+        let heads: [u16; 12] = [7, 3, 11, 0, 9, 5, 1, 10, 2, 8, 4, 6];
+        let small = 9;
+        let (chain, chain_next) = (1, 20);
+        for &id in &heads {
+            let addr = BUF + u64::from(id) * 0x1000;
+            match id {
+                _ if id == small => d.desc(DESC, id, addr, 40, F_WRITE, 0),
+                _ if id == chain => {
+                    d.desc(DESC, id, addr, 30, F_WRITE | 1, chain_next);
+                    d.desc(DESC, chain_next, addr + 0x800, 200, F_WRITE, 0);
+                }
+                _ => d.desc(DESC, id, addr, 200, F_WRITE, 0),
+            }
+            d.offer(id);
+        }
+        let frames: Vec<Vec<u8>> = (0..11)
+            .map(|k| (0..60 + k).map(|i| (i * 7 + k * 31) as u8).collect())
+            .collect();
+        let mut scratch = RxScratch::default();
+        let h = Held::of(s.clone());
+        let mut q = RxQueue::open(&p, &h, 0, frames.len() as u16, &mut scratch).unwrap();
+        for f in &frames {
+            q.put(&out(f)).unwrap();
+        }
+        drop(q);
+        // The small buffer's frame (the fifth) also took the next chain: 12 chains, 11 frames.
+        assert_eq!(d.used_idx(), 12);
+        let mut k = 0;
+        for (pos, f) in frames.iter().enumerate() {
+            let need = (NET_HDR_LEN + f.len()) as u32;
+            let (id, len) = d.used(k);
+            assert_eq!(id, u32::from(heads[usize::from(k)]), "frame {pos}");
+            let addr = BUF + u64::from(heads[usize::from(k)]) * 0x1000;
+            let mut hb = [0u8; NET_HDR_LEN];
+            d.mem.read_slice(&mut hb, GuestAddress(addr)).unwrap();
+            let mut got = vec![0u8; f.len()];
+            if heads[usize::from(k)] == small {
+                assert_eq!(NetHdr::parse(&hb).num_buffers, 2);
+                assert_eq!((len, d.used(k + 1).1), (40, need - 40));
+                let next = BUF + u64::from(heads[usize::from(k) + 1]) * 0x1000;
+                d.mem
+                    .read_slice(&mut got[..28], GuestAddress(addr + 12))
+                    .unwrap();
+                d.mem
+                    .read_slice(&mut got[28..], GuestAddress(next))
+                    .unwrap();
+                k += 2;
+            } else if heads[usize::from(k)] == chain {
+                assert_eq!((NetHdr::parse(&hb).num_buffers, len), (1, need));
+                d.mem
+                    .read_slice(&mut got[..18], GuestAddress(addr + 12))
+                    .unwrap();
+                d.mem
+                    .read_slice(&mut got[18..], GuestAddress(addr + 0x800))
+                    .unwrap();
+                k += 1;
+            } else {
+                assert_eq!((NetHdr::parse(&hb).num_buffers, len), (1, need));
+                d.mem.read_slice(&mut got, GuestAddress(addr + 12)).unwrap();
+                k += 1;
+            }
+            assert_eq!(&got, f, "frame {pos}");
+        }
     }
 
     #[test]

@@ -60,22 +60,24 @@ pub enum Decision {
     FloodUplinks,
 }
 
-/// A frame taken from a TX queue, still in the sender's guest memory.
+/// A frame taken from a TX queue, still in the sender's guest memory. The header fields come
+/// first and in wire order, so that filling them in is a few wide copies per frame.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct TxFrame {
     pub hdr: NetHdr,
-    /// The whole chain, starting with the virtio-net header: a range of [`TxBatch::segs`].
-    pub segs: Range<usize>,
-    /// Bytes after the virtio-net header.
-    pub len: usize,
     pub dst: MacAddr,
     pub src: MacAddr,
-    /// Host address of the chain when it is one buffer in one region ([`crate::ring::Flat`]).
-    pub host: Option<HostPtr>,
     /// The outer VLAN tag's TPID (0x8100 or 0x88a8), 0 when the frame is untagged.
     pub tpid: u16,
     /// The outer VLAN tag's VLAN id (0 when untagged).
     pub vid: u16,
+    /// Bytes after the virtio-net header.
+    pub len: usize,
+    /// The whole chain, starting with the virtio-net header: a range of [`TxBatch::segs`].
+    pub segs: Range<usize>,
+    /// Host address of the chain when it is one buffer in one region ([`crate::ring::Flat`]).
+    pub host: Option<HostPtr>,
 }
 
 impl TxFrame {
@@ -83,7 +85,28 @@ impl TxFrame {
     pub fn tagged(&self) -> bool {
         self.tpid != 0
     }
+
+    /// What a forwarding decision depends on (dst, src, tpid, vid) as one value: comparing it
+    /// with the previous frame's is two compares instead of a dozen.
+    #[inline]
+    pub fn route_key(&self) -> u128 {
+        // SAFETY: repr(C) puts dst, src, tpid and vid in 16 contiguous bytes without padding
+        // (checked at compile time below), all initialized; the pointer is derived from the
+        // whole frame and the read is unaligned.
+        unsafe {
+            let p = (self as *const Self).cast::<u8>().add(ROUTE_KEY_AT);
+            u128::from_ne_bytes(std::ptr::read_unaligned(p.cast::<[u8; 16]>()))
+        }
+    }
 }
+
+const ROUTE_KEY_AT: usize = std::mem::offset_of!(TxFrame, dst);
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(TxFrame, src) == ROUTE_KEY_AT + 6);
+    assert!(offset_of!(TxFrame, tpid) == ROUTE_KEY_AT + 12);
+    assert!(offset_of!(TxFrame, vid) == ROUTE_KEY_AT + 14);
+};
 
 /// The frames of one TX batch of one queue, in ring order.
 pub struct TxBatch<'a> {
@@ -379,6 +402,7 @@ impl Switch {
         partitions: Vec<Arc<Partition>>,
         uplinks: Vec<Arc<Uplink>>,
     ) -> Result<Self, SwitchError> {
+        crate::hostmem::detect_cpu();
         for (i, p) in partitions.iter().enumerate() {
             if p.id != i {
                 return Err(SwitchError::BadIndex(i, p.id));
@@ -538,17 +562,16 @@ impl Switch {
         decisions.clear();
         // A batch is mostly one flow: a frame with the previous frame's addresses and tag gets
         // its decision without a table lookup.
-        let mut last: Option<(MacAddr, MacAddr, u16, u16, Decision)> = None;
-        decisions.extend(batch.frames.iter().map(|f| match last {
-            Some((src, dst, tpid, vid, d))
-                if src == f.src && dst == f.dst && tpid == f.tpid && vid == f.vid =>
-            {
-                d
-            }
-            _ => {
-                let d = view.decide(from.id, f);
-                last = Some((f.src, f.dst, f.tpid, f.vid, d));
-                d
+        let mut last: Option<(u128, Decision)> = None;
+        decisions.extend(batch.frames.iter().map(|f| {
+            let key = f.route_key();
+            match last {
+                Some((k, d)) if k == key => d,
+                _ => {
+                    let d = view.decide(from.id, f);
+                    last = Some((key, d));
+                    d
+                }
             }
         }));
         let mut i = 0;
@@ -1401,6 +1424,33 @@ mod tests {
             tpid,
             vid,
             ..frame(src, dst)
+        }
+    }
+
+    #[test]
+    fn the_route_key_is_exactly_the_fields_a_decision_depends_on() {
+        let (a, b) = (mac("02:00:00:00:00:01"), mac("02:00:00:00:00:02"));
+        let base = tagged(a, b, 0x8100, 10);
+        let key = base.route_key();
+        let mut same = base.clone();
+        same.len = 1500;
+        same.hdr.flags = 1;
+        same.segs = 3..4;
+        assert_eq!(
+            same.route_key(),
+            key,
+            "length, header and chain do not route"
+        );
+        for other in [
+            tagged(b, b, 0x8100, 10),
+            tagged(a, a, 0x8100, 10),
+            tagged(a, mac("02:00:00:00:01:02"), 0x8100, 10),
+            tagged(a, b, 0x88a8, 10),
+            tagged(a, b, 0x8100, 11),
+            tagged(a, b, 0x8100, 10 | 0x100),
+            frame(a, b),
+        ] {
+            assert_ne!(other.route_key(), key, "{other:?}");
         }
     }
 
