@@ -732,7 +732,6 @@ impl Switch {
             num_buffers: 0,
             ..f.hdr
         };
-        let segs = batch.segs_of(f);
         let bad = |e: &dyn std::fmt::Display| {
             if let Some(own) = from.session() {
                 own.warn_once(
@@ -751,7 +750,7 @@ impl Switch {
                 // Validated as segmentation would; the receiver's stack segments it later.
                 let mut head = [0u8; offload::GSO_HEAD];
                 let n = f.len.min(head.len());
-                match frame::read(batch.mem, segs, NET_HDR_LEN, &mut head[..n]) {
+                match frame::read(batch.mem, batch.segs_of(f), NET_HDR_LEN, &mut head[..n]) {
                     Ok(got) if got == n => {}
                     _ => return Err(DropReason::MalformedChain),
                 }
@@ -772,7 +771,7 @@ impl Switch {
                     },
                     None => Source::Guest {
                         mem: batch.mem,
-                        segs,
+                        segs: batch.segs_of(f),
                     },
                 };
                 return q.put(&Outgoing {
@@ -785,7 +784,7 @@ impl Switch {
             }
         }
         linear.resize(f.len, 0);
-        match frame::read(batch.mem, segs, NET_HDR_LEN, linear) {
+        match frame::read(batch.mem, batch.segs_of(f), NET_HDR_LEN, linear) {
             Ok(n) if n == f.len => {}
             _ => return Err(DropReason::MalformedChain),
         }

@@ -34,9 +34,8 @@ pub const MAX_TX_CHAIN: u32 = (NET_HDR_LEN + 65535 + ETH_HLEN + 4) as u32;
 pub struct TxScratch {
     /// Buffers of every frame in the batch; frames refer to ranges of it.
     segs: Vec<Seg>,
-    heads: Vec<u16>,
-    /// Each head's chain when it is one buffer (see [`Ring::flat`]).
-    flats: Vec<Option<Flat>>,
+    /// The batch's heads, each with its chain when that is one buffer (see [`Ring::flat`]).
+    chains: Vec<(u16, Option<Flat>)>,
     frames: Vec<TxFrame>,
     fwd: FwdScratch,
 }
@@ -203,8 +202,6 @@ pub fn tx_batch(
     // Most batches go where the previous one went: that receiver's lines are fetched while
     // this batch reads its own.
     s.fwd.warm_last();
-    s.heads.clear();
-    s.heads.extend((0..n).map(|k| r.avail_head(q, k)));
     let start = q.next_avail();
 
     let view = TxQueue {
@@ -219,34 +216,35 @@ pub fn tx_batch(
     // Descriptors first, then frames: the descriptor reads of a batch do not depend on each
     // other, so their misses overlap, and each frame's first line is asked for a few frames
     // before its headers are read. The sender's buffers are lines the driver's core just wrote.
-    s.flats.clear();
-    s.flats.extend(
-        s.heads
-            .iter()
-            .map(|&h| r.flat(&mem, h, Dir::Readable, MAX_TX_CHAIN)),
-    );
-    for f in s.flats.iter().take(PREFETCH_AHEAD).flatten() {
-        f.prefetch_headers();
-    }
-    let mut unmapped = false;
-    for i in 0..s.heads.len() {
-        if let Some(Some(f)) = s.flats.get(i + PREFETCH_AHEAD) {
+    s.chains.clear();
+    s.chains.extend((0..n).map(|k| {
+        let head = r.avail_head(q, k);
+        (head, r.flat(&mem, head, Dir::Readable, MAX_TX_CHAIN))
+    }));
+    for (_, f) in s.chains.iter().take(PREFETCH_AHEAD) {
+        if let Some(f) = f {
             f.prefetch_headers();
         }
-        let (head, flat) = (s.heads[i], s.flats[i]);
+    }
+    let mut unmapped = false;
+    for i in 0..s.chains.len() {
+        if let Some((_, Some(f))) = s.chains.get(i + PREFETCH_AHEAD) {
+            f.prefetch_headers();
+        }
+        let (head, flat) = s.chains[i];
         let pos = start.wrapping_add(i as u16);
         match take_frame(part, session, &view, head, flat, pos, &mut s.segs) {
             Ok(Some(f)) => s.frames.push(f),
             Ok(None) => {}
             // The chain and those after it stay in the ring until the entry comes.
             Err(Unmapped) => {
-                s.heads.truncate(i);
+                s.chains.truncate(i);
                 unmapped = true;
                 break;
             }
         }
     }
-    q.set_next_avail(start.wrapping_add(s.heads.len() as u16));
+    q.set_next_avail(start.wrapping_add(s.chains.len() as u16));
     held.saw(q.next_avail(), q.next_used());
     let batch = TxBatch {
         mem: &mem,
@@ -266,15 +264,15 @@ pub fn tx_batch(
     }
 
     let q = g.get_queue_mut();
-    for (k, head) in s.heads.iter().enumerate() {
+    for (k, (head, _)) in s.chains.iter().enumerate() {
         r.write_used(q, k as u16, *head, 0);
     }
-    if r.publish_used(q, s.heads.len() as u16) {
+    if r.publish_used(q, s.chains.len() as u16) {
         if let Err(e) = g.signal_used_queue() {
             log::debug!("{}: TX notify failed: {e}", session.name);
         }
     }
-    match s.heads.len() {
+    match s.chains.len() {
         0 if unmapped => Batch::Throttled(STALL_RETRY),
         n => Batch::Sent(n as u16),
     }
