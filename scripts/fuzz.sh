@@ -14,10 +14,10 @@
 # logs; default $CARGO_TARGET_DIR/fuzz-work), CARGO_TARGET_DIR (default target/), FUZZ_FORK=N
 # (libFuzzer's -fork=N: N worker processes; FUZZ_RUNS then counts all of theirs).
 #
-# FUZZ_FORK is for `vhost_user`: an execution is three thread hand-offs (the framework's handler
-# and vring worker, the pump) and waits far more than it computes (about 55 µs of CPU in 2.5 ms),
-# so parallel workers add up even on two cores: -fork=6 ran 3.6 times as many executions per
-# second as one process, with two other fuzzers holding both CPUs.
+# FUZZ_FORK is for `vhost_user`: an execution sets up a connection (the framework's handler and
+# vring worker threads, the pump, memfds) and waits on those hand-offs for about half of its
+# wall time (0.85 ms of CPU in 1.9 ms), so parallel workers overlap the waits: -fork=6 ran 3.6
+# times as many executions per second as one process, with two other fuzzers on both CPUs.
 #
 # Why libFuzzer and why no cargo-fuzz here: the machine has only a stable toolchain, and
 # libFuzzer's instrumentation (SanitizerCoverage, -Zsanitizer=address) needs -Z flags, which
