@@ -49,7 +49,7 @@ const _: () = {
 
 impl NetHdr {
     pub fn parse(b: &[u8; NET_HDR_LEN]) -> Self {
-        // SAFETY: NetHdr is repr(C), NET_HDR_LEN bytes without padding (checked below), and any
+        // SAFETY: NetHdr is repr(C), NET_HDR_LEN bytes without padding (checked above), and any
         // bytes are a valid value; the read is unaligned. One copy instead of seven loads.
         let h: NetHdr = unsafe { std::ptr::read_unaligned(b.as_ptr().cast()) };
         NetHdr {

@@ -60,8 +60,8 @@ pub enum Decision {
     FloodUplinks,
 }
 
-/// A frame taken from a TX queue, still in the sender's guest memory. The header fields come
-/// first and in wire order, so that filling them in is a few wide copies per frame.
+/// A frame taken from a TX queue, still in the sender's guest memory. repr(C) keeps dst, src,
+/// tpid and vid next to each other: [`TxFrame::route_key`] reads them as one value.
 #[derive(Clone, Debug)]
 #[repr(C)]
 pub struct TxFrame {

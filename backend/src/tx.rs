@@ -221,10 +221,13 @@ pub fn tx_batch(
         let head = r.avail_head(q, k);
         (head, r.flat(&mem, head, Dir::Readable, MAX_TX_CHAIN))
     }));
-    for (_, f) in s.chains.iter().take(PREFETCH_AHEAD) {
-        if let Some(f) = f {
-            f.prefetch_headers();
-        }
+    for f in s
+        .chains
+        .iter()
+        .take(PREFETCH_AHEAD)
+        .filter_map(|c| c.1.as_ref())
+    {
+        f.prefetch_headers();
     }
     let mut unmapped = false;
     for i in 0..s.chains.len() {

@@ -580,7 +580,7 @@ impl Driver {
 
     /// Kicks queue `qi` and reads the kick back after `spin`, racing the daemon for it.
     pub fn kick_and_drain(&self, qi: usize, spin: Duration) {
-        self.queues[qi].kick.write(1).unwrap();
+        self.kick(qi);
         let t = Instant::now();
         while t.elapsed() < spin {
             std::hint::spin_loop();
