@@ -4,6 +4,11 @@
 #   scripts/bench.sh [throughput]   A/B rounds: our daemon (event-driven and busy-poll) vs DPDK
 #                                   testpmd net_vhost in io mode, same virtio_user frontend;
 #                                   64 B and 1518 B throughput, CPU per packet, latency
+#   scripts/bench.sh oneway         one-way: testpmd txonly on VF0 -> the backend -> vu-sink on
+#                                   VF1 (an event-driven receiver, scripts/bench/sink.rs), the
+#                                   same A/B rounds and sizes; frames delivered, frames sent,
+#                                   loss, CPU per frame. No closed loop: the generator sends as
+#                                   fast as its ring takes frames, as users first run it
 #   scripts/bench.sh scale          64 and 255 VFs: start-up time, idle RSS and threads; then
 #                                   8 VF pairs passing traffic at once; then what guest-scale
 #                                   does (a real guest with 64 and 255 VFs; SCALE_GUEST=0 skips it)
@@ -59,7 +64,7 @@ HELPER=$ROOT/scripts/bench/bench.py
 
 MODE=${1:-throughput}
 case "$MODE" in
-throughput | scale) ;;
+throughput | scale | oneway) ;;
 uplinks)
     # One implementation: the uplink benchmark runs in a network namespace of its own, which
     # its script sets up and re-enters itself in; the settings pass in the environment.
@@ -81,7 +86,7 @@ iotlb)
     exit 0
     ;;
 *)
-    echo "usage: $0 [throughput|scale|uplinks|guest-scale|iotlb]  (see $0 --help)" >&2
+    echo "usage: $0 [throughput|oneway|scale|uplinks|guest-scale|iotlb]  (see $0 --help)" >&2
     exit 2
     ;;
 esac
@@ -163,6 +168,11 @@ build_daemon() {
         DAEMON=$ROOT/target/release/vhost-user-sriov-net
     fi
     [[ -x $DAEMON ]] || die "no daemon binary at $DAEMON"
+    if [[ $MODE == oneway ]]; then
+        log "cargo build --release --example vu-sink"
+        (cd "$ROOT" && cargo build --release --quiet --example vu-sink)
+        cp "$ROOT/target/release/examples/vu-sink" "$WORK/vu-sink"
+    fi
     # A private copy: a rebuild during the run must not change what is measured.
     cp "$DAEMON" "$WORK/daemon"
     DAEMON_SRC=$DAEMON
@@ -365,6 +375,89 @@ run_variant() { # variant round
     fi
 }
 
+# One-way: the generator is testpmd in txonly mode on one virtio_user port (its MAC the
+# sending partition's, the receiver's MAC as peer); the receiver is vu-sink. Both run on
+# FRONTEND_CPU, the sink under SCHED_FIFO: it sleeps on its call eventfd and, once called, drains
+# its ring before the generator runs on (an interrupt handler's place). As an ordinary task it
+# waited behind the busy-polling generator for whole time slices, and the backend dropped a
+# third of the frames for want of RX buffers.
+SINK_PID=
+sink_start() { # socket
+    SINK_STATS=$WORK/sink-$N_DAEMON.json
+    SINK_LOG=$RESULTS/logs/$(printf 'sink-%03d' "$N_DAEMON").log
+    rm -f "$SINK_STATS"
+    taskset -c "$FRONTEND_CPU" chrt -f 1 "$WORK/vu-sink" --socket "$1" \
+        --queue-size "$QUEUE_SIZE" --stats "$SINK_STATS" >"$SINK_LOG" 2>&1 &
+    SINK_PID=$!
+    PIDS[$SINK_PID]=1
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $SINK_STATS ]] && return 0
+        kill -0 "$SINK_PID" 2>/dev/null || die "vu-sink exited: $(cat "$SINK_LOG")"
+        sleep 0.05
+    done
+    die "vu-sink did not start; log $SINK_LOG"
+}
+
+sink_stop() {
+    kill -0 "$SINK_PID" 2>/dev/null || die "vu-sink died during the run: $(cat "$SINK_LOG")"
+    stop_pid "$SINK_PID" 5
+    SINK_PID=
+}
+
+generator_start() { # socket mac peer-mac
+    tp_start fe "$FRONTEND_CPU" \
+        --vdev "net_virtio_user0,path=$1,queues=1,queue_size=$QUEUE_SIZE,mac=$2" \
+        -- -i --nb-cores=1 --forward-mode=txonly "--eth-peer=0,$3" --total-num-mbufs=16384
+    tp_links_up fe 1 20 || die "generator link not up after 20 s; log ${TP_LOG[fe]}"
+}
+
+run_oneway_variant() { # variant round
+    local v=$1 r=$2 m0 m1 a b size res
+    case "$v" in
+    ours-event | ours-poll | b-event | b-poll)
+        BE_KIND=ours
+        variant_daemon "$v"
+        daemon_start 2 "$POLL" "$BIN"
+        BE_PID=$DAEMON_PID
+        ctl_json "$WORK/show.json"
+        read -r m0 m1 < <(python3 "$HELPER" macs "$WORK/show.json" vf0 vf1)
+        LAST_MACS="$m0 $m1"
+        a=$SOCKDIR/vf0.sock b=$SOCKDIR/vf1.sock
+        ;;
+    dpdk)
+        BE_KIND=dpdk
+        dpdk_backend_start
+        BE_PID=${TP_PID[be]}
+        read -r m0 m1 <<<"${LAST_MACS:-02:53:52:00:00:01 02:53:52:00:00:02}"
+        a=$SOCKDIR/vhost0.sock b=$SOCKDIR/vhost1.sock
+        ;;
+    *) die "unknown variant $v" ;;
+    esac
+    sink_start "$b"
+    generator_start "$a" "$m0" "$m1"
+    for size in $SIZES; do
+        tp_cmd fe "set txpkts $size"
+        tp_cmd fe start
+        sleep "$WARMUP"
+        res=$(measure 1 "$SECONDS_PER_ROUND" --stop --sink-stats "$SINK_STATS" \
+            --sink-pid "$SINK_PID" --tag variant="$v" --tag round="$r" --tag size="$size")
+        log "  $v round $r ${size} B: $res"
+        # The sink empties its ring before the next size starts.
+        sleep 0.2
+    done
+    [[ $BE_KIND == ours ]] && daemon_alive
+    tp_quit fe
+    sink_stop
+    if [[ $BE_KIND == ours ]]; then
+        ctl_json "$RESULTS/logs/ctl-oneway-$v-round$r.json" || true
+        daemon_stop
+    else
+        tp_quit be
+        rm -rf "$SOCKDIR"
+    fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # Modes
 
@@ -384,6 +477,23 @@ run_throughput() {
         done
     done
     python3 "$HELPER" report throughput "$RESULTS" --max-wait "$MAX_WAIT_PCT" \
+        --wait-rule "$WAIT_RULE"
+}
+
+run_oneway() {
+    local r i n v order
+    read -ra V <<<"$VARIANTS"
+    n=${#V[@]}
+    log "oneway: $ROUNDS rounds x (${V[*]}) x sizes ($SIZES) x ${SECONDS_PER_ROUND} s"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        order=()
+        for ((i = 0; i < n; i++)); do order+=("${V[$(((i + r - 1) % n))]}"); done
+        log "round $r/$ROUNDS: ${order[*]}"
+        for v in "${order[@]}"; do
+            run_oneway_variant "$v" "$r"
+        done
+    done
+    python3 "$HELPER" report oneway "$RESULTS" --max-wait "$MAX_WAIT_PCT" \
         --wait-rule "$WAIT_RULE"
 }
 
@@ -512,6 +622,7 @@ log "results in $RESULTS; memory: ${EAL_MEM[*]}; busy-poll: $HAVE_POLL"
 
 case "$MODE" in
 throughput) run_throughput ;;
+oneway) run_oneway ;;
 scale) run_scale ;;
 esac
 log "raw figures: $RESULTS/raw.json; tables: $RESULTS/table.txt"

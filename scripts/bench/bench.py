@@ -6,7 +6,8 @@ Subcommands:
   measure ...              one measured interval: testpmd `show port stats all` + /proc of the
                            backend and the frontend (CPU time, per-thread schedstat, RSS, threads)
                            + the daemon's counters at both ends; with --sample-ms also a `show`
-                           every so many ms (latency windows); appends JSON lines
+                           every so many ms (latency windows); with --sink-stats also vu-sink's
+                           counters and /proc (one-way); appends JSON lines
   wait-file PATH           poll for PATH (every 0.1 ms) and print the wall time (ns) it appeared
   proc PID                 print RSS (kB) and thread count of PID as JSON
   env ...                  environment facts as JSON
@@ -219,8 +220,21 @@ def take_snap(a, nports, want):
     ev["frontend"] = read_proc(a.fe_pid) if a.fe_pid else None
     ev["cpu_backend"] = read_cpu(a.be_cpu) if a.be_cpu is not None else None
     ev["cpu_frontend"] = read_cpu(a.fe_cpu) if a.fe_cpu is not None else None
+    if a.sink_stats:
+        ev["sink"] = read_sink(a.sink_stats)
+        ev["sink_proc"] = read_proc(a.sink_pid) if a.sink_pid else None
     ev["wall_ns"] = time.time_ns()
     return ev
+
+
+def read_sink(path):
+    """vu-sink's counters: it rewrites the file (rename) every 100 ms, stamped with its
+    CLOCK_MONOTONIC time (t_ns), which is the clock of time.monotonic_ns()."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def cmd_measure(a):
@@ -280,6 +294,11 @@ def cmd_measure(a):
     with open(a.out, "a") as f:
         for ev in out:
             f.write(json.dumps(ev) + "\n")
+    if a.sink_stats:
+        iv = interval(b, e)
+        print(f"{fmt(iv.get('delivered_mpps'))} Mpps delivered of {fmt(iv.get('gen_mpps'))} Mpps "
+              f"sent (loss {fmt(iv.get('loss_pct'), 1)}%)")
+        return
     pk = sum(p["rx_packets"] for p in e["ports"]) - sum(p["rx_packets"] for p in b["ports"])
     if a.sample_ms:
         mpps = pk / (e["t_ns"] - b["t_ns"]) * 1e3
@@ -458,6 +477,29 @@ def interval(b, e, nports=None):
         _run, wait_ns = task_delta(fe_b, fe_e)
         out["fe_runq_wait_pct"] = 100.0 * wait_ns / wall_ns
         out["fe_cpu_s"] = proc_cpu_ns(fe_b, fe_e) / 1e9
+    sk_b, sk_e = b.get("sink"), e.get("sink")
+    if sk_b and sk_e and sk_e["t_ns"] > sk_b["t_ns"]:
+        # One-way: what the sink received over its own stamps (within 100 ms of the snaps), and
+        # the generator's send rate from testpmd's Tx-pps over the snaps' interval.
+        frames = sk_e["frames"] - sk_b["frames"]
+        sink_ns = sk_e["t_ns"] - sk_b["t_ns"]
+        out["sink_frames"] = frames
+        out["sink_bad"] = sk_e["bad"] - sk_b["bad"]
+        out["sink_wakeups_per_s"] = (sk_e["wakeups"] - sk_b["wakeups"]) / sink_ns * 1e9
+        out["delivered_mpps"] = frames / sink_ns * 1e3
+        out["delivered_gbps"] = (sk_e["bytes"] - sk_b["bytes"]) * 8 / sink_ns
+        if ports_e:
+            out["gen_mpps"] = sum(p["tx_pps"] for p in ports_e) / 1e6
+            if out["gen_mpps"] > 0:
+                out["loss_pct"] = 100.0 * max(0.0, 1.0 - out["delivered_mpps"] / out["gen_mpps"])
+        if be_b and be_e and frames:
+            out["be_ns_per_pkt"] = proc_cpu_ns(be_b, be_e) / frames
+        spb, spe = b.get("sink_proc"), e.get("sink_proc")
+        if spb and spe:
+            out["sink_cpu_util"] = proc_cpu_ns(spb, spe) / wall_ns
+            # The sink shares the frontend's CPU by design: not "another process" there.
+            if "fe_cpu_s" in out:
+                out["fe_cpu_s"] += proc_cpu_ns(spb, spe) / 1e9
     # Time other processes ran on each side's CPU, from /proc/stat (busy - our process), and the
     # hypervisor's steal. The summed run-queue wait of a multi-threaded backend also counts its
     # own threads queueing behind each other on its one CPU; only the part that other processes
@@ -844,6 +886,92 @@ def report_throughput(evs, out, max_wait):
     return res, "\n".join(text)
 
 
+def report_oneway(evs, max_wait):
+    env = next((e for e in evs if e.get("type") == "env"), {})
+    res = {"env": env, "max_runq_wait_pct": max_wait, "wait_rule": WAIT_RULE,
+           "measurements": []}
+    pairs = snap_pairs(evs, "begin", "end", ("variant", "round", "size"))
+    for (variant, rnd, size), p in sorted(pairs.items(), key=lambda kv: (kv[0][1], str(kv[0]))):
+        m = {"variant": variant, "round": rnd, "size": size}
+        m.update(interval(p["begin"], p["end"]))
+        reasons = discard_reasons(m, max_wait)
+        if not m.get("sink_frames"):
+            reasons.append("nothing delivered")
+        if m.get("sink_bad"):
+            reasons.append(f"the sink saw {m['sink_bad']} bad used entries")
+        m["discarded"] = reasons
+        res["measurements"].append(m)
+    variants = []
+    for m in res["measurements"]:
+        if m["variant"] not in variants:
+            variants.append(m["variant"])
+    summary, rows = [], []
+    for size in sorted({m["size"] for m in res["measurements"]}):
+        for v in variants:
+            ms = [m for m in res["measurements"] if m["variant"] == v and m["size"] == size]
+            kept = [m for m in ms if not m["discarded"]]
+            ratios = []
+            for m in kept:
+                ref = [x for x in res["measurements"] if x["variant"] == "dpdk"
+                       and x["size"] == size and x["round"] == m["round"] and not x["discarded"]]
+                if v != "dpdk" and ref and ref[0].get("delivered_mpps"):
+                    ratios.append(m["delivered_mpps"] / ref[0]["delivered_mpps"])
+            row = {
+                "variant": v, "size": size, "rounds": len(ms), "kept": len(kept),
+                "delivered_mpps": mmm([m.get("delivered_mpps") for m in kept]),
+                "delivered_gbps": mmm([m.get("delivered_gbps") for m in kept]),
+                "gen_mpps": mmm([m.get("gen_mpps") for m in kept]),
+                "loss_pct": mmm([m.get("loss_pct") for m in kept]),
+                "ns_per_pkt": mmm([m.get("be_ns_per_pkt") for m in kept]),
+                "cpu_util": mmm([m.get("be_cpu_util") for m in kept]),
+                "sink_cpu_util": mmm([m.get("sink_cpu_util") for m in kept]),
+                "ratio_vs_dpdk": mmm(ratios),
+            }
+            summary.append(row)
+            rows.append([
+                lab(v), f"{size} B", f"{row['kept']}/{row['rounds']}",
+                f3(row["delivered_mpps"], 2), f3(row["delivered_gbps"], 1),
+                "-" if v == "dpdk" else (fmt(row["ratio_vs_dpdk"]["median"], 2)
+                                         if row["ratio_vs_dpdk"] else "n/a"),
+                f3(row["gen_mpps"], 2), f3(row["loss_pct"], 1),
+                f3(row["ns_per_pkt"], 0),
+                fmt(row["cpu_util"]["median"] * 100, 0) + "%" if row["cpu_util"] else "-",
+                fmt(row["sink_cpu_util"]["median"] * 100, 0) + "%" if row["sink_cpu_util"] else "-",
+            ])
+    res["summary"] = summary
+    text = ["ONE-WAY (generator -> backend -> sink; per backend: min/median/max over kept rounds)"]
+    text.append(table(["backend", "frame", "kept", "delivered Mpps", "delivered Gbit/s",
+                       "ours/DPDK (med)", "sent Mpps", "loss %", "CPU ns/frame", "CPU util",
+                       "sink CPU"], rows))
+    text.append(
+        "  delivered: frames vu-sink received (its counters, over its own timestamps); sent:\n"
+        "    the generator's Tx-pps (frames its TX ring accepted; a full ring makes it retry);\n"
+        "    loss = 1 - delivered/sent (frames the backend dropped, e.g. the sink's ring full).\n"
+        "  ours/DPDK: per round, delivered Mpps over DPDK's of the same round (both kept).\n"
+        "  CPU ns/frame: the backend's CPU time (all threads) over the interval / frames delivered.")
+    rows = []
+    for m in sorted(res["measurements"], key=lambda m: (m["round"], m["size"], m["variant"])):
+        drops = m.get("daemon_drops")
+        rows.append([
+            m["round"], lab(m["variant"]), m["size"], fmt(m.get("delivered_mpps")),
+            fmt(m.get("gen_mpps")), fmt(m.get("loss_pct"), 1), fmt(m.get("be_ns_per_pkt"), 0),
+            fmt((m.get("be_cpu_util") or 0) * 100, 0) + "%",
+            fmt(m.get("sink_wakeups_per_s"), 0),
+            f"{fmt(m.get('be_runq_wait_pct'), 1)}/{fmt(m.get('be_ext_wait_pct'), 1)}",
+            f"{fmt(m.get('fe_runq_wait_pct'), 1)}/{fmt(m.get('fe_ext_wait_pct'), 1)}",
+            "-" if drops is None else (
+                ",".join(f"{k[5:]}={v}" for k, v in drops.items() if v) or "0"),
+            "DISCARDED: " + "; ".join(m["discarded"]) if m["discarded"] else "ok",
+        ])
+    text.append("")
+    text.append(f"Per round (discarded: backend or frontend waited > {max_wait}% of the interval "
+                "behind other processes; the sink counts as the frontend's own)")
+    text.append(table(["round", "backend", "frame", "delivered Mpps", "sent Mpps", "loss %",
+                       "ns/frame", "util", "sink calls/s", "be wait% all/others",
+                       "fe wait% all/others", "daemon drops", "status"], rows))
+    return res, "\n".join(text)
+
+
 def report_scale(evs, out):
     env = next((e for e in evs if e.get("type") == "env"), {})
     res = {"env": env, "starts": [], "traffic": []}
@@ -934,6 +1062,8 @@ def cmd_report(a):
     LABELS["b-poll"] = f"B (DAEMON_B) busy-poll {env.get('poll_us', '?')}us"
     if a.mode == "scale":
         res, text = report_scale(evs, a.dir)
+    elif a.mode == "oneway":
+        res, text = report_oneway(evs, a.max_wait)
     else:
         res, text = report_throughput(evs, a.dir, a.max_wait)
     res["mode"] = a.mode
@@ -969,6 +1099,8 @@ def main():
     p.add_argument("--phase-prefix", default="")
     p.add_argument("--stop", action="store_true")
     p.add_argument("--tag", action="append")
+    p.add_argument("--sink-stats")
+    p.add_argument("--sink-pid", type=int)
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("wait-file")
@@ -985,7 +1117,7 @@ def main():
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("report")
-    p.add_argument("mode", choices=["throughput", "scale"])
+    p.add_argument("mode", choices=["throughput", "scale", "oneway"])
     p.add_argument("dir")
     p.add_argument("--max-wait", type=float, default=5.0)
     p.add_argument("--wait-rule", choices=["others", "raw"], default="others")
