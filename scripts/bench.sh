@@ -340,39 +340,50 @@ measure_latency() { # variant round
     tp_cmd fe "set burst 32"
 }
 
-run_variant() { # variant round
-    local v=$1 r=$2 macs m0 m1
-    case "$v" in
+# The variant's backend with two ports -> BE_KIND, BE_PID, SOCK_A/MAC_A and SOCK_B/MAC_B (our
+# VF0 and VF1; DPDK's two vhost ports take the same MACs).
+backend_start() { # variant
+    case "$1" in
     ours-event | ours-poll | b-event | b-poll)
         BE_KIND=ours
-        variant_daemon "$v"
+        variant_daemon "$1"
         daemon_start 2 "$POLL" "$BIN"
         BE_PID=$DAEMON_PID
         ctl_json "$WORK/show.json"
-        read -r m0 m1 < <(python3 "$HELPER" macs "$WORK/show.json" vf0 vf1)
-        LAST_MACS="$m0 $m1"
-        frontend_start 16384 "$SOCKDIR/vf0.sock" "$m0" "$SOCKDIR/vf1.sock" "$m1"
+        read -r MAC_A MAC_B < <(python3 "$HELPER" macs "$WORK/show.json" vf0 vf1)
+        LAST_MACS="$MAC_A $MAC_B"
+        SOCK_A=$SOCKDIR/vf0.sock SOCK_B=$SOCKDIR/vf1.sock
         ;;
     dpdk)
         BE_KIND=dpdk
         dpdk_backend_start
         BE_PID=${TP_PID[be]}
-        read -r m0 m1 <<<"${LAST_MACS:-02:53:52:00:00:01 02:53:52:00:00:02}"
-        frontend_start 16384 "$SOCKDIR/vhost0.sock" "$m0" "$SOCKDIR/vhost1.sock" "$m1"
+        read -r MAC_A MAC_B <<<"${LAST_MACS:-02:53:52:00:00:01 02:53:52:00:00:02}"
+        SOCK_A=$SOCKDIR/vhost0.sock SOCK_B=$SOCKDIR/vhost1.sock
         ;;
-    *) die "unknown variant $v" ;;
+    *) die "unknown variant $1" ;;
     esac
-    measure_sizes "$v" "$r"
-    measure_latency "$v" "$r"
-    [[ $BE_KIND == ours ]] && daemon_alive
-    tp_quit fe
+}
+
+backend_stop() { # ctl-snapshot-name (ours: the daemon's final counters go to logs/NAME.json)
     if [[ $BE_KIND == ours ]]; then
-        ctl_json "$RESULTS/logs/ctl-$v-round$r.json" || true
+        ctl_json "$RESULTS/logs/$1.json" || true
         daemon_stop
     else
         tp_quit be
         rm -rf "$SOCKDIR"
     fi
+}
+
+run_variant() { # variant round
+    local v=$1 r=$2
+    backend_start "$v"
+    frontend_start 16384 "$SOCK_A" "$MAC_A" "$SOCK_B" "$MAC_B"
+    measure_sizes "$v" "$r"
+    measure_latency "$v" "$r"
+    [[ $BE_KIND == ours ]] && daemon_alive
+    tp_quit fe
+    backend_stop "ctl-$v-round$r"
 }
 
 # One-way: the generator is testpmd in txonly mode on one virtio_user port (its MAC the
@@ -413,29 +424,10 @@ generator_start() { # socket mac peer-mac
 }
 
 run_oneway_variant() { # variant round
-    local v=$1 r=$2 m0 m1 a b size res
-    case "$v" in
-    ours-event | ours-poll | b-event | b-poll)
-        BE_KIND=ours
-        variant_daemon "$v"
-        daemon_start 2 "$POLL" "$BIN"
-        BE_PID=$DAEMON_PID
-        ctl_json "$WORK/show.json"
-        read -r m0 m1 < <(python3 "$HELPER" macs "$WORK/show.json" vf0 vf1)
-        LAST_MACS="$m0 $m1"
-        a=$SOCKDIR/vf0.sock b=$SOCKDIR/vf1.sock
-        ;;
-    dpdk)
-        BE_KIND=dpdk
-        dpdk_backend_start
-        BE_PID=${TP_PID[be]}
-        read -r m0 m1 <<<"${LAST_MACS:-02:53:52:00:00:01 02:53:52:00:00:02}"
-        a=$SOCKDIR/vhost0.sock b=$SOCKDIR/vhost1.sock
-        ;;
-    *) die "unknown variant $v" ;;
-    esac
-    sink_start "$b"
-    generator_start "$a" "$m0" "$m1"
+    local v=$1 r=$2 size res
+    backend_start "$v"
+    sink_start "$SOCK_B"
+    generator_start "$SOCK_A" "$MAC_A" "$MAC_B"
     for size in $SIZES; do
         tp_cmd fe "set txpkts $size"
         tp_cmd fe start
@@ -449,52 +441,39 @@ run_oneway_variant() { # variant round
     [[ $BE_KIND == ours ]] && daemon_alive
     tp_quit fe
     sink_stop
-    if [[ $BE_KIND == ours ]]; then
-        ctl_json "$RESULTS/logs/ctl-oneway-$v-round$r.json" || true
-        daemon_stop
-    else
-        tp_quit be
-        rm -rf "$SOCKDIR"
-    fi
+    backend_stop "ctl-oneway-$v-round$r"
 }
 
 # ---------------------------------------------------------------------------------------------
 # Modes
 
-run_throughput() {
-    local r i n v order
+# ROUNDS rounds of every variant through RUN (variant round), then the report of MODE.
+run_rounds() { # run-function report-mode
+    local run=$1 r i n v order
     read -ra V <<<"$VARIANTS"
     n=${#V[@]}
-    log "throughput: $ROUNDS rounds x (${V[*]}) x sizes ($SIZES) x ${SECONDS_PER_ROUND} s" \
-        "+ latency ${LAT_SECONDS} s"
     for ((r = 1; r <= ROUNDS; r++)); do
         # Rotate the order every round: each backend runs first, middle and last in turn.
         order=()
         for ((i = 0; i < n; i++)); do order+=("${V[$(((i + r - 1) % n))]}"); done
         log "round $r/$ROUNDS: ${order[*]}"
         for v in "${order[@]}"; do
-            run_variant "$v" "$r"
+            "$run" "$v" "$r"
         done
     done
-    python3 "$HELPER" report throughput "$RESULTS" --max-wait "$MAX_WAIT_PCT" \
+    python3 "$HELPER" report "$2" "$RESULTS" --max-wait "$MAX_WAIT_PCT" \
         --wait-rule "$WAIT_RULE"
 }
 
+run_throughput() {
+    log "throughput: $ROUNDS rounds x ($VARIANTS) x sizes ($SIZES) x ${SECONDS_PER_ROUND} s" \
+        "+ latency ${LAT_SECONDS} s"
+    run_rounds run_variant throughput
+}
+
 run_oneway() {
-    local r i n v order
-    read -ra V <<<"$VARIANTS"
-    n=${#V[@]}
-    log "oneway: $ROUNDS rounds x (${V[*]}) x sizes ($SIZES) x ${SECONDS_PER_ROUND} s"
-    for ((r = 1; r <= ROUNDS; r++)); do
-        order=()
-        for ((i = 0; i < n; i++)); do order+=("${V[$(((i + r - 1) % n))]}"); done
-        log "round $r/$ROUNDS: ${order[*]}"
-        for v in "${order[@]}"; do
-            run_oneway_variant "$v" "$r"
-        done
-    done
-    python3 "$HELPER" report oneway "$RESULTS" --max-wait "$MAX_WAIT_PCT" \
-        --wait-rule "$WAIT_RULE"
+    log "oneway: $ROUNDS rounds x ($VARIANTS) x sizes ($SIZES) x ${SECONDS_PER_ROUND} s"
+    run_rounds run_oneway_variant oneway
 }
 
 run_scale() {
