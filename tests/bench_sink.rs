@@ -1,39 +1,29 @@
-//! The one-way benchmark's receiver (`scripts/bench/sink.rs`, the `vu-sink` example) against the
-//! real daemon: what it counts must be exactly what the daemon delivered, frames that span
-//! several receive buffers included, or the benchmark's "delivered" figures mean nothing.
+//! The one-way benchmark's receiver (`scripts/bench/sink.rs`, the `vu-sink` example, compiled
+//! into this test) against the real daemon: what it counts must be exactly what the daemon
+//! delivered, frames that span several receive buffers included, or the benchmark's "delivered"
+//! figures mean nothing.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+// The example's own code, run on a thread here (`cargo test` builds examples as test harnesses,
+// so its binary is not there to start).
+#[allow(dead_code)]
+#[path = "../scripts/bench/sink.rs"]
+mod sink;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use common::*;
 
-/// target/<profile>/deps/<this test> -> target/<profile>/examples/vu-sink (`cargo test` builds
-/// the examples before it runs the tests).
-fn sink_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap();
-    let bin = bin.join("examples").join("vu-sink");
-    assert!(
-        bin.exists(),
-        "{} is not built: `cargo test` builds it, `cargo test --test bench_sink` alone does \
-         not (run `cargo build --example vu-sink` first)",
-        bin.display()
-    );
-    bin
-}
+/// Stops the sink's thread however the test ends.
+struct Stop(Arc<AtomicBool>);
 
-/// Kills the sink if the test fails before it stops it (it would hold the test's output open).
-struct Sink(Option<std::process::Child>);
-
-impl Drop for Sink {
+impl Drop for Stop {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -41,19 +31,21 @@ impl Drop for Sink {
 fn the_sink_counts_every_frame_and_byte_the_daemon_delivers() {
     let d = Daemon::start(&["--vfs", "2"]);
     let stats = d.dir.join("sink.json");
-    let mut sink = Sink(Some(
-        Command::new(sink_bin())
-            .arg("--socket")
-            .arg(d.sock("vf1"))
-            .arg("--stats")
-            .arg(&stats)
-            // 512-byte buffers: a 1514-byte frame and its header take three (mergeable RX).
-            .args(["--buffer", "512", "--coalesce", "4"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+    // 512-byte buffers: a 1514-byte frame and its header take three (mergeable RX).
+    let args = sink::Args::parse_from([
+        "vu-sink".as_ref(),
+        "--socket".as_ref(),
+        d.sock("vf1").as_os_str(),
+        "--stats".as_ref(),
+        stats.as_os_str(),
+        "--buffer".as_ref(),
+        "512".as_ref(),
+        "--coalesce".as_ref(),
+        "4".as_ref(),
+    ] as [&std::ffi::OsStr; 9]);
+    let stop = Stop(Arc::new(AtomicBool::new(false)));
+    let flag = stop.0.clone();
+    let sink = std::thread::spawn(move || sink::run(args, &flag));
     d.wait_state("vf1", "started");
     let mut vf0 = Driver::start(&d.sock("vf0"), plain(), 1);
     d.wait_state("vf0", "started");
@@ -85,12 +77,9 @@ fn the_sink_counts_every_frame_and_byte_the_daemon_delivers() {
     assert_eq!(d.counter("vf1", "drop_no_rx_buffer"), 0);
     assert_eq!(d.counter("vf1", "rx_bytes"), bytes);
 
-    let child = sink.0.take().unwrap();
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "vu-sink: {:?}", out.status);
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    stop.0.store(true, Ordering::Relaxed);
+    let c = sink.join().unwrap().expect("vu-sink ran");
+    let c = serde_json::to_value(&c).unwrap();
     assert_eq!(c["frames"], frames, "{c}");
     assert_eq!(c["bytes"], bytes, "{c}");
     assert_eq!(c["buffers"], buffers, "{c}");

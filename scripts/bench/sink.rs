@@ -31,7 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Parser)]
 #[command(about = "Event-driven vhost-user RX sink for the one-way benchmark")]
-struct Args {
+pub struct Args {
     /// The vhost-user socket of the receiving port.
     #[arg(long)]
     socket: PathBuf,
@@ -97,7 +97,7 @@ impl Layout {
 }
 
 #[derive(Default, serde::Serialize)]
-struct Counters {
+pub struct Counters {
     t_ns: u64,
     frames: u64,
     bytes: u64,
@@ -256,13 +256,14 @@ fn write_stats(path: &Option<PathBuf>, c: &mut Counters) {
     let Some(path) = path else { return };
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_string(c).unwrap_or_default();
-    // A failed write is reported once per attempt; the benchmark notices stale stats itself.
+    // Reported, not fatal: the benchmark sees stale counters by their stamp.
     if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
         eprintln!("vu-sink: writing {}: {e}", path.display());
     }
 }
 
-fn run(a: Args) -> Result<Counters, String> {
+/// Receives until `stop` is set or `--seconds` have passed; returns the final counters.
+pub fn run(a: Args, stop: &AtomicBool) -> Result<Counters, String> {
     let n = a.queue_size;
     if n == 0 || !n.is_power_of_two() {
         return Err(format!("--queue-size {n}: a power of two up to 32768"));
@@ -367,10 +368,6 @@ fn run(a: Args) -> Result<Counters, String> {
     }
     rx_kick.write(1).map_err(|e| format!("kick: {e}"))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal: {e}"))?;
-    }
     let deadline = a
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
@@ -422,7 +419,14 @@ fn run(a: Args) -> Result<Counters, String> {
 
 fn main() {
     let a = Args::parse();
-    match run(a) {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("vu-sink: signal handler: {e}");
+            std::process::exit(1);
+        }
+    }
+    match run(a, &stop) {
         Ok(c) => println!("{}", serde_json::to_string(&c).unwrap_or_default()),
         Err(e) => {
             eprintln!("vu-sink: {e}");
