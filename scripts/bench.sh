@@ -39,6 +39,8 @@
 #                   file with poll_us (--config)
 #   LAT_SECONDS=5 LAT_SAMPLE_MS=50         (latency phase after the throughput sizes; 0 skips it)
 #   TX_FIRST=32 QUEUE_SIZE=256 MAX_WAIT_PCT=5
+#   SINK_QUEUE_SIZE=QUEUE_SIZE SINK_COALESCE=0   (oneway: vu-sink's ring size, and after how many
+#                   used buffers it asks for a call; 0: half its ring)
 #   WAIT_RULE=others|raw  others (default): a round is discarded when the backend (or frontend)
 #                   waited more than MAX_WAIT_PCT % of the interval behind OTHER processes, i.e.
 #                   min(run-queue wait summed over its threads from /proc/PID/task/*/schedstat,
@@ -102,6 +104,8 @@ LAT_SECONDS=${LAT_SECONDS:-5}
 LAT_SAMPLE_MS=${LAT_SAMPLE_MS:-50}
 TX_FIRST=${TX_FIRST:-32}
 QUEUE_SIZE=${QUEUE_SIZE:-256}
+SINK_QUEUE_SIZE=${SINK_QUEUE_SIZE:-$QUEUE_SIZE}
+SINK_COALESCE=${SINK_COALESCE:-0}
 MAX_WAIT_PCT=${MAX_WAIT_PCT:-5}
 WAIT_RULE=${WAIT_RULE:-others}
 BACKEND_CPU=${BACKEND_CPU:-0}
@@ -398,7 +402,8 @@ sink_start() { # socket
     SINK_LOG=$RESULTS/logs/$(printf 'sink-%03d' "$N_DAEMON").log
     rm -f "$SINK_STATS"
     taskset -c "$FRONTEND_CPU" chrt -f 1 "$WORK/vu-sink" --socket "$1" \
-        --queue-size "$QUEUE_SIZE" --stats "$SINK_STATS" >"$SINK_LOG" 2>&1 &
+        --queue-size "$SINK_QUEUE_SIZE" --coalesce "$SINK_COALESCE" --stats "$SINK_STATS" \
+        >"$SINK_LOG" 2>&1 &
     SINK_PID=$!
     PIDS[$SINK_PID]=1
     local i
@@ -588,6 +593,7 @@ python3 "$HELPER" env --out "$EVENTS" \
     --tag warmup_s="$WARMUP" --tag sizes="$SIZES" --tag variants="$VARIANTS" \
     --tag poll_us="$POLL_US" --tag poll_via="$POLL_VIA" --tag busy_poll="$HAVE_POLL" --tag lat_seconds="$LAT_SECONDS" \
     --tag lat_sample_ms="$LAT_SAMPLE_MS" --tag tx_first="$TX_FIRST" --tag queue_size="$QUEUE_SIZE" \
+    --tag sink_queue_size="$SINK_QUEUE_SIZE" --tag sink_coalesce="$SINK_COALESCE" \
     --tag backend_cpu="$BACKEND_CPU" --tag frontend_cpu="$FRONTEND_CPU" \
     --tag memory="$([[ $HUGE == 1 ]] && echo "hugetlbfs 2M private mount, --single-file-segments" || echo "--no-huge -m 1024")" \
     --tag eal_mem="${EAL_MEM[*]}" \

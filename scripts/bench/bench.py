@@ -939,7 +939,11 @@ def report_oneway(evs, max_wait):
                 fmt(row["sink_cpu_util"]["median"] * 100, 0) + "%" if row["sink_cpu_util"] else "-",
             ])
     res["summary"] = summary
-    text = ["ONE-WAY (generator -> backend -> sink; per backend: min/median/max over kept rounds)"]
+    sq = env.get("sink_queue_size", "?")
+    sc = env.get("sink_coalesce") or (sq // 2 if isinstance(sq, int) else "?")
+    text = ["ONE-WAY (generator -> backend -> sink; per backend: min/median/max over kept rounds)",
+            f"  rings: generator {env.get('queue_size', '?')}, sink {sq}; the sink asks for a "
+            f"call every {sc} used buffers"]
     text.append(table(["backend", "frame", "kept", "delivered Mpps", "delivered Gbit/s",
                        "ours/DPDK (med)", "sent Mpps", "loss %", "CPU ns/frame", "CPU util",
                        "sink CPU"], rows))
