@@ -59,6 +59,26 @@ else
     step "DPDK interop (testpmd, virtio_user frontend, queue sizes 256, 1024, 4096)"
     scripts/dpdk-interop.sh | tee /tmp/sriov-net-dpdk-interop.log
     dpdk_passed=$(grep -c '^| [0-9]* | PASS' /tmp/sriov-net-dpdk-interop.log || true)
+
+    # The one-way benchmark end to end (daemon and DPDK anchor, generator, vu-sink, report),
+    # one round of 1 s: it must deliver frames and see no bad ones; the figures mean nothing here.
+    step "one-way benchmark smoke (scripts/bench.sh oneway, 1 round of 1 s)"
+    smoke=$(mktemp -d /tmp/sriov-net-oneway.XXXXXX)
+    if ! ROUNDS=1 SECONDS_PER_ROUND=1 WARMUP=1 SIZES=64 VARIANTS="ours-event dpdk" \
+        RESULTS=$smoke scripts/bench.sh oneway >"$smoke/out.log" 2>&1; then
+        tail -30 "$smoke/out.log"
+        exit 1
+    fi
+    python3 - "$smoke/raw.json" <<'EOF'
+import json, sys
+got = {m["variant"]: m for m in json.load(open(sys.argv[1]))["measurements"]}
+for v in ("ours-event", "dpdk"):
+    m = got.get(v) or {}
+    assert m.get("sink_frames", 0) > 0, f"{v}: nothing reached vu-sink"
+    assert m.get("sink_bad") == 0, f"{v}: vu-sink saw bad used entries"
+print("oneway smoke: " + ", ".join(f"{v} {m['delivered_mpps']:.2f} Mpps" for v, m in got.items()))
+EOF
+    rm -rf "$smoke"
 fi
 
 step "libvirt: qemu-args --libvirt validated with virt-xml-validate"
