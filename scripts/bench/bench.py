@@ -610,25 +610,27 @@ def table(head, rows):
     return "\n".join(lines)
 
 
+def measured_rounds(evs, max_wait, own_reasons):
+    """Every measured interval of a run (snaps tagged variant, round, size) with its figures and
+    why it is discarded (the common rule plus own_reasons(m), the mode's); and the variants in
+    the order they first ran."""
+    out = []
+    pairs = snap_pairs(evs, "begin", "end", ("variant", "round", "size"))
+    for (variant, rnd, size), p in sorted(pairs.items(), key=lambda kv: (kv[0][1], str(kv[0]))):
+        m = {"variant": variant, "round": rnd, "size": size}
+        m.update(interval(p["begin"], p["end"]))
+        m["discarded"] = discard_reasons(m, max_wait) + own_reasons(m)
+        out.append(m)
+    return out, list(dict.fromkeys(m["variant"] for m in out))
+
+
 def report_throughput(evs, out, max_wait):
     env = next((e for e in evs if e.get("type") == "env"), {})
     res = {"env": env, "max_runq_wait_pct": max_wait, "wait_rule": WAIT_RULE,
            "measurements": [], "latency": []}
     text = []
-    pairs = snap_pairs(evs, "begin", "end", ("variant", "round", "size"))
-    for (variant, rnd, size), p in sorted(pairs.items(), key=lambda kv: (kv[0][1], str(kv[0]))):
-        m = {"variant": variant, "round": rnd, "size": size}
-        m.update(interval(p["begin"], p["end"]))
-        reasons = discard_reasons(m, max_wait)
-        if not m.get("fe_rx_packets"):
-            reasons.append("no packets forwarded")
-        m["discarded"] = reasons
-        res["measurements"].append(m)
-
-    variants = []
-    for m in res["measurements"]:
-        if m["variant"] not in variants:
-            variants.append(m["variant"])
+    res["measurements"], variants = measured_rounds(
+        evs, max_wait, lambda m: [] if m.get("fe_rx_packets") else ["no packets forwarded"])
     sizes = sorted({m["size"] for m in res["measurements"]})
     summary = []
     for size in sizes:
@@ -888,23 +890,15 @@ def report_throughput(evs, out, max_wait):
 
 def report_oneway(evs, max_wait):
     env = next((e for e in evs if e.get("type") == "env"), {})
-    res = {"env": env, "max_runq_wait_pct": max_wait, "wait_rule": WAIT_RULE,
-           "measurements": []}
-    pairs = snap_pairs(evs, "begin", "end", ("variant", "round", "size"))
-    for (variant, rnd, size), p in sorted(pairs.items(), key=lambda kv: (kv[0][1], str(kv[0]))):
-        m = {"variant": variant, "round": rnd, "size": size}
-        m.update(interval(p["begin"], p["end"]))
-        reasons = discard_reasons(m, max_wait)
-        if not m.get("sink_frames"):
-            reasons.append("nothing delivered")
+    res = {"env": env, "max_runq_wait_pct": max_wait, "wait_rule": WAIT_RULE}
+
+    def own(m):
+        r = [] if m.get("sink_frames") else ["nothing delivered"]
         if m.get("sink_bad"):
-            reasons.append(f"the sink saw {m['sink_bad']} bad used entries")
-        m["discarded"] = reasons
-        res["measurements"].append(m)
-    variants = []
-    for m in res["measurements"]:
-        if m["variant"] not in variants:
-            variants.append(m["variant"])
+            r.append(f"the sink saw {m['sink_bad']} bad used entries")
+        return r
+
+    res["measurements"], variants = measured_rounds(evs, max_wait, own)
     summary, rows = [], []
     for size in sorted({m["size"] for m in res["measurements"]}):
         for v in variants:
