@@ -26,6 +26,11 @@ use crate::session::{GuestMem, Held, Session, Warn};
 const RX_AHEAD: u16 = 4;
 /// Under ACCESS_PLATFORM, how many posted chains ahead IOTLB entries are asked for.
 const ASK_AHEAD: u16 = 8;
+/// A run shows the driver its frames at least this often (DPDK's burst). A driver that asked
+/// for a call at some used entry then gets it within this many frames of it, not only when a
+/// sender's batch ends: a receiver with a small ring would otherwise run out of buffers while
+/// the call is still to come.
+const PUBLISH_EVERY: u16 = 32;
 
 /// Scratch reused across deliveries so the steady state allocates nothing.
 #[derive(Default)]
@@ -226,6 +231,14 @@ impl<'a> RxQueue<'a> {
             }
         };
         written?;
+        let unshown = self
+            .ring
+            .get_queue()
+            .next_used()
+            .wrapping_sub(self.published);
+        if unshown >= PUBLISH_EVERY {
+            self.publish();
+        }
         if self.capturing {
             self.dest.capture.record(Direction::Rx, |buf| {
                 if frame::gather(&out.src, out.skip, out.len, buf).is_err() {
@@ -487,16 +500,9 @@ impl<'a> RxQueue<'a> {
 
     /// Destination buffers were checked when walked, so a failed copy means the sender's memory
     /// went away under us (e.g. its memory table changed). The frame is lost, the buffers are not.
-    fn sender_gone(&self, e: &frame::CopyError) -> DropReason {
-        self.held.session.warn_once(Warn::SenderMemory, e);
-        DropReason::MalformedChain
-    }
-}
-
-impl Drop for RxQueue<'_> {
-    /// Shows the driver every frame of the run: one used.idx store, one fence and at most one
-    /// notification, before the ring lock is released (so a stop never sees unpublished entries).
-    fn drop(&mut self) {
+    /// One used.idx store for the frames written since the last, and a notification if the
+    /// driver asked for one among them.
+    fn publish(&mut self) {
         if !self.gated
             && self
                 .mapped
@@ -510,6 +516,20 @@ impl Drop for RxQueue<'_> {
                 );
             }
         }
+        self.published = self.ring.get_queue().next_used();
+    }
+
+    fn sender_gone(&self, e: &frame::CopyError) -> DropReason {
+        self.held.session.warn_once(Warn::SenderMemory, e);
+        DropReason::MalformedChain
+    }
+}
+
+impl Drop for RxQueue<'_> {
+    /// Shows the driver the rest of the run: one used.idx store, one fence and at most one
+    /// notification, before the ring lock is released (so a stop never sees unpublished entries).
+    fn drop(&mut self) {
+        self.publish();
         let q = self.ring.get_queue();
         self.held.saw(q.next_avail(), q.next_used());
         self.dest.queue_counters(self.pair).add_rx(&self.tally);
@@ -757,6 +777,29 @@ mod tests {
         deliver(&p, &s, &out(&frame(50))).unwrap();
         assert_eq!(d.used_idx(), 4);
         assert_eq!(d.used(3), (3, 62));
+    }
+
+    #[test]
+    fn a_long_run_shows_the_driver_its_frames_every_32() {
+        let (mut d, _) = Driver::new(128);
+        let (p, s) = receiver(&d, true);
+        for id in 0..80 {
+            post(&mut d, id, 200);
+        }
+        let mut scratch = RxScratch::default();
+        let h = Held::of(s.clone());
+        let mut q = RxQueue::open(&p, &h, 0, 80, &mut scratch).unwrap();
+        for k in 1..=80u16 {
+            q.put(&out(&frame(60))).unwrap();
+            assert_eq!(
+                d.used_idx(),
+                k / PUBLISH_EVERY * PUBLISH_EVERY,
+                "after frame {k}"
+            );
+        }
+        drop(q);
+        assert_eq!(d.used_idx(), 80);
+        assert_eq!(p.totals().rx_packets, 80);
     }
 
     #[test]
