@@ -498,8 +498,6 @@ impl<'a> RxQueue<'a> {
         }
     }
 
-    /// Destination buffers were checked when walked, so a failed copy means the sender's memory
-    /// went away under us (e.g. its memory table changed). The frame is lost, the buffers are not.
     /// One used.idx store for the frames written since the last, and a notification if the
     /// driver asked for one among them.
     fn publish(&mut self) {
@@ -519,6 +517,8 @@ impl<'a> RxQueue<'a> {
         self.published = self.ring.get_queue().next_used();
     }
 
+    /// Destination buffers were checked when walked, so a failed copy means the sender's memory
+    /// went away under us (e.g. its memory table changed). The frame is lost, the buffers are not.
     fn sender_gone(&self, e: &frame::CopyError) -> DropReason {
         self.held.session.warn_once(Warn::SenderMemory, e);
         DropReason::MalformedChain
