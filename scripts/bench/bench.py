@@ -624,6 +624,12 @@ def measured_rounds(evs, max_wait, own_reasons):
     return out, list(dict.fromkeys(m["variant"] for m in out))
 
 
+def dpdk_of_round(measurements, m):
+    """DPDK's kept measurement of the same round and size as m, or None."""
+    return next((x for x in measurements if x["variant"] == "dpdk" and x["size"] == m["size"]
+                 and x["round"] == m["round"] and not x["discarded"]), None)
+
+
 def report_throughput(evs, out, max_wait):
     env = next((e for e in evs if e.get("type") == "env"), {})
     res = {"env": env, "max_runq_wait_pct": max_wait, "wait_rule": WAIT_RULE,
@@ -655,18 +661,11 @@ def report_throughput(evs, out, max_wait):
                 ratios = []
                 cpu_ratios = []
                 for m in kept:
-                    ref = [
-                        x
-                        for x in res["measurements"]
-                        if x["variant"] == "dpdk"
-                        and x["size"] == size
-                        and x["round"] == m["round"]
-                        and not x["discarded"]
-                    ]
-                    if ref and ref[0].get("mpps"):
-                        ratios.append(m["mpps"] / ref[0]["mpps"])
-                        if ref[0].get("be_ns_per_pkt") and m.get("be_ns_per_pkt"):
-                            cpu_ratios.append(m["be_ns_per_pkt"] / ref[0]["be_ns_per_pkt"])
+                    ref = dpdk_of_round(res["measurements"], m)
+                    if ref and ref.get("mpps"):
+                        ratios.append(m["mpps"] / ref["mpps"])
+                        if ref.get("be_ns_per_pkt") and m.get("be_ns_per_pkt"):
+                            cpu_ratios.append(m["be_ns_per_pkt"] / ref["be_ns_per_pkt"])
                 row["ratio_vs_dpdk"] = mmm(ratios)
                 row["cpu_per_pkt_ratio_vs_dpdk"] = mmm(cpu_ratios)
                 drops = {}
@@ -906,10 +905,9 @@ def report_oneway(evs, max_wait):
             kept = [m for m in ms if not m["discarded"]]
             ratios = []
             for m in kept:
-                ref = [x for x in res["measurements"] if x["variant"] == "dpdk"
-                       and x["size"] == size and x["round"] == m["round"] and not x["discarded"]]
-                if v != "dpdk" and ref and ref[0].get("delivered_mpps"):
-                    ratios.append(m["delivered_mpps"] / ref[0]["delivered_mpps"])
+                ref = dpdk_of_round(res["measurements"], m)
+                if v != "dpdk" and ref and ref.get("delivered_mpps"):
+                    ratios.append(m["delivered_mpps"] / ref["delivered_mpps"])
             row = {
                 "variant": v, "size": size, "rounds": len(ms), "kept": len(kept),
                 "delivered_mpps": mmm([m.get("delivered_mpps") for m in kept]),
