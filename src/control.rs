@@ -37,6 +37,7 @@ struct Envelope {
 pub struct DaemonInfo {
     pub socket_dir: std::path::PathBuf,
     pub poll_us: u32,
+    pub linger_us: u32,
 }
 
 /// Connections served at once; more are refused with an error line (each costs a thread).
@@ -477,6 +478,7 @@ pub fn dump_config(switch: &Switch, info: &DaemonInfo) -> String {
         T::Integer(switch.partitions().len() as i64 - 1),
     );
     root.insert("poll_us".into(), T::Integer(i64::from(info.poll_us)));
+    root.insert("linger_us".into(), T::Integer(i64::from(info.linger_us)));
     let mut vfs = Table::new();
     let mut pf = Table::new();
     for p in switch.partitions() {
@@ -746,6 +748,7 @@ mod tests {
         let info = DaemonInfo {
             socket_dir: "/tmp/x".into(),
             poll_us: 50,
+            linger_us: 7,
         };
         let text = handle(r#"{"version":2,"cmd":"dump-config"}"#, &sw, &info)["result"]["toml"]
             .as_str()
@@ -754,6 +757,7 @@ mod tests {
         let s: crate::config::Settings = toml::from_str(&text).unwrap();
         let c = crate::config::Config::resolve(s).unwrap();
         assert_eq!(c.poll_us, 50);
+        assert_eq!(c.linger_us, 7);
         assert_eq!(c.partitions[1].1.mac.to_string(), "02:00:00:00:00:77");
         assert_eq!(c.admin[1].vlan, Some(7));
         assert_eq!(c.admin[1].spoofchk, Some(false));

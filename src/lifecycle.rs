@@ -129,6 +129,9 @@ pub fn reload(running: &Config, new: &Config, switch: &Switch) {
     if new.poll_us != running.poll_us {
         restart.push("poll_us".into());
     }
+    if new.linger_us != running.linger_us {
+        restart.push("linger_us".into());
+    }
     if new.data_access != running.data_access || new.control_access != running.control_access {
         restart.push("socket modes and groups".into());
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use backend::device::Drive;
 use backend::mac::MacAddr;
 use backend::partition::Partition;
 use backend::poller::Poller;
@@ -66,6 +67,11 @@ struct ConfigArgs {
     /// kick wakes the partition's worker; idle partitions cost nothing either way]
     #[arg(long, value_name = "US")]
     poll_us: Option<u32>,
+    /// Event-driven mode: how many microseconds a partition's worker keeps looking at a TX
+    /// queue that ran dry before it sleeps and the driver must kick again (0..=1000; it yields
+    /// the CPU meanwhile; 0 sleeps at once) [default: 20]
+    #[arg(long, value_name = "US")]
+    linger_us: Option<u32>,
     /// Mode of the PF and VF sockets, octal [default: 0660]
     #[arg(long, value_name = "MODE")]
     socket_mode: Option<String>,
@@ -312,6 +318,7 @@ fn load_config(a: &ConfigArgs) -> Result<Config, config::ConfigError> {
         queue_size: a.queue_size,
         mtu: a.mtu,
         poll_us: a.poll_us,
+        linger_us: a.linger_us,
         socket_mode: a.socket_mode.clone(),
         socket_group: a.socket_group.clone(),
         control_mode: a.control_mode.clone(),
@@ -468,10 +475,12 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) 
         Ok(s) => s,
         Err(e) => return abort(1, &format!("cannot install signal handlers: {e}")),
     };
-    let poller = match cfg.poll_us {
-        0 => None,
+    let drive = match cfg.poll_us {
+        0 => Drive::Event {
+            linger: std::time::Duration::from_micros(u64::from(cfg.linger_us)),
+        },
         us => match Poller::spawn(std::time::Duration::from_micros(u64::from(us))) {
-            Ok(p) => Some(p),
+            Ok(p) => Drive::Poll(p),
             Err(e) => return abort(1, &format!("cannot start the polling thread: {e}")),
         },
     };
@@ -488,7 +497,7 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) 
     }
     for (p, l) in switch.partitions().iter().zip(listeners) {
         let started =
-            acceptor.add_partition(p.clone(), switch.clone(), poller.clone(), l, &internal);
+            acceptor.add_partition(p.clone(), switch.clone(), drive.clone(), l, &internal);
         if let Err(e) = started {
             return abort(1, &format!("cannot start thread for {}: {e}", p.name()));
         }
@@ -499,6 +508,7 @@ fn run_daemon(a: &ConfigArgs, ready_file: Option<&Path>, metrics: Option<&str>) 
     let info = control::DaemonInfo {
         socket_dir: cfg.socket_dir.clone(),
         poll_us: cfg.poll_us,
+        linger_us: cfg.linger_us,
     };
     // QEMU's QMP socket, if QEMU offers one there (qemu-args adds it): link mirroring and the
     // guests' MACs. Optional: the thread waits quietly for it.

@@ -14,9 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use backend::device::NetDevice;
+use backend::device::{Drive, NetDevice};
 use backend::partition::Partition;
-use backend::poller::Poller;
 use backend::switch::Switch;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
@@ -214,7 +213,7 @@ impl Acceptor {
         &mut self,
         partition: Arc<Partition>,
         switch: Arc<Switch>,
-        poller: Option<Arc<Poller>>,
+        drive: Drive,
         listener: UnixListener,
         internal: &Path,
     ) -> io::Result<()> {
@@ -230,7 +229,7 @@ impl Acceptor {
         self.ports.push(Port {
             name,
             listener,
-            device: NetDevice::new(partition, switch, poller),
+            device: NetDevice::new(partition, switch, drive),
             internal: Arc::new(Mutex::new(internal)),
             internal_path,
             busy: Arc::new(AtomicBool::new(false)),

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringT};
@@ -96,22 +97,26 @@ pub struct NetDevice {
     inner: Arc<Inner>,
 }
 
+/// How a partition's TX queues are served.
+#[derive(Clone)]
+pub enum Drive {
+    /// A kick wakes the partition's worker, which drains the queue and keeps looking at it for
+    /// `linger` before it re-enables kicks and sleeps (see `tx::process_tx`).
+    Event { linger: Duration },
+    /// A kick hands the queue to this busy-polling thread.
+    Poll(Arc<Poller>),
+}
+
 struct Inner {
     partition: Arc<Partition>,
     switch: Arc<Switch>,
-    /// Busy-polling thread TX queues are handed to on a kick; None: event-driven, the kick's
-    /// worker drains the queue itself.
-    poller: Option<Arc<Poller>>,
+    drive: Drive,
     /// One per TX queue pair.
     jobs: Vec<Arc<Job>>,
 }
 
 impl NetDevice {
-    pub fn new(
-        partition: Arc<Partition>,
-        switch: Arc<Switch>,
-        poller: Option<Arc<Poller>>,
-    ) -> Self {
+    pub fn new(partition: Arc<Partition>, switch: Arc<Switch>, drive: Drive) -> Self {
         let jobs = (0..usize::from(partition.config.queue_pairs))
             .map(|pair| Job::new(partition.clone(), switch.clone(), pair))
             .collect();
@@ -119,7 +124,7 @@ impl NetDevice {
             inner: Arc::new(Inner {
                 partition,
                 switch,
-                poller,
+                drive,
                 jobs,
             }),
         }
@@ -250,9 +255,9 @@ impl VhostUserBackend for NetDevice {
             let Some(job) = self.inner.jobs.get(ev / 2) else {
                 return Ok(());
             };
-            match &self.inner.poller {
-                Some(poller) => poller.kick(job),
-                None => {
+            match &self.inner.drive {
+                Drive::Poll(poller) => poller.kick(job),
+                Drive::Event { linger } => {
                     let mut scratch = job.lock_scratch();
                     tx::process_tx(
                         &self.inner.switch,
@@ -260,6 +265,7 @@ impl VhostUserBackend for NetDevice {
                         session.clone(),
                         job.pair,
                         &mut scratch,
+                        *linger,
                     );
                 }
             }

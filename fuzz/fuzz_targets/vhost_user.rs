@@ -13,8 +13,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use backend::device::NetDevice;
+use backend::device::{Drive, NetDevice};
 use backend::partition::{Partition, PartitionConfig, Role, State};
 use backend::switch::Switch;
 use libfuzzer_sys::fuzz_target;
@@ -68,7 +69,13 @@ fn device() -> &'static Device {
         .unwrap();
         let internal = Mutex::new(Listener::from(UnixListener::bind_addr(&addr).unwrap()));
         Device {
-            device: NetDevice::new(part.clone(), sw, None),
+            device: NetDevice::new(
+                part.clone(),
+                sw,
+                Drive::Event {
+                    linger: Duration::ZERO,
+                },
+            ),
             part,
             internal,
             addr,
