@@ -21,7 +21,7 @@ pub const DEFAULT_MTU: u16 = 1500;
 /// Upper bound of the busy-poll window: polling is a bounded trade, not a spinning core.
 pub const MAX_POLL_US: u32 = 10_000;
 /// Event-driven mode: how long a worker keeps looking at a TX queue that ran dry. 20 us covers
-/// the gap between a sender's bursts at line rate (one-way benchmark: 0.97x -> about 1.03x DPDK at
+/// the gap between a sender's bursts at line rate (one-way benchmark: 0.96x -> 1.05x DPDK at
 /// 64 B); a trickle of frames pays it after each one, in CPU yielded to any other thread.
 pub const DEFAULT_LINGER_US: u32 = 20;
 pub const MAX_LINGER_US: u32 = 1_000;
