@@ -69,7 +69,7 @@ struct ConfigArgs {
     poll_us: Option<u32>,
     /// Event-driven mode: how many microseconds a partition's worker keeps looking at a TX
     /// queue that ran dry before it sleeps and the driver must kick again (0..=1000; it yields
-    /// the CPU meanwhile; 0 sleeps at once) [default: 20]
+    /// the CPU every few microseconds meanwhile; 0 sleeps at once) [default: 20]
     #[arg(long, value_name = "US")]
     linger_us: Option<u32>,
     /// Mode of the PF and VF sockets, octal [default: 0660]

@@ -473,15 +473,21 @@ mod tests {
     use std::sync::atomic::Ordering;
     use vm_memory::{Bytes, GuestAddress};
 
+    /// The PF of a one-partition switch, sending on `d`'s ring (its TX queue, 1).
+    fn sender(d: &Driver) -> (Arc<Session>, Arc<Partition>, Switch) {
+        let s = session_on(d, 1);
+        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
+        p.install_session(s.clone());
+        let sw = Switch::new(vec![p.clone()]).unwrap();
+        (s, p, sw)
+    }
+
     /// IN_ORDER is offered because of this: chains are completed in the order the driver made
     /// them available, the ones that carry nothing included.
     #[test]
     fn chains_complete_in_ring_order_even_when_dropped() {
         let (mut d, _) = Driver::new(16);
-        let s = session_on(&d, 1);
-        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
-        p.install_session(s.clone());
-        let sw = Switch::new(vec![p.clone()]).unwrap();
+        let (s, p, sw) = sender(&d);
         let mut frame = vec![0u8; NET_HDR_LEN + 60];
         frame[NET_HDR_LEN..NET_HDR_LEN + 6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
         frame[NET_HDR_LEN + 6..NET_HDR_LEN + 12].copy_from_slice(&p.mac().0);
@@ -511,10 +517,7 @@ mod tests {
     #[test]
     fn kicks_are_suppressed_once_per_hold_and_again_after_rearming() {
         let (mut d, _) = Driver::new(16);
-        let s = session_on(&d, 1);
-        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
-        p.install_session(s.clone());
-        let sw = Switch::new(vec![p.clone()]).unwrap();
+        let (s, p, sw) = sender(&d);
         let m = d.mem.clone();
         let flags = || u16::from_le(m.load(GuestAddress(USED), Ordering::Acquire).unwrap());
         let clear = || {
@@ -544,10 +547,7 @@ mod tests {
     #[test]
     fn a_hold_is_still_idle_until_chains_arrive_or_the_session_moves() {
         let (mut d, _) = Driver::new(16);
-        let s = session_on(&d, 1);
-        let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
-        p.install_session(s.clone());
-        let sw = Switch::new(vec![p.clone()]).unwrap();
+        let (s, p, sw) = sender(&d);
         let mut scratch = TxScratch::default();
         let held = Held::of(s.clone());
         assert!(!held.still_idle(1), "nothing known before the first batch");
@@ -570,10 +570,7 @@ mod tests {
     fn a_lingering_worker_takes_what_comes_meanwhile_without_a_kick() {
         for linger in [Duration::from_secs(1), Duration::ZERO] {
             let (mut d, _) = Driver::new(16);
-            let s = session_on(&d, 1);
-            let p = Arc::new(Partition::new(0, Role::Pf, config("02:00:00:00:00:00", 1)));
-            p.install_session(s.clone());
-            let sw = Switch::new(vec![p.clone()]).unwrap();
+            let (s, p, sw) = sender(&d);
             let m = d.mem.clone();
             let flags = || u16::from_le(m.load(GuestAddress(USED), Ordering::Acquire).unwrap());
             d.desc(DESC, 0, 0x8000, 72, 0, 0);
