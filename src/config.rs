@@ -243,20 +243,12 @@ impl Config {
                 format!("{vfs} is out of range 1..={MAX_VFS}"),
             ));
         }
-        let poll_us = s.poll_us.unwrap_or(0);
-        if poll_us > MAX_POLL_US {
-            return Err(invalid(
-                "poll_us",
-                format!("{poll_us} is above the maximum of {MAX_POLL_US}"),
-            ));
-        }
-        let linger_us = s.linger_us.unwrap_or(DEFAULT_LINGER_US);
-        if linger_us > MAX_LINGER_US {
-            return Err(invalid(
-                "linger_us",
-                format!("{linger_us} is above the maximum of {MAX_LINGER_US}"),
-            ));
-        }
+        let poll_us = at_most("poll_us", s.poll_us.unwrap_or(0), MAX_POLL_US)?;
+        let linger_us = at_most(
+            "linger_us",
+            s.linger_us.unwrap_or(DEFAULT_LINGER_US),
+            MAX_LINGER_US,
+        )?;
         let data_access = access(
             "socket_mode",
             s.socket_mode.as_deref(),
@@ -370,6 +362,17 @@ impl Config {
             uplinks,
         })
     }
+}
+
+/// `value` of setting `field`, refused above `max`.
+fn at_most(field: &str, value: u32, max: u32) -> Result<u32, ConfigError> {
+    if value > max {
+        return Err(invalid(
+            field,
+            format!("{value} is above the maximum of {max}"),
+        ));
+    }
+    Ok(value)
 }
 
 fn field_name(r: Role) -> String {
